@@ -1,0 +1,809 @@
+//! The role state machine: what this replica *is*, given what the election driver last saw in
+//! etcd, the monotonic clock and operator commands. Pure: [`Machine::step`] does no I/O and
+//! returns the actions for the owner task to carry out, in order.
+//!
+//! The machine is level-triggered: every [`Event::Observed`] carries the driver's whole current
+//! view, so a missed intermediate view (say, a lease lost and a new one granted in between) is
+//! still handled correctly.
+//!
+//! Safety invariant: `Leader`/`Suspect` hold only while `now < deadline`, where
+//! `deadline = last successful keepalive sent + budget` and `budget = ttl − margin − stop
+//! grace`. Past it, the machine stops the child *before* anything else; the child is then dead
+//! before the lease can expire at etcd, so no other replica can have been elected meanwhile.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::{After, LeaderInfo, Position};
+
+/// What this replica is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Role {
+    /// Campaigning; no leader known yet.
+    Candidate,
+    /// Another replica leads; `leader` is as last read from etcd.
+    Follower { leader: LeaderInfo },
+    /// This replica leads under fencing `token` with session `lease`, until `deadline` unless a
+    /// keepalive succeeds first.
+    Leader {
+        token: i64,
+        lease: i64,
+        leader: LeaderInfo,
+        deadline: Instant,
+    },
+    /// A leader that has lost contact with etcd since `since`: it keeps its role and child
+    /// until `deadline`, then stops the child and rejoins.
+    Suspect {
+        token: i64,
+        lease: i64,
+        leader: LeaderInfo,
+        deadline: Instant,
+        since: Instant,
+    },
+    /// Out of the election on an operator's request.
+    Paused,
+    /// Shutting down: child stopped, lease released, then exit.
+    Stopping,
+}
+
+/// The name of a role, as shown on `/role` and in metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleKind {
+    Candidate,
+    Follower,
+    Leader,
+    Suspect,
+    Paused,
+    Stopping,
+}
+
+impl RoleKind {
+    pub const ALL: [RoleKind; 6] = [
+        RoleKind::Candidate,
+        RoleKind::Follower,
+        RoleKind::Leader,
+        RoleKind::Suspect,
+        RoleKind::Paused,
+        RoleKind::Stopping,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoleKind::Candidate => "candidate",
+            RoleKind::Follower => "follower",
+            RoleKind::Leader => "leader",
+            RoleKind::Suspect => "suspect",
+            RoleKind::Paused => "paused",
+            RoleKind::Stopping => "stopping",
+        }
+    }
+}
+
+impl std::fmt::Display for RoleKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Role {
+    pub fn kind(&self) -> RoleKind {
+        match self {
+            Role::Candidate => RoleKind::Candidate,
+            Role::Follower { .. } => RoleKind::Follower,
+            Role::Leader { .. } => RoleKind::Leader,
+            Role::Suspect { .. } => RoleKind::Suspect,
+            Role::Paused => RoleKind::Paused,
+            Role::Stopping => RoleKind::Stopping,
+        }
+    }
+
+    /// Whether this replica's work (the child) should be running.
+    pub fn leads(&self) -> bool {
+        matches!(self, Role::Leader { .. } | Role::Suspect { .. })
+    }
+
+    /// The leader known to this replica, if any.
+    pub fn leader(&self) -> Option<&LeaderInfo> {
+        match self {
+            Role::Follower { leader }
+            | Role::Leader { leader, .. }
+            | Role::Suspect { leader, .. } => Some(leader),
+            _ => None,
+        }
+    }
+
+    /// The deadline by which the owner must re-evaluate (leaders only).
+    pub fn deadline(&self) -> Option<Instant> {
+        match self {
+            Role::Leader { deadline, .. } | Role::Suspect { deadline, .. } => Some(*deadline),
+            _ => None,
+        }
+    }
+}
+
+/// The facts from the election driver that the machine decides on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    pub lease: Option<i64>,
+    pub position: Position,
+    pub last_ok_sent: Option<Instant>,
+    pub reachable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The driver's current view (also sent when a deadline timer fires).
+    Observed(Observed),
+    /// Hand leadership off now (operator, or the child's exit policy).
+    Resign,
+    Pause,
+    Resume,
+    Shutdown,
+}
+
+/// Side effects, carried out by the owner in order; each finishes before the next starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    StartChild {
+        token: i64,
+    },
+    /// Stop the child: signal, grace, kill the process group; wait until it is gone.
+    StopChild,
+    /// Tell the driver to give up its session (revoke the lease), then do `After`.
+    Release(After),
+    ResumeElection,
+    Exit,
+}
+
+/// The role plus what the machine must remember across events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Machine {
+    pub role: Role,
+    /// A lease this replica gave up leadership under; a view still showing it leading (the
+    /// driver has not caught up yet) must not make us leader again.
+    pub abandoned: Option<i64>,
+    /// `ttl − margin − stop grace`: how long after a successful keepalive was sent we may lead.
+    pub budget: Duration,
+}
+
+impl Machine {
+    pub fn new(budget: Duration) -> Machine {
+        Machine {
+            role: Role::Candidate,
+            abandoned: None,
+            budget,
+        }
+    }
+
+    /// The transition function. `now` is the monotonic time of the event.
+    pub fn step(&self, event: &Event, now: Instant) -> (Machine, Vec<Action>) {
+        let mut next = self.clone();
+        let leads = self.role.leads();
+        let stop_if_leading = || {
+            if leads {
+                vec![Action::StopChild]
+            } else {
+                vec![]
+            }
+        };
+        let actions = match (&self.role, event) {
+            (Role::Stopping, _) => vec![],
+
+            (_, Event::Shutdown) => {
+                next.role = Role::Stopping;
+                let mut a = stop_if_leading();
+                a.extend([Action::Release(After::Stop), Action::Exit]);
+                a
+            }
+
+            (Role::Paused, Event::Resume) => {
+                next.role = Role::Candidate;
+                next.abandoned = None;
+                vec![Action::ResumeElection]
+            }
+            (Role::Paused, _) => vec![],
+            (_, Event::Resume) => vec![],
+
+            (_, Event::Pause) => {
+                next.role = Role::Paused;
+                let mut a = stop_if_leading();
+                a.push(Action::Release(After::Pause));
+                a
+            }
+
+            (Role::Leader { lease, .. } | Role::Suspect { lease, .. }, Event::Resign) => {
+                next.role = Role::Candidate;
+                next.abandoned = Some(*lease);
+                vec![Action::StopChild, Action::Release(After::Rejoin)]
+            }
+            (_, Event::Resign) => vec![],
+
+            (
+                Role::Leader {
+                    token,
+                    lease,
+                    leader,
+                    ..
+                }
+                | Role::Suspect {
+                    token,
+                    lease,
+                    leader,
+                    ..
+                },
+                Event::Observed(o),
+            ) => {
+                let still_leading = o.lease == Some(*lease)
+                    && matches!(&o.position, Position::Leading { token: t, .. } if t == token);
+                if !still_leading {
+                    next.role = follower_role(o);
+                    vec![Action::StopChild]
+                } else {
+                    let deadline = o.last_ok_sent.map(|sent| sent + self.budget).unwrap_or(now);
+                    if now >= deadline {
+                        next.role = Role::Candidate;
+                        next.abandoned = Some(*lease);
+                        vec![Action::StopChild, Action::Release(After::Rejoin)]
+                    } else if o.reachable {
+                        next.role = Role::Leader {
+                            token: *token,
+                            lease: *lease,
+                            leader: leader.clone(),
+                            deadline,
+                        };
+                        vec![]
+                    } else {
+                        let since = match &self.role {
+                            Role::Suspect { since, .. } => *since,
+                            _ => now,
+                        };
+                        next.role = Role::Suspect {
+                            token: *token,
+                            lease: *lease,
+                            leader: leader.clone(),
+                            deadline,
+                            since,
+                        };
+                        vec![]
+                    }
+                }
+            }
+
+            (Role::Candidate | Role::Follower { .. }, Event::Observed(o)) => {
+                let elected = match (&o.position, o.lease, o.last_ok_sent) {
+                    (Position::Leading { token, leader }, Some(lease), Some(sent))
+                        if self.abandoned != Some(lease) && now < sent + self.budget =>
+                    {
+                        Some((*token, lease, leader.clone(), sent + self.budget))
+                    }
+                    _ => None,
+                };
+                match elected {
+                    Some((token, lease, leader, deadline)) => {
+                        next.role = Role::Leader {
+                            token,
+                            lease,
+                            leader,
+                            deadline,
+                        };
+                        vec![Action::StartChild { token }]
+                    }
+                    None => {
+                        next.role = follower_role(o);
+                        vec![]
+                    }
+                }
+            }
+        };
+        (next, actions)
+    }
+}
+
+/// The non-leading role a view implies.
+fn follower_role(o: &Observed) -> Role {
+    match &o.position {
+        Position::Waiting {
+            leader: Some(leader),
+        } => Role::Follower {
+            leader: leader.clone(),
+        },
+        _ => Role::Candidate,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BUDGET: Duration = Duration::from_secs(2);
+
+    fn info(id: &str, rev: i64) -> LeaderInfo {
+        LeaderInfo {
+            id: id.into(),
+            key: format!("e/{rev:x}"),
+            create_revision: rev,
+            member: None,
+        }
+    }
+
+    fn leading(lease: i64, token: i64, sent: Instant, reachable: bool) -> Event {
+        Event::Observed(Observed {
+            lease: Some(lease),
+            position: Position::Leading {
+                token,
+                leader: info("me", token),
+            },
+            last_ok_sent: Some(sent),
+            reachable,
+        })
+    }
+
+    fn waiting(lease: i64, leader: Option<LeaderInfo>, sent: Instant) -> Event {
+        Event::Observed(Observed {
+            lease: Some(lease),
+            position: Position::Waiting { leader },
+            last_ok_sent: Some(sent),
+            reachable: true,
+        })
+    }
+
+    fn joining() -> Event {
+        Event::Observed(Observed {
+            lease: None,
+            position: Position::Joining,
+            last_ok_sent: None,
+            reachable: false,
+        })
+    }
+
+    fn machine(role: Role) -> Machine {
+        Machine {
+            role,
+            abandoned: None,
+            budget: BUDGET,
+        }
+    }
+
+    fn leader_role(t0: Instant) -> Role {
+        Role::Leader {
+            token: 10,
+            lease: 7,
+            leader: info("me", 10),
+            deadline: t0 + BUDGET,
+        }
+    }
+
+    fn suspect_role(t0: Instant) -> Role {
+        Role::Suspect {
+            token: 10,
+            lease: 7,
+            leader: info("me", 10),
+            deadline: t0 + BUDGET,
+            since: t0,
+        }
+    }
+
+    /// Every (state, event) pair: the resulting role kind and actions.
+    #[test]
+    fn transition_table() {
+        let t0 = Instant::now();
+        let now = t0 + Duration::from_millis(500);
+        let late = t0 + BUDGET + Duration::from_millis(1);
+        let follower = Role::Follower {
+            leader: info("other", 5),
+        };
+        use Action::*;
+        use RoleKind as K;
+        let cases: Vec<(&str, Role, Event, Instant, K, Vec<Action>)> = vec![
+            // Candidate
+            (
+                "cand elected",
+                Role::Candidate,
+                leading(7, 10, t0, true),
+                now,
+                K::Leader,
+                vec![StartChild { token: 10 }],
+            ),
+            (
+                "cand elected too late",
+                Role::Candidate,
+                leading(7, 10, t0, true),
+                late,
+                K::Candidate,
+                vec![],
+            ),
+            (
+                "cand sees leader",
+                Role::Candidate,
+                waiting(7, Some(info("other", 5)), t0),
+                now,
+                K::Follower,
+                vec![],
+            ),
+            (
+                "cand no leader",
+                Role::Candidate,
+                waiting(7, None, t0),
+                now,
+                K::Candidate,
+                vec![],
+            ),
+            (
+                "cand joining",
+                Role::Candidate,
+                joining(),
+                now,
+                K::Candidate,
+                vec![],
+            ),
+            (
+                "cand resign",
+                Role::Candidate,
+                Event::Resign,
+                now,
+                K::Candidate,
+                vec![],
+            ),
+            (
+                "cand pause",
+                Role::Candidate,
+                Event::Pause,
+                now,
+                K::Paused,
+                vec![Release(After::Pause)],
+            ),
+            (
+                "cand resume",
+                Role::Candidate,
+                Event::Resume,
+                now,
+                K::Candidate,
+                vec![],
+            ),
+            (
+                "cand shutdown",
+                Role::Candidate,
+                Event::Shutdown,
+                now,
+                K::Stopping,
+                vec![Release(After::Stop), Exit],
+            ),
+            // Follower
+            (
+                "fol elected",
+                follower.clone(),
+                leading(7, 10, t0, true),
+                now,
+                K::Leader,
+                vec![StartChild { token: 10 }],
+            ),
+            (
+                "fol new leader",
+                follower.clone(),
+                waiting(7, Some(info("third", 6)), t0),
+                now,
+                K::Follower,
+                vec![],
+            ),
+            (
+                "fol session lost",
+                follower.clone(),
+                joining(),
+                now,
+                K::Candidate,
+                vec![],
+            ),
+            (
+                "fol resign",
+                follower.clone(),
+                Event::Resign,
+                now,
+                K::Follower,
+                vec![],
+            ),
+            (
+                "fol pause",
+                follower.clone(),
+                Event::Pause,
+                now,
+                K::Paused,
+                vec![Release(After::Pause)],
+            ),
+            (
+                "fol resume",
+                follower.clone(),
+                Event::Resume,
+                now,
+                K::Follower,
+                vec![],
+            ),
+            (
+                "fol shutdown",
+                follower.clone(),
+                Event::Shutdown,
+                now,
+                K::Stopping,
+                vec![Release(After::Stop), Exit],
+            ),
+            // Leader
+            (
+                "lead keepalive",
+                leader_role(t0),
+                leading(7, 10, now, true),
+                now,
+                K::Leader,
+                vec![],
+            ),
+            (
+                "lead contact lost",
+                leader_role(t0),
+                leading(7, 10, t0, false),
+                now,
+                K::Suspect,
+                vec![],
+            ),
+            (
+                "lead deadline",
+                leader_role(t0),
+                leading(7, 10, t0, true),
+                late,
+                K::Candidate,
+                vec![StopChild, Release(After::Rejoin)],
+            ),
+            (
+                "lead lease changed",
+                leader_role(t0),
+                leading(8, 11, now, true),
+                now,
+                K::Candidate,
+                vec![StopChild],
+            ),
+            (
+                "lead key lost",
+                leader_role(t0),
+                joining(),
+                now,
+                K::Candidate,
+                vec![StopChild],
+            ),
+            (
+                "lead demoted",
+                leader_role(t0),
+                waiting(7, Some(info("other", 5)), t0),
+                now,
+                K::Follower,
+                vec![StopChild],
+            ),
+            (
+                "lead resign",
+                leader_role(t0),
+                Event::Resign,
+                now,
+                K::Candidate,
+                vec![StopChild, Release(After::Rejoin)],
+            ),
+            (
+                "lead pause",
+                leader_role(t0),
+                Event::Pause,
+                now,
+                K::Paused,
+                vec![StopChild, Release(After::Pause)],
+            ),
+            (
+                "lead resume",
+                leader_role(t0),
+                Event::Resume,
+                now,
+                K::Leader,
+                vec![],
+            ),
+            (
+                "lead shutdown",
+                leader_role(t0),
+                Event::Shutdown,
+                now,
+                K::Stopping,
+                vec![StopChild, Release(After::Stop), Exit],
+            ),
+            // Suspect
+            (
+                "susp restored",
+                suspect_role(t0),
+                leading(7, 10, now, true),
+                now,
+                K::Leader,
+                vec![],
+            ),
+            (
+                "susp still cut",
+                suspect_role(t0),
+                leading(7, 10, t0, false),
+                now,
+                K::Suspect,
+                vec![],
+            ),
+            (
+                "susp deadline",
+                suspect_role(t0),
+                leading(7, 10, t0, false),
+                late,
+                K::Candidate,
+                vec![StopChild, Release(After::Rejoin)],
+            ),
+            (
+                "susp lease gone",
+                suspect_role(t0),
+                joining(),
+                now,
+                K::Candidate,
+                vec![StopChild],
+            ),
+            (
+                "susp resign",
+                suspect_role(t0),
+                Event::Resign,
+                now,
+                K::Candidate,
+                vec![StopChild, Release(After::Rejoin)],
+            ),
+            (
+                "susp pause",
+                suspect_role(t0),
+                Event::Pause,
+                now,
+                K::Paused,
+                vec![StopChild, Release(After::Pause)],
+            ),
+            (
+                "susp resume",
+                suspect_role(t0),
+                Event::Resume,
+                now,
+                K::Suspect,
+                vec![],
+            ),
+            (
+                "susp shutdown",
+                suspect_role(t0),
+                Event::Shutdown,
+                now,
+                K::Stopping,
+                vec![StopChild, Release(After::Stop), Exit],
+            ),
+            // Paused
+            (
+                "paused view",
+                Role::Paused,
+                leading(7, 10, t0, true),
+                now,
+                K::Paused,
+                vec![],
+            ),
+            (
+                "paused resign",
+                Role::Paused,
+                Event::Resign,
+                now,
+                K::Paused,
+                vec![],
+            ),
+            (
+                "paused pause",
+                Role::Paused,
+                Event::Pause,
+                now,
+                K::Paused,
+                vec![],
+            ),
+            (
+                "paused resume",
+                Role::Paused,
+                Event::Resume,
+                now,
+                K::Candidate,
+                vec![ResumeElection],
+            ),
+            (
+                "paused shutdown",
+                Role::Paused,
+                Event::Shutdown,
+                now,
+                K::Stopping,
+                vec![Release(After::Stop), Exit],
+            ),
+            // Stopping
+            (
+                "stop view",
+                Role::Stopping,
+                leading(7, 10, t0, true),
+                now,
+                K::Stopping,
+                vec![],
+            ),
+            (
+                "stop resign",
+                Role::Stopping,
+                Event::Resign,
+                now,
+                K::Stopping,
+                vec![],
+            ),
+            (
+                "stop pause",
+                Role::Stopping,
+                Event::Pause,
+                now,
+                K::Stopping,
+                vec![],
+            ),
+            (
+                "stop resume",
+                Role::Stopping,
+                Event::Resume,
+                now,
+                K::Stopping,
+                vec![],
+            ),
+            (
+                "stop shutdown",
+                Role::Stopping,
+                Event::Shutdown,
+                now,
+                K::Stopping,
+                vec![],
+            ),
+        ];
+        for (name, role, event, at, kind, actions) in cases {
+            let (next, got) = machine(role).step(&event, at);
+            assert_eq!(next.role.kind(), kind, "{name}: role");
+            assert_eq!(got, actions, "{name}: actions");
+        }
+    }
+
+    #[test]
+    fn suspect_keeps_token_and_original_since() {
+        let t0 = Instant::now();
+        let m = machine(suspect_role(t0));
+        let (next, _) = m.step(&leading(7, 10, t0, false), t0 + Duration::from_secs(1));
+        match next.role {
+            Role::Suspect {
+                token,
+                since,
+                deadline,
+                ..
+            } => {
+                assert_eq!(token, 10);
+                assert_eq!(since, t0);
+                assert_eq!(deadline, t0 + BUDGET);
+            }
+            other => panic!("expected suspect, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn deadline_counts_from_last_keepalive_sent() {
+        let t0 = Instant::now();
+        let sent = t0 + Duration::from_millis(700);
+        let (next, _) = machine(leader_role(t0)).step(&leading(7, 10, sent, true), sent);
+        assert_eq!(next.role.deadline(), Some(sent + BUDGET));
+    }
+
+    #[test]
+    fn abandoned_lease_does_not_lead_again() {
+        let t0 = Instant::now();
+        let (after_resign, _) = machine(leader_role(t0)).step(&Event::Resign, t0);
+        assert_eq!(after_resign.abandoned, Some(7));
+        // The driver has not released yet and still reports Leading on lease 7.
+        let (next, actions) = after_resign.step(&leading(7, 10, t0, true), t0);
+        assert_eq!(next.role.kind(), RoleKind::Candidate);
+        assert!(actions.is_empty());
+        // A fresh session that wins leads again with its own token.
+        let (next, actions) = next.step(&leading(9, 12, t0, true), t0);
+        assert_eq!(next.role.kind(), RoleKind::Leader);
+        assert_eq!(actions, vec![Action::StartChild { token: 12 }]);
+    }
+}

@@ -1,0 +1,23 @@
+//! electd: a leader-election sidecar on etcd.
+//!
+//! # Layout
+//! - [`config`] — TOML + `ELECTD_*` env + flags merged into one validated `Config`.
+//! - [`cli`] — flags shared by both binaries; logging set-up.
+//! - [`election`] — the algorithm on etcd (lease, candidate key, predecessor watch) in
+//!   [`election::Driver`]; the pure role state machine in [`election::role`]; key layout in
+//!   [`election::keys`].
+//! - [`supervisor`] — the wrapped command: own process group, graceful stop, reap; the freeze
+//!   watchdog process.
+//! - [`daemon`] — the owner task that holds the role and carries out transitions.
+//! - [`status`] — the published snapshot the API reads.
+//! - [`api`] — one router served on TCP and on the Unix socket.
+//! - [`metrics`] — Prometheus metrics.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod election;
+pub mod metrics;
+pub mod status;
+pub mod supervisor;

@@ -1,0 +1,118 @@
+//! Prometheus metrics, registered once per daemon in their own registry and rendered by
+//! `GET /metrics`. Names carry units and counters end in `_total`.
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+use crate::election::role::RoleKind;
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub is_leader: IntGauge,
+    pub role: IntGaugeVec,
+    pub transitions: IntCounterVec,
+    pub fencing_token: IntGauge,
+    pub etcd_reachable: IntGauge,
+    pub child_running: IntGauge,
+    pub child_restarts: IntCounter,
+    pub child_exits: IntCounterVec,
+    pub predecessor_wakeups: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let m = Metrics {
+            is_leader: IntGauge::new("electd_is_leader", "1 while this replica leads, else 0")
+                .expect("invariant: valid metric"),
+            role: IntGaugeVec::new(
+                Opts::new("electd_role", "1 for the current role of this replica"),
+                &["role"],
+            )
+            .expect("invariant: valid metric"),
+            transitions: IntCounterVec::new(
+                Opts::new(
+                    "electd_leader_transitions_total",
+                    "Role changes of this replica",
+                ),
+                &["from", "to"],
+            )
+            .expect("invariant: valid metric"),
+            fencing_token: IntGauge::new(
+                "electd_fencing_token",
+                "Create revision of the current leader's key (0 when unknown)",
+            )
+            .expect("invariant: valid metric"),
+            etcd_reachable: IntGauge::new(
+                "electd_etcd_reachable",
+                "1 while the last etcd call succeeded",
+            )
+            .expect("invariant: valid metric"),
+            child_running: IntGauge::new(
+                "electd_child_running",
+                "1 while the wrapped command runs",
+            )
+            .expect("invariant: valid metric"),
+            child_restarts: IntCounter::new(
+                "electd_child_restarts_total",
+                "Restarts of the wrapped command after it exited on its own",
+            )
+            .expect("invariant: valid metric"),
+            child_exits: IntCounterVec::new(
+                Opts::new(
+                    "electd_child_exits_total",
+                    "Exits of the wrapped command by reason",
+                ),
+                &["reason"],
+            )
+            .expect("invariant: valid metric"),
+            predecessor_wakeups: IntCounter::new(
+                "electd_predecessor_wakeups_total",
+                "Times this replica re-read the election because its predecessor's key went away",
+            )
+            .expect("invariant: valid metric"),
+            registry,
+        };
+        let r = &m.registry;
+        for c in [
+            Box::new(m.is_leader.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.role.clone()),
+            Box::new(m.transitions.clone()),
+            Box::new(m.fencing_token.clone()),
+            Box::new(m.etcd_reachable.clone()),
+            Box::new(m.child_running.clone()),
+            Box::new(m.child_restarts.clone()),
+            Box::new(m.child_exits.clone()),
+            Box::new(m.predecessor_wakeups.clone()),
+        ] {
+            r.register(c).expect("invariant: metric names are unique");
+        }
+        m.set_role(RoleKind::Candidate);
+        m
+    }
+
+    pub fn set_role(&self, kind: RoleKind) {
+        for k in RoleKind::ALL {
+            self.role
+                .with_label_values(&[k.as_str()])
+                .set((k == kind) as i64);
+        }
+        self.is_leader
+            .set(matches!(kind, RoleKind::Leader | RoleKind::Suspect) as i64);
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("invariant: text encoding into a Vec cannot fail");
+        String::from_utf8(buf).expect("invariant: the text format is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
