@@ -206,13 +206,13 @@ struct Owner {
     pending_event: Option<Event>,
 }
 
-fn observed(v: &ElectionView) -> Observed {
-    Observed {
+fn observed(v: &ElectionView) -> Box<Observed> {
+    Box::new(Observed {
         lease: v.lease,
         position: v.position.clone(),
         last_ok_sent: v.last_ok_sent,
         reachable: v.reachable,
-    }
+    })
 }
 
 impl Owner {

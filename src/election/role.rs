@@ -136,7 +136,7 @@ pub struct Observed {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// The driver's current view (also sent when a deadline timer fires).
-    Observed(Observed),
+    Observed(Box<Observed>),
     /// Hand leadership off now (operator, or the child's exit policy).
     Resign,
     Pause,
@@ -330,7 +330,7 @@ mod tests {
     }
 
     fn leading(lease: i64, token: i64, sent: Instant, reachable: bool) -> Event {
-        Event::Observed(Observed {
+        Event::Observed(Box::new(Observed {
             lease: Some(lease),
             position: Position::Leading {
                 token,
@@ -338,25 +338,25 @@ mod tests {
             },
             last_ok_sent: Some(sent),
             reachable,
-        })
+        }))
     }
 
     fn waiting(lease: i64, leader: Option<LeaderInfo>, sent: Instant) -> Event {
-        Event::Observed(Observed {
+        Event::Observed(Box::new(Observed {
             lease: Some(lease),
             position: Position::Waiting { leader },
             last_ok_sent: Some(sent),
             reachable: true,
-        })
+        }))
     }
 
     fn joining() -> Event {
-        Event::Observed(Observed {
+        Event::Observed(Box::new(Observed {
             lease: None,
             position: Position::Joining,
             last_ok_sent: None,
             reachable: false,
-        })
+        }))
     }
 
     fn machine(role: Role) -> Machine {
@@ -397,7 +397,8 @@ mod tests {
         };
         use Action::*;
         use RoleKind as K;
-        let cases: Vec<(&str, Role, Event, Instant, K, Vec<Action>)> = vec![
+        type Case = (&'static str, Role, Event, Instant, K, Vec<Action>);
+        let cases: Vec<Case> = vec![
             // Candidate
             (
                 "cand elected",

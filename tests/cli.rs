@@ -1,0 +1,154 @@
+//! The `electd` binary's answers to bad input: exit 78 with a message naming the field, file
+//! or flag and what is accepted; exit 64 for usage errors. No etcd needed: validation happens
+//! before any connection.
+
+mod common;
+
+use std::process::Command;
+
+use common::electd_binary;
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let out = Command::new(electd_binary())
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().expect("exited normally"),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_config_error(args: &[&str], env: &[(&str, &str)], needles: &[&str]) {
+    let (code, err) = run(args, env);
+    assert_eq!(code, 78, "{args:?} {env:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: {err:?} lacks {n:?}");
+    }
+}
+
+#[test]
+fn ttl_below_two_seconds() {
+    assert_config_error(
+        &["--election", "e", "--ttl", "1s"],
+        &[],
+        &["invalid ttl", "--ttl", "at least 2s"],
+    );
+}
+
+#[test]
+fn bad_duration() {
+    assert_config_error(
+        &["--election", "e", "--ttl", "5x"],
+        &[],
+        &["invalid ttl \"5x\"", "duration such as"],
+    );
+}
+
+#[test]
+fn empty_election_name() {
+    assert_config_error(&["--election", ""], &[], &["invalid election", "non-empty"]);
+}
+
+#[test]
+fn missing_election_name() {
+    assert_config_error(
+        &[],
+        &[],
+        &["missing election", "--election", "ELECTD_ELECTION"],
+    );
+}
+
+#[test]
+fn unparsable_endpoint() {
+    assert_config_error(
+        &["--election", "e", "--endpoints", "http://ok:2379,etcd:2379"],
+        &[],
+        &["invalid endpoints \"etcd:2379\"", "http://127.0.0.1:2379"],
+    );
+}
+
+#[test]
+fn env_values_are_named_by_variable() {
+    assert_config_error(
+        &["--election", "e"],
+        &[("ELECTD_TTL", "0s")],
+        &["ELECTD_TTL", "at least 2s"],
+    );
+}
+
+#[test]
+fn stop_grace_that_does_not_fit_the_ttl() {
+    assert_config_error(
+        &[
+            "--election",
+            "e",
+            "--ttl",
+            "3s",
+            "--stop-grace",
+            "3s",
+            "--",
+            "true",
+        ],
+        &[],
+        &["does not fit inside the lease TTL", "--stop-grace"],
+    );
+}
+
+#[test]
+fn config_file_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("electd.toml");
+    let f = file.to_str().unwrap();
+
+    std::fs::write(&file, "election = \"e\"\nttl = \"5s\"\nttl_typo = 1\n").unwrap();
+    assert_config_error(
+        &["--config", f],
+        &[],
+        &["electd.toml", "line 3", "ttl_typo"],
+    );
+
+    std::fs::write(&file, "election = \"e\"\nttl = 5s\n").unwrap();
+    assert_config_error(&["--config", f], &[], &["electd.toml", "line 2, column"]);
+
+    std::fs::write(&file, "election = \"e\"\nttl = \"1s\"\n").unwrap();
+    assert_config_error(
+        &["--config", f],
+        &[],
+        &["invalid ttl", "electd.toml (key `ttl`)"],
+    );
+
+    assert_config_error(
+        &["--config", "/nonexistent/electd.toml"],
+        &[],
+        &["cannot read config file", "/nonexistent/electd.toml"],
+    );
+}
+
+#[test]
+fn usage_errors_exit_64_and_help_exits_0() {
+    let (code, err) = run(&["--no-such-flag"], &[]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--no-such-flag"), "{err}");
+    let out = Command::new(electd_binary())
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--endpoints",
+        "--election",
+        "--id",
+        "--ttl",
+        "--http",
+        "--socket",
+        "--stop-grace",
+        "--on-exit",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+}

@@ -1,0 +1,224 @@
+//! Election core against a real etcd: agreement, failover on SIGTERM and SIGKILL, fencing
+//! tokens, etcdctl interop, the socket's file handling.
+
+mod common;
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+
+fn three(etcd: &Etcd, election: &str) -> Vec<Daemon> {
+    (1..=3)
+        .map(|i| DaemonSpec::new(&etcd.endpoint(), election, &format!("r{i}")).start())
+        .collect()
+}
+
+#[test]
+fn three_daemons_agree_on_one_leader_over_http_and_socket() {
+    let etcd = Etcd::start();
+    let daemons = three(&etcd, "agree");
+    let l = wait_one_leader(&daemons, Duration::from_secs(10));
+    let leader_id = daemons[l].id().to_string();
+    let token = daemons[l].fencing_token().expect("leader has a token");
+
+    for d in &daemons {
+        for (how, doc) in [("http", d.role()), ("socket", d.role_socket())] {
+            let doc = doc.unwrap_or_else(|| panic!("{} answers /role over {how}", d.id()));
+            assert_eq!(doc["leader"]["id"], leader_id.as_str(), "{how}: {doc}");
+            assert_eq!(doc["fencing_token"], token, "{how}: {doc}");
+            assert_eq!(doc["election"], "agree");
+            assert_eq!(doc["id"], d.id());
+            let expected = if d.id() == leader_id {
+                "leader"
+            } else {
+                "follower"
+            };
+            assert_eq!(doc["role"], expected, "{how}: {doc}");
+            assert!(
+                doc["since"].as_str().is_some_and(|s| s.ends_with('Z')),
+                "{doc}"
+            );
+        }
+        let (code, body) = http_get(&d.http, "/healthz").unwrap();
+        assert_eq!((code, body.trim()), (200, "ok"));
+        let (code, _) = unix_http(&d.socket, "GET", "/leader", None).unwrap();
+        assert_eq!(code == 200, d.id() == leader_id);
+        let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o660, "default socket mode");
+    }
+    // Control actions are refused over TCP, and a refusal changes nothing.
+    let (code, body) = http_request(&daemons[l].http, "POST", "/resign", None).unwrap();
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("Unix socket"), "{body}");
+    assert!(daemons[l].is_leader());
+    assert_eq!(leaders(&daemons), vec![l]);
+
+    // etcd agrees: the lowest create revision under the prefix is the leader's key.
+    let out = etcd.etcdctl_ok(&[
+        "get",
+        "agree/",
+        "--prefix",
+        "--sort-by=CREATE",
+        "--order=ASCEND",
+        "-w",
+        "json",
+    ]);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let kvs = doc["kvs"].as_array().unwrap();
+    assert_eq!(kvs.len(), 3, "one candidate key per replica: {out}");
+    assert_eq!(kvs[0]["create_revision"], token);
+}
+
+#[test]
+fn sigterm_of_leader_hands_over_within_one_second() {
+    let etcd = Etcd::start();
+    let mut daemons = three(&etcd, "term");
+    let l = wait_one_leader(&daemons, Duration::from_secs(10));
+    let old_token = daemons[l].fencing_token().unwrap();
+
+    daemons[l].signal(Signal::SIGTERM);
+    let started = Instant::now();
+    let status = daemons[l].wait_exit(Duration::from_secs(5));
+    assert!(status.success(), "clean shutdown exits 0: {status:?}");
+    let mut new = None;
+    wait_until(
+        Duration::from_secs(1),
+        "a new leader within 1 s of SIGTERM",
+        || {
+            new = leaders(&daemons).first().copied();
+            new.is_some()
+        },
+    );
+    let n = new.unwrap();
+    assert_ne!(n, l);
+    assert!(daemons[n].fencing_token().unwrap() > old_token);
+    eprintln!("handover took {:?}", started.elapsed());
+    assert!(!daemons[l].socket.exists(), "socket removed on exit");
+}
+
+#[test]
+fn sigkill_of_leader_elects_a_new_leader_within_ttl_plus_one_second() {
+    let etcd = Etcd::start();
+    let mut daemons = three(&etcd, "kill");
+    let l = wait_one_leader(&daemons, Duration::from_secs(10));
+    let old_token = daemons[l].fencing_token().unwrap();
+    daemons[l].kill9();
+    let started = Instant::now();
+    let mut new = None;
+    wait_until(
+        Duration::from_secs(4),
+        "a new leader within TTL (3 s) + 1 s",
+        || {
+            new = leaders(&daemons).first().copied();
+            new.is_some()
+        },
+    );
+    let n = new.unwrap();
+    assert_ne!(n, l);
+    assert!(daemons[n].fencing_token().unwrap() > old_token);
+    eprintln!("failover after SIGKILL took {:?}", started.elapsed());
+    // The survivors agree.
+    let survivors: Vec<_> = daemons.iter().filter(|d| d.role().is_some()).collect();
+    assert_eq!(survivors.len(), 2);
+    for d in survivors {
+        assert_eq!(d.role().unwrap()["leader"]["id"], daemons[n].id());
+    }
+}
+
+#[test]
+fn fencing_tokens_strictly_increase_over_five_leaders() {
+    let etcd = Etcd::start();
+    let mut daemons = three(&etcd, "tokens");
+    let mut tokens = Vec::new();
+    for round in 0..5 {
+        let l = wait_one_leader(&daemons, Duration::from_secs(10));
+        tokens.push(daemons[l].fencing_token().unwrap());
+        daemons[l].signal(Signal::SIGTERM);
+        daemons[l].wait_exit(Duration::from_secs(5));
+        if round < 4 {
+            daemons[l].restart();
+        }
+    }
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "fencing tokens must strictly increase: {tokens:?}"
+    );
+}
+
+#[test]
+fn etcdctl_elect_observes_our_leader() {
+    let etcd = Etcd::start();
+    let daemons = three(&etcd, "interop");
+    let l = wait_one_leader(&daemons, Duration::from_secs(10));
+    let role = daemons[l].role().unwrap();
+    let key = role["leader"]["key"].as_str().unwrap().to_string();
+    // `etcdctl elect -l` prints the leader's key and value, then keeps observing.
+    let mut cmd = std::process::Command::new("timeout");
+    cmd.args([
+        "2",
+        etcdctl_binary().to_str().unwrap(),
+        "--endpoints",
+        &etcd.endpoint(),
+        "elect",
+        "-l",
+        "interop",
+    ])
+    .env("ETCDCTL_API", "3");
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some(key.as_str()), "etcdctl output: {text}");
+    let value: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(value["id"], daemons[l].id());
+    assert_eq!(value["http"], daemons[l].http.as_str());
+    assert!(key.starts_with("interop/"));
+    let lease_hex = key.trim_start_matches("interop/");
+    assert!(
+        lease_hex
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    );
+}
+
+#[test]
+fn socket_file_is_private_replaces_stale_files_and_is_removed_on_exit() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("api.sock");
+    // A stale socket file, as a crashed process leaves it.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+
+    let mut a = DaemonSpec::new(&etcd.endpoint(), "sock", "a")
+        .socket(&path)
+        .args(&["--socket-mode", "0600"])
+        .start();
+    a.wait_role("leader", Duration::from_secs(10));
+    let meta = std::fs::metadata(&path).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(a.role_socket().unwrap()["id"], "a");
+
+    // A second daemon on a live socket refuses to start and says why.
+    let mut b = DaemonSpec::new(&etcd.endpoint(), "sock", "b")
+        .socket(&path)
+        .start();
+    let status = b.wait_exit(Duration::from_secs(10));
+    assert!(!status.success());
+    assert!(
+        b.log_text().contains("another process is listening"),
+        "{}",
+        b.log_tail(10)
+    );
+    assert_eq!(
+        a.role_socket().unwrap()["id"],
+        "a",
+        "the live socket is untouched"
+    );
+
+    a.signal(Signal::SIGTERM);
+    assert!(a.wait_exit(Duration::from_secs(5)).success());
+    assert!(!path.exists(), "socket removed on exit");
+}

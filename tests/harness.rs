@@ -1,0 +1,311 @@
+//! Self-tests of the integration-test harness in `tests/common`.
+
+mod common;
+
+use common::{Etcd, EtcdCluster, ProxyMode, TcpProxy, free_port, http_get, unix_http, wait_until};
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::net::UnixListener;
+use std::time::{Duration, Instant};
+
+#[test]
+fn free_port_never_repeats() {
+    let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
+    let unique: HashSet<u16> = ports.iter().copied().collect();
+    assert_eq!(unique.len(), ports.len(), "duplicate ports: {ports:?}");
+    for p in ports {
+        TcpListener::bind(("127.0.0.1", p)).expect("handed-out port is bindable");
+    }
+}
+
+#[test]
+fn single_etcd_put_get_kill_restart_pause() {
+    let mut etcd = Etcd::start();
+    assert_eq!(
+        etcd.endpoint(),
+        format!("http://127.0.0.1:{}", etcd.client_port())
+    );
+    assert_eq!(etcd.etcdctl_ok(&["put", "greeting", "hello"]), "OK");
+    assert_eq!(
+        etcd.etcdctl_ok(&["get", "greeting", "--print-value-only"]),
+        "hello"
+    );
+    let (status, body) = http_get(&etcd.endpoint(), "/health").expect("GET /health");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("true"), "{body}");
+    assert!(etcd.is_leader());
+
+    // Data survives SIGKILL + restart on the same ports and data dir.
+    etcd.kill();
+    assert!(!etcd.is_running());
+    assert!(http_get(&etcd.endpoint(), "/health").is_err());
+    etcd.restart();
+    assert_eq!(
+        etcd.etcdctl_ok(&["get", "greeting", "--print-value-only"]),
+        "hello"
+    );
+
+    // A paused (SIGSTOPped) etcd accepts connections but answers nothing.
+    etcd.pause();
+    let started = Instant::now();
+    let out = etcd.etcdctl(&["get", "greeting", "--command-timeout=1s"]);
+    assert!(
+        !out.status.success(),
+        "etcdctl succeeded against paused etcd"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    etcd.resume();
+    wait_until(Duration::from_secs(10), "etcd healthy after resume", || {
+        etcd.is_healthy()
+    });
+
+    // Graceful stop, then restart.
+    etcd.stop();
+    etcd.restart();
+    assert_eq!(
+        etcd.etcdctl_ok(&["get", "greeting", "--print-value-only"]),
+        "hello"
+    );
+}
+
+#[test]
+fn cluster_survives_killing_the_leader_and_member_rejoins() {
+    let mut cluster = EtcdCluster::start(3);
+    assert_eq!(cluster.endpoints().len(), 3);
+    cluster.etcdctl_ok(&["put", "k1", "v1"]);
+
+    let leader = cluster.leader().expect("a leader");
+    cluster.member(leader).kill();
+    assert_eq!(cluster.live_endpoints().len(), 2);
+    cluster.wait_healthy(Duration::from_secs(20));
+    let new_leader = cluster.leader().expect("a new leader");
+    assert_ne!(new_leader, leader);
+
+    // The remaining two members still accept writes.
+    cluster.etcdctl_ok(&["put", "k2", "v2"]);
+    assert_eq!(
+        cluster.etcdctl_ok(&["get", "k1", "--print-value-only"]),
+        "v1"
+    );
+
+    // The killed member rejoins with its old data dir and catches up.
+    cluster.member(leader).restart();
+    cluster.wait_healthy(Duration::from_secs(20));
+    let rejoined = &cluster.members()[leader];
+    wait_until(Duration::from_secs(10), "rejoined member sees k2", || {
+        let out = rejoined.etcdctl(&["get", "k2", "--print-value-only", "--consistency=s"]);
+        String::from_utf8_lossy(&out.stdout).trim() == "v2"
+    });
+}
+
+#[test]
+fn proxy_pass_blackhole_heal_against_etcd() {
+    let etcd = Etcd::start();
+    let proxy = TcpProxy::start(etcd.client_addr());
+    let via_proxy = format!("--endpoints={}", proxy.endpoint());
+
+    assert_eq!(etcd.etcdctl_ok(&[&via_proxy, "put", "p", "1"]), "OK");
+    assert!(proxy.total_connections() >= 1, "etcdctl bypassed the proxy");
+
+    proxy.set_mode(ProxyMode::Blackhole);
+    let started = Instant::now();
+    let out = etcd.etcdctl(&[
+        &via_proxy,
+        "--dial-timeout=1s",
+        "--command-timeout=1s",
+        "put",
+        "p",
+        "2",
+    ]);
+    assert!(
+        !out.status.success(),
+        "etcdctl through a blackhole succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    proxy.set_mode(ProxyMode::Pass);
+    assert_eq!(etcd.etcdctl_ok(&[&via_proxy, "put", "p", "3"]), "OK");
+    assert_eq!(etcd.etcdctl_ok(&["get", "p", "--print-value-only"]), "3");
+    assert!(proxy.total_connections() >= 3);
+}
+
+/// A one-connection-per-thread echo server for proxy tests without etcd.
+fn echo_server() -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    if writer.write_all(line.as_bytes()).is_err() {
+                        break;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn echo_roundtrip(stream: &mut TcpStream, msg: &str) -> std::io::Result<String> {
+    stream.write_all(format!("{msg}\n").as_bytes())?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    Ok(line.trim_end().to_string())
+}
+
+fn connect(proxy: &TcpProxy) -> TcpStream {
+    let s = TcpStream::connect(proxy.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s
+}
+
+#[test]
+fn proxy_blackhole_resumes_reset_aborts_delay_delays() {
+    let proxy = TcpProxy::start(echo_server());
+
+    let mut a = connect(&proxy);
+    assert_eq!(echo_roundtrip(&mut a, "one").unwrap(), "one");
+    wait_until(Duration::from_secs(2), "1 open connection", || {
+        proxy.connections() == 1
+    });
+
+    // Blackhole: nothing comes back, but the connection stays open...
+    proxy.set_mode(ProxyMode::Blackhole);
+    a.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    a.write_all(b"two\n").unwrap();
+    let mut buf = [0u8; 16];
+    let err = a.read(&mut buf).expect_err("no bytes through a blackhole");
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{err}"
+    );
+    // ...and new connections are accepted but silent.
+    let mut b = connect(&proxy);
+    b.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    b.write_all(b"bee\n").unwrap();
+    assert!(b.read(&mut buf).is_err());
+
+    // Healing resumes both, with nothing lost.
+    proxy.set_mode(ProxyMode::Pass);
+    a.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    b.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut line = String::new();
+    BufReader::new(a.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "two\n");
+    line.clear();
+    BufReader::new(b.try_clone().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "bee\n");
+
+    // Reset: existing connections are aborted, new ones closed at once.
+    proxy.set_mode(ProxyMode::Reset);
+    for s in [&mut a, &mut b] {
+        match s.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+            Ok(n) => panic!("read {n} bytes after reset"),
+        }
+    }
+    wait_until(Duration::from_secs(2), "0 open connections", || {
+        proxy.connections() == 0
+    });
+    let mut c = connect(&proxy);
+    assert!(echo_roundtrip(&mut c, "sea").is_err() || c.read(&mut buf).is_err());
+
+    // Pass again heals for new connections; delay applies per direction.
+    proxy.set_mode(ProxyMode::Pass);
+    let mut d = connect(&proxy);
+    assert_eq!(echo_roundtrip(&mut d, "dee").unwrap(), "dee");
+    proxy.set_delay(Duration::from_millis(150));
+    let started = Instant::now();
+    assert_eq!(echo_roundtrip(&mut d, "slow").unwrap(), "slow");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300),
+        "round trip took {took:?}"
+    );
+    proxy.set_delay(Duration::ZERO);
+}
+
+/// Serves one canned HTTP response on a fresh TCP listener.
+fn canned_tcp_server(response: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        read_request_head(&mut s);
+        s.write_all(response.as_bytes()).unwrap();
+    });
+    addr
+}
+
+fn read_request_head(s: &mut impl Read) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).unwrap()
+}
+
+#[test]
+fn http_helpers_handle_length_chunked_and_unix_sockets() {
+    let addr = canned_tcp_server(
+        "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: keep-alive\r\n\r\nhello",
+    );
+    assert_eq!(http_get(&addr, "/x").unwrap(), (200, "hello".to_string()));
+
+    let addr = canned_tcp_server(
+        "HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nnot \r\n5;x=y\r\nready\r\n0\r\n\r\n",
+    );
+    assert_eq!(
+        http_get(&format!("http://{addr}"), "/").unwrap(),
+        (503, "not ready".to_string())
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("api.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let head = read_request_head(&mut s);
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).unwrap();
+        let reply = format!(
+            "{}|{}",
+            head.lines().next().unwrap(),
+            String::from_utf8(body).unwrap()
+        );
+        let resp = format!(
+            "HTTP/1.1 202 Accepted\r\nContent-Length: {}\r\n\r\n{reply}",
+            reply.len()
+        );
+        s.write_all(resp.as_bytes()).unwrap();
+    });
+    let (status, body) = unix_http(&sock, "POST", "/v1/resign", Some(r#"{"a":1}"#)).unwrap();
+    server.join().unwrap();
+    assert_eq!(status, 202);
+    assert_eq!(body, r#"POST /v1/resign HTTP/1.1|{"a":1}"#);
+
+    assert!(http_get(&format!("127.0.0.1:{}", free_port()), "/").is_err());
+}
