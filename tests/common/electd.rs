@@ -129,6 +129,10 @@ impl Daemon {
         .stdout(log.try_clone().expect("clone log fd"))
         .stderr(log);
         if !self.spec.command.is_empty() {
+            // The default stop grace (3s) does not fit the tests' 3s TTL.
+            if !self.spec.extra.iter().any(|a| a == "--stop-grace") {
+                cmd.args(["--stop-grace", "1s"]);
+            }
             cmd.arg("--").args(&self.spec.command);
         }
         self.child = Some(spawn_tied(cmd).expect("spawn electd"));

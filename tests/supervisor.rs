@@ -1,0 +1,374 @@
+//! The wrapped command against a real etcd and real processes: it runs only on the leader, is
+//! stopped (group signal, grace, SIGKILL) before another replica's starts, dies with electd,
+//! and its exits follow the --on-exit policy.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+
+/// A child that appends `start ID TOKEN NANOS` and, on SIGTERM, `stop ID TOKEN NANOS` to
+/// `ledger`.
+fn ledger_script(ledger: &Path) -> String {
+    let l = ledger.display();
+    format!(
+        "now() {{ date +%s%N; }}; \
+         echo \"start $ELECTD_ID $ELECTD_FENCING_TOKEN $(now)\" >> {l}; \
+         trap 'echo \"stop $ELECTD_ID $ELECTD_FENCING_TOKEN $(now)\" >> {l}; exit 0' TERM; \
+         while :; do sleep 0.05; done"
+    )
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Record {
+    what: String,
+    id: String,
+    token: i64,
+    at: u128,
+}
+
+fn ledger(path: &Path) -> Vec<Record> {
+    read_lines(path)
+        .iter()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(f.len(), 4, "ledger line {l:?}");
+            Record {
+                what: f[0].into(),
+                id: f[1].into(),
+                token: f[2].parse().unwrap(),
+                at: f[3].parse().unwrap(),
+            }
+        })
+        .collect()
+}
+
+/// Assert that no two children ran at once: every start comes after the previous child's stop.
+fn assert_one_at_a_time(records: &[Record]) {
+    let mut running: Option<&Record> = None;
+    for r in records {
+        match r.what.as_str() {
+            "start" => {
+                assert!(
+                    running.is_none(),
+                    "{} started while {:?} ran: {records:#?}",
+                    r.id,
+                    running
+                );
+                running = Some(r);
+            }
+            "stop" => {
+                let s = running
+                    .take()
+                    .unwrap_or_else(|| panic!("stop without start: {records:#?}"));
+                assert_eq!((s.id.as_str(), s.token), (r.id.as_str(), r.token));
+            }
+            other => panic!("unknown record {other}"),
+        }
+    }
+}
+
+fn pid_alive(pid: i32) -> bool {
+    // A zombie still answers kill(0); look at its state too.
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.contains(") Z ")
+}
+
+#[test]
+fn one_child_at_a_time_and_the_old_one_stops_before_the_new_one_starts() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ledger_path = dir.path().join("ledger");
+    let mut daemons: Vec<Daemon> = (1..=3)
+        .map(|i| {
+            DaemonSpec::new(&etcd.endpoint(), "sup", &format!("r{i}"))
+                .args(&["--stop-grace", "1s"])
+                .sh(&ledger_script(&ledger_path))
+                .start()
+        })
+        .collect();
+    let l = wait_one_leader(&daemons, Duration::from_secs(10));
+    wait_until(
+        Duration::from_secs(5),
+        "the leader's child to start",
+        || ledger(&ledger_path).len() == 1,
+    );
+    let first = ledger(&ledger_path)[0].clone();
+    assert_eq!(first.id, daemons[l].id());
+    assert_eq!(Some(first.token), daemons[l].fencing_token());
+    // The child's state and environment are visible on /role.
+    let role = daemons[l].role().unwrap();
+    assert_eq!(role["child"]["running"], true, "{role}");
+    assert!(role["child"]["pid"].as_u64().is_some(), "{role}");
+    for (i, d) in daemons.iter().enumerate() {
+        if i != l {
+            assert_eq!(d.role().unwrap()["child"]["running"], false);
+        }
+    }
+
+    daemons[l].signal(Signal::SIGTERM);
+    assert!(daemons[l].wait_exit(Duration::from_secs(5)).success());
+    wait_until(Duration::from_secs(5), "a new leader's child", || {
+        ledger(&ledger_path).len() == 3
+    });
+    let records = ledger(&ledger_path);
+    assert_eq!(records[1].what, "stop");
+    assert_eq!(records[1].id, first.id);
+    assert_eq!(records[2].what, "start");
+    assert_ne!(records[2].id, first.id);
+    assert!(records[2].token > first.token);
+    assert_one_at_a_time(&records);
+    // Nothing else started meanwhile.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ledger(&ledger_path).len(), 3);
+}
+
+#[test]
+fn child_ignoring_sigterm_is_killed_after_the_grace_and_grandchildren_die_too() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    // sh ignores TERM; its background sleep is a grandchild of electd.
+    let script = format!(
+        "trap '' TERM; sleep 1000 & echo $! >> {p}; echo $$ >> {p}; while :; do sleep 0.05; done",
+        p = pids.display()
+    );
+    let mut d = DaemonSpec::new(&etcd.endpoint(), "grace", "g")
+        .args(&["--stop-grace", "1s"])
+        .sh(&script)
+        .start();
+    d.wait_role("leader", Duration::from_secs(10));
+    wait_until(Duration::from_secs(5), "child pids", || {
+        read_lines(&pids).len() == 2
+    });
+    let p: Vec<i32> = read_lines(&pids)
+        .iter()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert!(p.iter().all(|pid| pid_alive(*pid)));
+
+    let t = Instant::now();
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(5)).success());
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "waited the grace before SIGKILL: {took:?}"
+    );
+    for pid in &p {
+        assert!(!pid_alive(*pid), "pid {pid} survived the stop");
+    }
+    assert!(
+        d.log_text().contains("did not stop within the grace"),
+        "{}",
+        d.log_tail(20)
+    );
+}
+
+#[test]
+fn sigkill_of_the_daemon_kills_its_child_and_a_new_leader_takes_over_after_the_ttl() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    let ledger_path = dir.path().join("ledger");
+    let script = format!(
+        "sleep 1000 & echo $! >> {p}; echo $$ >> {p}; {ledger}",
+        p = pids.display(),
+        ledger = ledger_script(&ledger_path)
+    );
+    let mut daemons: Vec<Daemon> = (1..=2)
+        .map(|i| {
+            DaemonSpec::new(&etcd.endpoint(), "crash", &format!("c{i}"))
+                .args(&["--stop-grace", "1s"])
+                .sh(&script)
+                .start()
+        })
+        .collect();
+    let l = wait_one_leader(&daemons, Duration::from_secs(10));
+    wait_until(Duration::from_secs(5), "child pids", || {
+        read_lines(&pids).len() == 2
+    });
+    let p: Vec<i32> = read_lines(&pids)
+        .iter()
+        .map(|l| l.parse().unwrap())
+        .collect();
+
+    daemons[l].kill9();
+    let killed = Instant::now();
+    wait_until(
+        Duration::from_secs(1),
+        "the child and grandchild to die with electd",
+        || p.iter().all(|pid| !pid_alive(*pid)),
+    );
+    wait_until(Duration::from_secs(5), "the new leader's child", || {
+        ledger(&ledger_path)
+            .iter()
+            .filter(|r| r.what == "start")
+            .count()
+            == 2
+    });
+    let took = killed.elapsed();
+    // The old lease must expire first (TTL 3 s); the new child starts within TTL + 1 s.
+    assert!(
+        took >= Duration::from_secs(2),
+        "new child started before the old lease could expire: {took:?}"
+    );
+    assert!(took <= Duration::from_secs(4), "{took:?}");
+    let starts: Vec<_> = ledger(&ledger_path)
+        .into_iter()
+        .filter(|r| r.what == "start")
+        .collect();
+    assert_ne!(starts[0].id, starts[1].id);
+    assert!(starts[1].token > starts[0].token);
+}
+
+#[test]
+fn crash_loop_backs_off_then_hands_leadership_to_another_replica() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let script = format!(
+        "echo \"$ELECTD_ID $(date +%s%N)\" >> {}; exit 1",
+        runs.display()
+    );
+    let daemons: Vec<Daemon> = (1..=2)
+        .map(|i| {
+            DaemonSpec::new(&etcd.endpoint(), "loop", &format!("l{i}"))
+                .sh(&script)
+                .start()
+        })
+        .collect();
+    let l = wait_one_leader(&daemons, Duration::from_secs(10));
+    let first = daemons[l].id().to_string();
+    wait_until(
+        Duration::from_secs(15),
+        "the other replica to take over",
+        || read_lines(&runs).iter().any(|r| !r.starts_with(&first)),
+    );
+    let lines = read_lines(&runs);
+    let by_first: Vec<u128> = lines
+        .iter()
+        .take_while(|r| r.starts_with(&first))
+        .map(|r| r.split_whitespace().nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        by_first.len(),
+        5,
+        "restarted until the limit of 5 exits: {lines:?}"
+    );
+    let gaps: Vec<u128> = by_first
+        .windows(2)
+        .map(|w| (w[1] - w[0]) / 1_000_000)
+        .collect();
+    assert!(
+        gaps.windows(2).all(|g| g[1] > g[0]),
+        "restart delays must grow (exponential backoff): {gaps:?} ms"
+    );
+    assert!(
+        daemons[l]
+            .log_text()
+            .contains("child keeps failing; resigning")
+    );
+}
+
+#[test]
+fn on_exit_exit_propagates_the_exit_code_and_signal() {
+    let etcd = Etcd::start();
+    let mut d = DaemonSpec::new(&etcd.endpoint(), "exitcode", "x")
+        .args(&["--on-exit", "exit"])
+        .sh("sleep 0.3; exit 7")
+        .start();
+    assert_eq!(d.wait_exit(Duration::from_secs(10)).code(), Some(7));
+    assert!(d.log_text().contains("exit code 7"), "{}", d.log_tail(10));
+
+    let mut d = DaemonSpec::new(&etcd.endpoint(), "exitcode", "y")
+        .args(&["--on-exit", "exit"])
+        .sh("sleep 0.3; kill -TERM $$")
+        .start();
+    assert_eq!(d.wait_exit(Duration::from_secs(10)).code(), Some(128 + 15));
+}
+
+#[test]
+fn on_exit_resign_hands_over_without_restarting() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let go = dir.path().join("go");
+    // r1's child exits cleanly once told to; r2's keeps running.
+    let script = format!(
+        "echo \"$ELECTD_ID\" >> {runs}; \
+         if [ \"$ELECTD_ID\" = r1 ]; then while [ ! -f {go} ]; do sleep 0.05; done; exit 0; fi; \
+         sleep 1000",
+        runs = runs.display(),
+        go = go.display()
+    );
+    let a = DaemonSpec::new(&etcd.endpoint(), "resign-policy", "r1")
+        .args(&["--on-exit", "resign"])
+        .sh(&script)
+        .start();
+    a.wait_role("leader", Duration::from_secs(10));
+    let b = DaemonSpec::new(&etcd.endpoint(), "resign-policy", "r2")
+        .args(&["--on-exit", "resign"])
+        .sh(&script)
+        .start();
+    b.wait_role("follower", Duration::from_secs(10));
+    std::fs::write(&go, "").unwrap();
+    b.wait_role("leader", Duration::from_secs(5));
+    a.wait_role("follower", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        read_lines(&runs),
+        vec!["r1", "r2"],
+        "r1's child was not restarted"
+    );
+    assert_eq!(a.role().unwrap()["child"]["last_exit"]["code"], 0);
+}
+
+#[test]
+fn signals_are_forwarded_and_the_environment_carries_the_fencing_token() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let o = out.display();
+    let script = format!(
+        "echo \"env $ELECTD_ID $ELECTD_ELECTION $ELECTD_LEADER_KEY $ELECTD_FENCING_TOKEN\" >> {o}; \
+         trap 'echo hup >> {o}' HUP; trap 'echo usr1 >> {o}' USR1; trap 'echo usr2 >> {o}' USR2; \
+         while :; do sleep 0.05; done"
+    );
+    let d = DaemonSpec::new(&etcd.endpoint(), "fwd", "f")
+        .sh(&script)
+        .start();
+    d.wait_role("leader", Duration::from_secs(10));
+    wait_until(Duration::from_secs(5), "child env line", || {
+        !read_lines(&out).is_empty()
+    });
+    let role = d.role().unwrap();
+    let env_line = format!(
+        "env f fwd {} {}",
+        role["leader"]["key"].as_str().unwrap(),
+        role["fencing_token"]
+    );
+    assert_eq!(read_lines(&out)[0], env_line);
+    for (sig, word) in [
+        (Signal::SIGHUP, "hup"),
+        (Signal::SIGUSR1, "usr1"),
+        (Signal::SIGUSR2, "usr2"),
+    ] {
+        d.signal(sig);
+        wait_until(
+            Duration::from_secs(3),
+            &format!("{word} to reach the child"),
+            || read_lines(&out).iter().any(|l| l == word),
+        );
+    }
+    assert!(
+        d.is_leader(),
+        "forwarded signals do not affect electd itself"
+    );
+}
