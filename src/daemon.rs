@@ -227,7 +227,13 @@ impl Owner {
         loop {
             let deadline = self.machine.role.deadline();
             let child_running = self.supervisor.as_ref().is_some_and(|s| s.is_running());
+            // Biased: a passed leadership deadline is handled before anything else (a child
+            // exit or restart must never be acted on by a leader whose time is up).
             let event = tokio::select! {
+                biased;
+                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    Event::Observed(observed(&self.view_rx.borrow()))
+                }
                 _ = term.recv() => { info!("SIGTERM received; shutting down"); Event::Shutdown }
                 _ = int.recv() => { info!("SIGINT received; shutting down"); Event::Shutdown }
                 _ = hup.recv() => { self.forward(Signal::SIGHUP); continue; }
@@ -244,9 +250,6 @@ impl Owner {
                         self.note_view(&v);
                         Event::Observed(observed(&v))
                     }
-                }
-                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                    Event::Observed(observed(&self.view_rx.borrow()))
                 }
                 exit = async { self.supervisor.as_mut().expect("invariant: guarded").wait().await }, if child_running => {
                     match self.child_exited(exit.0, exit.1) {
@@ -536,11 +539,13 @@ impl Owner {
         let role = self.machine.role.clone();
         let (reachable, last_contact) = (view.reachable, view.last_contact);
         drop(view);
+        // Only what a watcher acts on bumps the version and wakes readers; deadlines and the
+        // last contact time are refreshed silently (they are rendered at read time).
         self.status.send_if_modified(|s| {
             let changed = role_changed
-                || s.role != role
-                || s.reachable != reachable
-                || s.last_contact != last_contact;
+                || s.role.kind() != role.kind()
+                || s.role.leader() != role.leader()
+                || s.reachable != reachable;
             if role_changed {
                 s.since = SystemTime::now();
             }

@@ -4,49 +4,12 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
 use nix::sys::signal::Signal;
 
-/// A child that appends `start ID TOKEN NANOS` and, on SIGTERM, `stop ID TOKEN NANOS` to
-/// `ledger`.
-fn ledger_script(ledger: &Path) -> String {
-    let l = ledger.display();
-    format!(
-        "now() {{ date +%s%N; }}; \
-         echo \"start $ELECTD_ID $ELECTD_FENCING_TOKEN $(now)\" >> {l}; \
-         trap 'echo \"stop $ELECTD_ID $ELECTD_FENCING_TOKEN $(now)\" >> {l}; exit 0' TERM; \
-         while :; do sleep 0.05; done"
-    )
-}
-
-#[derive(Debug, Clone, PartialEq)]
-struct Record {
-    what: String,
-    id: String,
-    token: i64,
-    at: u128,
-}
-
-fn ledger(path: &Path) -> Vec<Record> {
-    read_lines(path)
-        .iter()
-        .map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            assert_eq!(f.len(), 4, "ledger line {l:?}");
-            Record {
-                what: f[0].into(),
-                id: f[1].into(),
-                token: f[2].parse().unwrap(),
-                at: f[3].parse().unwrap(),
-            }
-        })
-        .collect()
-}
-
-/// Assert that no two children ran at once: every start comes after the previous child's stop.
+/// Assert the ledger alternates start/stop: every start comes after the previous child's stop.
 fn assert_one_at_a_time(records: &[Record]) {
     let mut running: Option<&Record> = None;
     for r in records {
@@ -69,15 +32,6 @@ fn assert_one_at_a_time(records: &[Record]) {
             other => panic!("unknown record {other}"),
         }
     }
-}
-
-fn pid_alive(pid: i32) -> bool {
-    // A zombie still answers kill(0); look at its state too.
-    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
-        return false;
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    !stat.contains(") Z ")
 }
 
 #[test]

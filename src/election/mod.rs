@@ -98,6 +98,21 @@ pub enum Position {
     Stopped,
 }
 
+impl Position {
+    /// The position once our session is gone: a follower keeps its last known leader (a stale
+    /// view, flagged by `reachable`) until a fresh read replaces it; a leader knows nothing.
+    fn without_session(&self) -> Position {
+        match self {
+            Position::Waiting {
+                leader: Some(leader),
+            } => Position::Waiting {
+                leader: Some(leader.clone()),
+            },
+            _ => Position::Joining,
+        }
+    }
+}
+
 /// Everything the driver knows, published on every change.
 #[derive(Debug, Clone)]
 pub struct ElectionView {
@@ -353,7 +368,7 @@ impl Driver {
     /// One session: lease, keepalive, candidate key, campaign; returns what to do next.
     async fn session(&mut self) -> Result<After, EtcdError> {
         self.view.send_modify(|v| {
-            v.position = Position::Joining;
+            v.position = v.position.without_session();
             v.lease = None;
             v.last_ok_sent = None;
         });
@@ -448,7 +463,7 @@ impl Driver {
         self.view.send_modify(|v| {
             v.lease = None;
             v.last_ok_sent = None;
-            v.position = Position::Joining;
+            v.position = v.position.without_session();
         });
     }
 }

@@ -9,11 +9,13 @@
 mod electd;
 mod etcd;
 mod http;
+mod ledger;
 mod proxy;
 
 pub use electd::{Daemon, DaemonSpec, electd_binary, leaders, read_lines, wait_one_leader};
 pub use etcd::{Etcd, EtcdCluster, EtcdOptions};
 pub use http::{http_get, http_request, unix_http};
+pub use ledger::*;
 pub use proxy::{ProxyMode, TcpProxy};
 
 use std::collections::HashSet;

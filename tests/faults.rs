@@ -1,0 +1,215 @@
+//! Real faults: a TCP proxy that blackholes a leader's link to etcd, SIGSTOP of a leader's
+//! daemon, etcd members killed or frozen in a 3-member cluster. The promise: a short flap
+//! never restarts the child; no partition or freeze ever leaves two children running.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+
+#[test]
+fn flap_shorter_than_the_grace_keeps_leader_child_and_token() {
+    let etcd = Etcd::start();
+    let proxy = TcpProxy::start_to(&etcd.endpoint());
+    let dir = tempfile::tempdir().unwrap();
+    let l = dir.path().join("ledger");
+    // TTL 6s, grace 1s: the leader may keep its role 6 − 0.6 − 1 = 4.4 s after its last
+    // successful keepalive was sent.
+    let a = DaemonSpec::new(&proxy.endpoint(), "flap", "a")
+        .ttl("6s")
+        .sh(&ledger_script(&l))
+        .start();
+    a.wait_role("leader", Duration::from_secs(10));
+    let b = DaemonSpec::new(&etcd.endpoint(), "flap", "b")
+        .ttl("6s")
+        .sh(&ledger_script(&l))
+        .start();
+    b.wait_role("follower", Duration::from_secs(10));
+    let token = a.fencing_token().unwrap();
+
+    proxy.set_mode(ProxyMode::Blackhole);
+    let cut = Instant::now();
+    let mut saw_suspect = None;
+    while cut.elapsed() < Duration::from_secs(2) {
+        if let Some(r) = a.role()
+            && r["role"] == "suspect"
+        {
+            saw_suspect = Some(r);
+        }
+        assert!(!b.is_leader(), "the follower must not lead during a flap");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    proxy.set_mode(ProxyMode::Pass);
+    let r = saw_suspect.expect("the cut-off leader shows role suspect");
+    assert_eq!(r["etcd_reachable"], false, "{r}");
+    assert!(r["suspect"]["contact_lost_ms"].as_u64().is_some(), "{r}");
+    assert!(r["suspect"]["deadline_in_ms"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["fencing_token"], token, "{r}");
+
+    a.wait_role("leader", Duration::from_secs(5));
+    assert_eq!(
+        a.fencing_token(),
+        Some(token),
+        "same fencing token after the flap"
+    );
+    assert_eq!(a.role().unwrap()["etcd_reachable"], true);
+    std::thread::sleep(Duration::from_millis(500));
+    let records = ledger(&l);
+    assert_eq!(
+        records.len(),
+        1,
+        "the child was neither stopped nor restarted: {records:?}"
+    );
+    assert_eq!(records[0].id, "a");
+    assert!(!b.is_leader());
+}
+
+#[test]
+fn partition_longer_than_the_ttl_stops_the_old_child_before_the_new_one_starts() {
+    let etcd = Etcd::start();
+    let proxy = TcpProxy::start_to(&etcd.endpoint());
+    let dir = tempfile::tempdir().unwrap();
+    let l = dir.path().join("ledger");
+    let a = DaemonSpec::new(&proxy.endpoint(), "part", "a")
+        .sh(&ticking_script(&l))
+        .start();
+    a.wait_role("leader", Duration::from_secs(10));
+    let b = DaemonSpec::new(&etcd.endpoint(), "part", "b")
+        .sh(&ticking_script(&l))
+        .start();
+    b.wait_role("follower", Duration::from_secs(10));
+
+    proxy.set_mode(ProxyMode::Blackhole);
+    b.wait_role("leader", Duration::from_secs(6));
+    wait_until(Duration::from_secs(3), "b's child to start", || {
+        starts(&ledger(&l)).len() == 2
+    });
+    // The cut-off replica does not claim leadership without etcd.
+    let ra = a.role().unwrap();
+    assert_ne!(ra["role"], "leader", "{ra}");
+    assert_ne!(ra["role"], "suspect", "{ra}");
+    assert_eq!(ra["etcd_reachable"], false, "{ra}");
+
+    let records = ledger(&l);
+    let s = starts(&records);
+    assert_eq!((s[0].id.as_str(), s[1].id.as_str()), ("a", "b"));
+    assert!(
+        records.iter().any(|r| r.what == "stop" && r.id == "a"),
+        "a's child was stopped gracefully within its grace: {records:?}"
+    );
+    assert_no_overlap(&records);
+
+    proxy.set_mode(ProxyMode::Pass);
+    a.wait_role("follower", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        starts(&ledger(&l)).len(),
+        2,
+        "the old leader did not restart its child"
+    );
+    assert_eq!(a.role().unwrap()["leader"]["id"], "b");
+}
+
+#[test]
+fn sigstop_of_the_leader_daemon_lets_the_watchdog_kill_its_child_in_time() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let l = dir.path().join("ledger");
+    let a = DaemonSpec::new(&etcd.endpoint(), "freeze", "a")
+        .sh(&ticking_script(&l))
+        .start();
+    a.wait_role("leader", Duration::from_secs(10));
+    let b = DaemonSpec::new(&etcd.endpoint(), "freeze", "b")
+        .sh(&ticking_script(&l))
+        .start();
+    b.wait_role("follower", Duration::from_secs(10));
+    wait_until(Duration::from_secs(3), "a's child ticking", || {
+        ledger(&l).len() > 2
+    });
+
+    a.signal(Signal::SIGSTOP);
+    b.wait_role("leader", Duration::from_secs(6));
+    wait_until(Duration::from_secs(3), "b's child to start", || {
+        starts(&ledger(&l)).len() == 2
+    });
+    let records = ledger(&l);
+    assert!(
+        !records.iter().any(|r| r.what == "stop" && r.id == "a"),
+        "a frozen electd cannot stop its child gracefully; the watchdog SIGKILLs it"
+    );
+    assert_no_overlap(&records);
+
+    a.signal(Signal::SIGCONT);
+    a.wait_role("follower", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(700));
+    let records = ledger(&l);
+    assert_eq!(
+        starts(&records).len(),
+        2,
+        "the thawed daemon did not restart its child"
+    );
+    assert_no_overlap(&records);
+    assert!(
+        a.log_text()
+            .contains("watchdog: electd did not extend the deadline"),
+        "{}",
+        a.log_tail(20)
+    );
+}
+
+#[test]
+fn etcd_member_failure_in_a_three_member_cluster_changes_nothing() {
+    let mut cluster = EtcdCluster::start(3);
+    let endpoints = cluster.endpoints().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let l = dir.path().join("ledger");
+    let daemons: Vec<Daemon> = ["a", "b"]
+        .iter()
+        .map(|id| {
+            DaemonSpec::new(&endpoints, "members", id)
+                .ttl("5s")
+                .sh(&ledger_script(&l))
+                .start()
+        })
+        .collect();
+    let leader = wait_one_leader(&daemons, Duration::from_secs(10));
+    let token = daemons[leader].fencing_token().unwrap();
+    wait_until(Duration::from_secs(3), "the child", || {
+        ledger(&l).len() == 1
+    });
+
+    let check = |what: &str| {
+        assert_eq!(
+            leaders(&daemons),
+            vec![leader],
+            "{what}: leadership changed"
+        );
+        assert_eq!(daemons[leader].fencing_token(), Some(token), "{what}");
+        assert_eq!(ledger(&l).len(), 1, "{what}: the child was restarted");
+    };
+
+    // Kill the etcd leader (the worst member to lose), watch for a while, bring it back.
+    let m = cluster.leader().expect("the cluster has a leader");
+    cluster.member(m).kill();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(4) {
+        check("etcd leader killed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.member(m).restart();
+    cluster.wait_healthy(Duration::from_secs(20));
+    check("etcd member restarted");
+
+    // Freeze another member: its connections hang instead of failing.
+    let frozen = (m + 1) % 3;
+    cluster.member(frozen).pause();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(4) {
+        check("etcd member frozen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.member(frozen).resume();
+    check("etcd member thawed");
+}
