@@ -17,13 +17,22 @@ pub fn ledger_script(ledger: &Path) -> String {
     )
 }
 
-/// A child that records `start`, a `tick` every 50 ms while alive (so its death time is known
-/// even when it is SIGKILLed), and `stop` on SIGTERM.
+/// A child that records `start`, a `tick` every 50 ms while alive, and `stop` on SIGTERM.
+///
+/// At start it also checks, exactly, the invariant "no other child is running": it registers
+/// its pid under `<ledger>.pids/` and looks at every other registered pid in /proc. One that
+/// is alive (not a zombie) and belongs to the same election makes it record `overlap`. This
+/// covers children killed with SIGKILL, which leave no `stop` record.
 pub fn ticking_script(ledger: &Path) -> String {
     let l = ledger.display();
     format!(
         "now() {{ date +%s%N; }}; \
+         d={l}.pids; mkdir -p $d; touch $d/$$; \
          echo \"start $ELECTD_ID $ELECTD_FENCING_TOKEN $(now)\" >> {l}; \
+         for f in $d/*; do p=${{f##*/}}; [ \"$p\" = $$ ] && continue; \
+           st=$(awk '{{print $3}}' /proc/$p/stat 2>/dev/null); \
+           if [ -n \"$st\" ] && [ \"$st\" != Z ] && tr '\\0' '\\n' < /proc/$p/environ 2>/dev/null | grep -qx \"ELECTD_ELECTION=$ELECTD_ELECTION\"; then \
+             echo \"overlap $ELECTD_ID $ELECTD_FENCING_TOKEN $p\" >> {l}; fi; done; \
          trap 'echo \"stop $ELECTD_ID $ELECTD_FENCING_TOKEN $(now)\" >> {l}; exit 0' TERM; \
          while :; do echo \"tick $ELECTD_ID $ELECTD_FENCING_TOKEN $(now)\" >> {l}; sleep 0.05; done"
     )
@@ -67,6 +76,9 @@ pub struct Run {
     pub token: i64,
     pub start: u128,
     pub last: u128,
+    /// Ended with a `stop` record (a graceful stop); else it was killed and `last` is its
+    /// last tick, shortly before its death.
+    pub stopped: bool,
 }
 
 /// Group the records into runs, keyed by (id, token, start order).
@@ -79,6 +91,7 @@ pub fn runs(records: &[Record]) -> Vec<Run> {
                 token: r.token,
                 start: r.at,
                 last: r.at,
+                stopped: false,
             });
         } else if let Some(run) = runs
             .iter_mut()
@@ -86,24 +99,35 @@ pub fn runs(records: &[Record]) -> Vec<Run> {
             .find(|run| run.id == r.id && run.token == r.token)
         {
             run.last = run.last.max(r.at);
+            run.stopped |= r.what == "stop";
         }
     }
     runs
 }
 
-/// Assert that no two runs overlap in time and that tokens strictly increase from run to run.
+/// Assert that no two children ran at once and that fencing tokens never go backwards:
+/// - no child found another one alive when it started (`overlap` records, exact);
+/// - every run's last sign of life (its `stop`, or last `tick` if it was killed) comes before
+///   the next run's start.
 pub fn assert_no_overlap(records: &[Record]) {
+    let overlaps: Vec<&Record> = records.iter().filter(|r| r.what == "overlap").collect();
+    assert!(
+        overlaps.is_empty(),
+        "a child started while another child of the election was alive (record: overlap ID TOKEN OTHER_PID): {overlaps:?}"
+    );
     let mut rs = runs(records);
     rs.sort_by_key(|r| r.start);
     for w in rs.windows(2) {
         assert!(
             w[0].last < w[1].start,
-            "two children ran at once: {:?} was alive until {} but {:?} started at {} ({} ms overlap)",
+            "two children ran at once: {:?} (token {}) was alive at {} (stopped: {}) but {:?} (token {}) started at {}",
             w[0].id,
+            w[0].token,
             w[0].last,
+            w[0].stopped,
             w[1].id,
+            w[1].token,
             w[1].start,
-            (w[0].last - w[1].start) / 1_000_000
         );
         assert!(
             w[0].token <= w[1].token,
