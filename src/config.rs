@@ -102,6 +102,9 @@ pub struct Settings {
     pub http: Option<String>,
     pub socket: Option<String>,
     pub socket_mode: Option<String>,
+    pub socket_group: Option<String>,
+    pub control_uids: Option<Endpoints>,
+    pub control_gids: Option<Endpoints>,
     pub log_level: Option<String>,
     pub log_format: Option<String>,
     pub stop_signal: Option<String>,
@@ -114,7 +117,8 @@ pub struct Settings {
     pub etcd_password_file: Option<String>,
 }
 
-/// Endpoints are a comma-separated string on the command line and either form in TOML.
+/// Lists (endpoints, uids, gids) are a comma-separated string on the command line and in the
+/// environment, and either form in TOML.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum Endpoints {
@@ -156,6 +160,9 @@ pub const FIELD_FLAGS: &[(&str, &str, &str)] = &[
     ("http", "--http", "ELECTD_HTTP"),
     ("socket", "--socket", "ELECTD_SOCKET"),
     ("socket_mode", "--socket-mode", "ELECTD_SOCKET_MODE"),
+    ("socket_group", "--socket-group", "ELECTD_SOCKET_GROUP"),
+    ("control_uids", "--control-uids", "ELECTD_CONTROL_UIDS"),
+    ("control_gids", "--control-gids", "ELECTD_CONTROL_GIDS"),
     ("log_level", "--log-level", "ELECTD_LOG_LEVEL"),
     ("log_format", "--log-format", "ELECTD_LOG_FORMAT"),
     ("stop_signal", "--stop-signal", "ELECTD_STOP_SIGNAL"),
@@ -182,6 +189,12 @@ pub struct Config {
     pub http: Option<SocketAddr>,
     pub socket: Option<PathBuf>,
     pub socket_mode: u32,
+    /// Group that owns the socket file (so its members can connect with mode 0660).
+    pub socket_group: Option<u32>,
+    /// Peers (by SO_PEERCRED) allowed to send control requests over the socket, besides
+    /// electd's own uid and root.
+    pub control_uids: Vec<u32>,
+    pub control_gids: Vec<u32>,
     pub log_level: String,
     pub log_format: LogFormat,
     pub stop_signal: nix::sys::signal::Signal,
@@ -326,6 +339,9 @@ pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Settings {
         http: get("http"),
         socket: get("socket"),
         socket_mode: get("socket_mode"),
+        socket_group: get("socket_group"),
+        control_uids: get("control_uids").map(Endpoints::One),
+        control_gids: get("control_gids").map(Endpoints::One),
         log_level: get("log_level"),
         log_format: get("log_format"),
         stop_signal: get("stop_signal"),
@@ -569,6 +585,51 @@ impl Layers {
             None => 0o660,
         };
 
+        let socket_group = match self.pick("socket_group", |s| &s.socket_group) {
+            Some(p) => {
+                let v = p.value.trim();
+                let gid = match v.parse::<u32>() {
+                    Ok(gid) => Some(gid),
+                    Err(_) => nix::unistd::Group::from_name(v)
+                        .ok()
+                        .flatten()
+                        .map(|g| g.gid.as_raw()),
+                };
+                Some(gid.ok_or_else(|| {
+                    invalid(
+                        "socket_group",
+                        v,
+                        &in_file(&p.origin, "socket_group"),
+                        "expected an existing group name or a numeric gid",
+                    )
+                })?)
+            }
+            None => None,
+        };
+        let id_list = |field: &'static str, get: fn(&Settings) -> &Option<Endpoints>| match self
+            .pick(field, get)
+        {
+            Some(p) => p
+                .value
+                .items()
+                .iter()
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    s.parse::<u32>().map_err(|_| {
+                        invalid(
+                            field,
+                            s,
+                            &in_file(&p.origin, field),
+                            "expected numeric ids, comma-separated, e.g. `1000,1001`",
+                        )
+                    })
+                })
+                .collect::<Result<Vec<u32>, _>>(),
+            None => Ok(Vec::new()),
+        };
+        let control_uids = id_list("control_uids", |s| &s.control_uids)?;
+        let control_gids = id_list("control_gids", |s| &s.control_gids)?;
+
         // logging
         let log_level = match self.pick("log_level", |s| &s.log_level) {
             Some(p) => {
@@ -711,6 +772,9 @@ impl Layers {
             http,
             socket,
             socket_mode,
+            socket_group,
+            control_uids,
+            control_gids,
             log_level,
             log_format,
             stop_signal,

@@ -76,7 +76,11 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonErro
         None => None,
     };
     let socket = match &config.socket {
-        Some(path) => Some(api::socket::bind(path, config.socket_mode)?),
+        Some(path) => Some(api::socket::bind(
+            path,
+            config.socket_mode,
+            config.socket_group,
+        )?),
         None => None,
     };
 
@@ -86,14 +90,14 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonErro
         .map(|a| a.to_string());
     let member = MemberInfo::new(&config.id, http_addr);
     let (driver, handle, view_rx) = Driver::new(
-        client,
+        client.clone(),
         DriverConfig {
             election: config.election.clone(),
             member,
             timing,
         },
     );
-    let driver_task = tokio::spawn(driver.run());
+    let driver_task = tokio::spawn(driver.with_metrics(metrics.clone()).run());
 
     let (status_tx, status_rx) = watch::channel(Status::new(
         &config.id,
@@ -105,6 +109,15 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonErro
         status: status_rx,
         control: control_tx,
         metrics: metrics.clone(),
+        etcd: Some(api::EtcdSource {
+            client: client.clone(),
+            election: config.election.clone(),
+            timeout: timing.request_timeout.max(Duration::from_secs(2)),
+        }),
+        allow: api::socket::AllowList {
+            uids: config.control_uids.clone(),
+            gids: config.control_gids.clone(),
+        },
     };
     let (api_stop_tx, api_stop_rx) = watch::channel(false);
     let mut servers = Vec::new();
@@ -126,6 +139,7 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonErro
         let app = api::router(api_state.clone(), Transport::Unix);
         let mut stop = api_stop_rx.clone();
         servers.push(tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<api::socket::Peer>();
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
                     let _ = stop.wait_for(|s| *s).await;
@@ -469,16 +483,26 @@ impl Owner {
             let old_kind = self.machine.role.kind();
             let (next, actions) = self.machine.step(&event, now);
             let new_kind = next.role.kind();
+            let old_token = self.machine.role.leader().map(|l| l.create_revision);
+            if let Role::Suspect { since, .. } = &self.machine.role
+                && !matches!(next.role, Role::Suspect { .. })
+            {
+                self.metrics
+                    .suspect_seconds
+                    .inc_by(now.saturating_duration_since(*since).as_secs_f64());
+            }
             self.machine = next;
+            let token = self.machine.role.leader().map(|l| l.create_revision);
+            let leader = self.machine.role.leader().map(|l| l.id.clone());
             if old_kind != new_kind {
-                let token = self.machine.role.leader().map(|l| l.create_revision);
-                let leader = self.machine.role.leader().map(|l| l.id.clone());
                 info!(from = %old_kind, to = %new_kind, token, leader, event = event_name(&event), "role changed");
                 self.metrics
                     .transitions
                     .with_label_values(&[old_kind.as_str(), new_kind.as_str()])
                     .inc();
                 self.metrics.set_role(new_kind);
+            } else if token != old_token && token.is_some() {
+                info!(role = %new_kind, token, leader, "leader changed");
             }
             if !self.machine.role.leads() {
                 self.restart_at = None;

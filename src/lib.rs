@@ -12,10 +12,12 @@
 //! - [`status`] — the published snapshot the API reads.
 //! - [`api`] — one router served on TCP and on the Unix socket.
 //! - [`metrics`] — Prometheus metrics.
+//! - [`ctl`] — `electd status|resign|pause|resume`: the operator's client.
 
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod ctl;
 pub mod daemon;
 pub mod election;
 pub mod metrics;

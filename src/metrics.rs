@@ -1,7 +1,10 @@
 //! Prometheus metrics, registered once per daemon in their own registry and rendered by
 //! `GET /metrics`. Names carry units and counters end in `_total`.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Counter, Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
+};
 
 use crate::election::role::RoleKind;
 
@@ -17,6 +20,11 @@ pub struct Metrics {
     pub child_restarts: IntCounter,
     pub child_exits: IntCounterVec,
     pub predecessor_wakeups: IntCounter,
+    pub keepalive_rtt: Histogram,
+    pub keepalive_failures: IntCounter,
+    pub etcd_errors: IntCounterVec,
+    pub last_contact_age: Gauge,
+    pub suspect_seconds: Counter,
 }
 
 impl Metrics {
@@ -71,6 +79,36 @@ impl Metrics {
                 "Times this replica re-read the election because its predecessor's key went away",
             )
             .expect("invariant: valid metric"),
+            keepalive_rtt: Histogram::with_opts(
+                HistogramOpts::new(
+                    "electd_keepalive_rtt_seconds",
+                    "Round-trip time of successful lease keepalives",
+                )
+                .buckets(vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ]),
+            )
+            .expect("invariant: valid metric"),
+            keepalive_failures: IntCounter::new(
+                "electd_keepalive_failures_total",
+                "Lease keepalives that failed or timed out",
+            )
+            .expect("invariant: valid metric"),
+            etcd_errors: IntCounterVec::new(
+                Opts::new("electd_etcd_errors_total", "Failed etcd calls by kind"),
+                &["kind"],
+            )
+            .expect("invariant: valid metric"),
+            last_contact_age: Gauge::new(
+                "electd_etcd_last_contact_age_seconds",
+                "Seconds since etcd last answered (at scrape time)",
+            )
+            .expect("invariant: valid metric"),
+            suspect_seconds: Counter::new(
+                "electd_suspect_seconds_total",
+                "Time spent as a leader that lost contact with etcd (completed episodes)",
+            )
+            .expect("invariant: valid metric"),
             registry,
         };
         let r = &m.registry;
@@ -84,6 +122,11 @@ impl Metrics {
             Box::new(m.child_restarts.clone()),
             Box::new(m.child_exits.clone()),
             Box::new(m.predecessor_wakeups.clone()),
+            Box::new(m.keepalive_rtt.clone()),
+            Box::new(m.keepalive_failures.clone()),
+            Box::new(m.etcd_errors.clone()),
+            Box::new(m.last_contact_age.clone()),
+            Box::new(m.suspect_seconds.clone()),
         ] {
             r.register(c).expect("invariant: metric names are unique");
         }

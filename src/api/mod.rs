@@ -1,25 +1,36 @@
 //! The role API: one [`router`] served on TCP and on the Unix socket.
 //!
-//! Read endpoints (`/role`, `/leader`, `/healthz`, `/metrics`) answer on both. Control
-//! endpoints (`/resign`, `/pause`, `/resume`) act only when the request came over the Unix
-//! socket (whose file mode limits who can connect); over TCP they answer 403.
+//! Read endpoints (`/role`, `/leader`, `/healthz`, `/metrics`, `/watch`, `/members`) answer on
+//! both. Control endpoints (`/resign`, `/pause`, `/resume`) act only when the request came
+//! over the Unix socket *and* the peer's credentials (SO_PEERCRED) are on the allow-list; over
+//! TCP they answer 403.
 
+pub mod client;
 pub mod socket;
 
+use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Extension, State};
+use axum::extract::connect_info::ConnectInfo;
+use axum::extract::{Extension, Query, Request, State};
 use axum::http::{StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::json;
+use etcd_client::Client;
+use serde::Deserialize;
+use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::WatchStream;
 
 use crate::election::role::RoleKind;
+use crate::election::{LeaderInfo, etcd, keys};
 use crate::metrics::Metrics;
 use crate::status::Status;
+use socket::{AllowList, Peer};
 
 /// Which listener a request arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,9 +42,17 @@ pub enum Transport {
 /// Operator requests for the owner task; each is answered with a short JSON document.
 #[derive(Debug)]
 pub enum Control {
-    Resign(oneshot::Sender<serde_json::Value>),
-    Pause(oneshot::Sender<serde_json::Value>),
-    Resume(oneshot::Sender<serde_json::Value>),
+    Resign(oneshot::Sender<Value>),
+    Pause(oneshot::Sender<Value>),
+    Resume(oneshot::Sender<Value>),
+}
+
+/// Where `/members` reads the election from.
+#[derive(Clone)]
+pub struct EtcdSource {
+    pub client: Client,
+    pub election: String,
+    pub timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -41,29 +60,63 @@ pub struct ApiState {
     pub status: watch::Receiver<Status>,
     pub control: mpsc::Sender<Control>,
     pub metrics: Metrics,
+    pub etcd: Option<EtcdSource>,
+    pub allow: AllowList,
 }
+
+/// The longest `/role?wait=` honoured.
+const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// The router for one listener.
 pub fn router(state: ApiState, transport: Transport) -> Router {
-    Router::new()
+    // Every request but the event stream has a deadline (long polls are capped below it).
+    let bounded = Router::new()
         .route("/role", get(role))
         .route("/leader", get(leader))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/members", get(members))
         .route("/resign", post(resign))
         .route("/pause", post(pause))
         .route("/resume", post(resume))
-        .layer(Extension(transport))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(10),
-        ))
+            MAX_WAIT + Duration::from_secs(15),
+        ));
+    Router::new()
+        .route("/watch", get(watch_role))
+        .merge(bounded)
+        .layer(Extension(transport))
         .layer(axum::extract::DefaultBodyLimit::max(4096))
         .with_state(state)
 }
 
-async fn role(State(s): State<ApiState>) -> Json<serde_json::Value> {
-    Json(s.status.borrow().to_json(Instant::now()))
+#[derive(Debug, Deserialize)]
+struct RoleQuery {
+    /// Long-poll: wait up to this long for a change...
+    wait: Option<String>,
+    /// ...after this version (default: the current one).
+    after: Option<u64>,
+}
+
+async fn role(State(s): State<ApiState>, Query(q): Query<RoleQuery>) -> Response {
+    let Some(wait) = q.wait else {
+        return Json(s.status.borrow().to_json(Instant::now())).into_response();
+    };
+    let wait = match crate::config::parse_duration(&wait) {
+        Ok(d) => d.min(MAX_WAIT),
+        Err(_) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": format!("invalid wait {wait:?}: expected a duration such as 30s")})),
+            )
+                .into_response();
+        }
+    };
+    let mut rx = s.status.clone();
+    let after = q.after.unwrap_or_else(|| rx.borrow().version);
+    let _ = tokio::time::timeout(wait, rx.wait_for(|st| st.version > after)).await;
+    Json(rx.borrow().to_json(Instant::now())).into_response()
 }
 
 async fn leader(State(s): State<ApiState>) -> Response {
@@ -81,6 +134,9 @@ async fn healthz() -> &'static str {
 }
 
 async fn metrics(State(s): State<ApiState>) -> Response {
+    if let Some(t) = s.status.borrow().last_contact {
+        s.metrics.last_contact_age.set(t.elapsed().as_secs_f64());
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),
@@ -88,44 +144,113 @@ async fn metrics(State(s): State<ApiState>) -> Response {
         .into_response()
 }
 
+/// Server-Sent Events: the current state first, then one event per change.
+async fn watch_role(
+    State(s): State<ApiState>,
+) -> Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>> {
+    let stream = WatchStream::new(s.status.clone()).map(|st| {
+        let doc = st.to_json(Instant::now());
+        Ok(SseEvent::default()
+            .event("role")
+            .id(st.version.to_string())
+            .data(doc.to_string()))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// Every candidate in queue order, read from etcd.
+async fn members(State(s): State<ApiState>) -> Response {
+    let Some(src) = s.etcd else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no etcd source"})),
+        )
+            .into_response();
+    };
+    let prefix = keys::election_prefix(&src.election);
+    match etcd::candidates(&src.client, &prefix, src.timeout).await {
+        Ok((revision, list)) => {
+            let members: Vec<Value> = list
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    let info = LeaderInfo::from_candidate(c);
+                    json!({
+                        "position": i + 1,
+                        "id": info.id,
+                        "key": c.key,
+                        "create_revision": c.create_revision,
+                        "lease": format!("{:x}", c.lease),
+                        "leader": i == 0,
+                        "member": info.member,
+                    })
+                })
+                .collect();
+            Json(json!({
+                "election": src.election,
+                "revision": revision,
+                "members": members,
+            }))
+            .into_response()
+        }
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"error": format!("cannot read the election from etcd: {e}")})),
+        )
+            .into_response(),
+    }
+}
+
 async fn control(
     s: ApiState,
-    transport: Transport,
-    make: fn(oneshot::Sender<serde_json::Value>) -> Control,
+    req: Request,
+    make: fn(oneshot::Sender<Value>) -> Control,
 ) -> Response {
-    if transport != Transport::Unix {
+    let transport = req.extensions().get::<Transport>().copied();
+    if transport != Some(Transport::Unix) {
         return (
             StatusCode::FORBIDDEN,
             Json(json!({"error": "control actions are accepted only over the Unix socket (--socket)"})),
         )
             .into_response();
     }
+    let peer = req.extensions().get::<ConnectInfo<Peer>>().map(|c| c.0);
+    match peer {
+        Some(p) if s.allow.allows(&p) => {}
+        p => {
+            tracing::warn!(peer = ?p, path = %req.uri().path(), "control request refused: peer not allowed");
+            return (
+                StatusCode::FORBIDDEN,
+                Json(json!({"error": "this user may not send control actions (see --control-uids / --control-gids)"})),
+            )
+                .into_response();
+        }
+    }
     let (tx, rx) = oneshot::channel();
-    if s.control.send(make(tx)).await.is_err() {
-        return (
+    let gone = || {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"error": "electd is shutting down"})),
         )
-            .into_response();
+            .into_response()
+    };
+    if s.control.send(make(tx)).await.is_err() {
+        return gone();
     }
     match rx.await {
         Ok(doc) => Json(doc).into_response(),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"error": "electd is shutting down"})),
-        )
-            .into_response(),
+        Err(_) => gone(),
     }
 }
 
-async fn resign(State(s): State<ApiState>, Extension(t): Extension<Transport>) -> Response {
-    control(s, t, Control::Resign).await
+async fn resign(State(s): State<ApiState>, req: Request) -> Response {
+    control(s, req, Control::Resign).await
 }
 
-async fn pause(State(s): State<ApiState>, Extension(t): Extension<Transport>) -> Response {
-    control(s, t, Control::Pause).await
+async fn pause(State(s): State<ApiState>, req: Request) -> Response {
+    control(s, req, Control::Pause).await
 }
 
-async fn resume(State(s): State<ApiState>, Extension(t): Extension<Transport>) -> Response {
-    control(s, t, Control::Resume).await
+async fn resume(State(s): State<ApiState>, req: Request) -> Response {
+    control(s, req, Control::Resume).await
 }

@@ -34,7 +34,11 @@ impl Drop for SocketGuard {
 }
 
 /// Bind the API socket at `path` with file mode `mode`.
-pub fn bind(path: &Path, mode: u32) -> Result<(UnixListener, SocketGuard), SocketError> {
+pub fn bind(
+    path: &Path,
+    mode: u32,
+    group: Option<u32>,
+) -> Result<(UnixListener, SocketGuard), SocketError> {
     let io = |source| SocketError::Io {
         path: path.to_path_buf(),
         source,
@@ -65,6 +69,55 @@ pub fn bind(path: &Path, mode: u32) -> Result<(UnixListener, SocketGuard), Socke
     let guard = SocketGuard {
         path: path.to_path_buf(),
     };
+    if let Some(gid) = group {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+            .map_err(|e| io(std::io::Error::from(e)))?;
+    }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io)?;
     Ok((listener, guard))
+}
+
+/// The credentials of a socket peer (SO_PEERCRED), attached to every request on the socket.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: Option<i32>,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, UnixListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, UnixListener>) -> Peer {
+        match stream.io().peer_cred() {
+            Ok(c) => Peer {
+                uid: c.uid(),
+                gid: c.gid(),
+                pid: c.pid(),
+            },
+            // Unknown credentials are never allowed to control.
+            Err(_) => Peer {
+                uid: u32::MAX,
+                gid: u32::MAX,
+                pid: None,
+            },
+        }
+    }
+}
+
+/// Who may send control requests: electd's own uid, root, and the configured uids and gids.
+#[derive(Debug, Clone, Default)]
+pub struct AllowList {
+    pub uids: Vec<u32>,
+    pub gids: Vec<u32>,
+}
+
+impl AllowList {
+    pub fn allows(&self, peer: &Peer) -> bool {
+        let own = nix::unistd::geteuid().as_raw();
+        peer.uid == 0
+            || peer.uid == own
+            || self.uids.contains(&peer.uid)
+            || self.gids.contains(&peer.gid)
+    }
 }

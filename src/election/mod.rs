@@ -27,6 +27,7 @@ use tokio::time::{Instant, sleep, timeout};
 use tracing::{debug, info, trace, warn};
 
 use crate::config::Timing;
+use crate::metrics::Metrics;
 use etcd::{Backoff, Candidate, EtcdError};
 
 /// What a candidate key's value says about its replica (JSON).
@@ -238,6 +239,7 @@ pub struct Driver {
     view: watch::Sender<ElectionView>,
     commands: mpsc::Receiver<DriverCommand>,
     recheck: Arc<Notify>,
+    metrics: Option<Metrics>,
 }
 
 impl Driver {
@@ -255,10 +257,17 @@ impl Driver {
                 view,
                 commands,
                 recheck: Arc::new(Notify::new()),
+                metrics: None,
             },
             DriverHandle { tx },
             view_rx,
         )
+    }
+
+    /// Record keepalive round trips and etcd errors in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Driver {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Run until told to stop, or until an unrecoverable error (returned).
@@ -309,6 +318,9 @@ impl Driver {
 
     fn mark_error(&self, e: &EtcdError) {
         debug!(error = %e, kind = e.kind(), "etcd call failed");
+        if let Some(m) = &self.metrics {
+            m.etcd_errors.with_label_values(&[e.kind()]).inc();
+        }
         self.view.send_if_modified(|v| {
             let was = v.reachable;
             v.reachable = false;
@@ -399,6 +411,7 @@ impl Driver {
             lease,
             key.clone(),
             self.recheck.clone(),
+            self.metrics.as_ref(),
         );
         tokio::pin!(campaign);
         let after = loop {
@@ -412,6 +425,9 @@ impl Driver {
                 },
                 ev = ka_rx.recv() => match ev {
                     Some(KeepaliveEvent::Ok { sent }) => {
+                        if let Some(m) = &self.metrics {
+                            m.keepalive_rtt.observe(sent.elapsed().as_secs_f64());
+                        }
                         let restored = !self.view.borrow().reachable;
                         self.view.send_modify(|v| {
                             v.last_ok_sent = Some(sent);
@@ -426,6 +442,9 @@ impl Driver {
                     Some(KeepaliveEvent::Failed(e)) => {
                         if e.is_fatal() {
                             return Err(e);
+                        }
+                        if let Some(m) = &self.metrics {
+                            m.keepalive_failures.inc();
                         }
                         self.mark_error(&e);
                     }
@@ -545,6 +564,7 @@ async fn campaign(
     lease: i64,
     key: String,
     recheck: Arc<Notify>,
+    metrics: Option<&Metrics>,
 ) -> CampaignEnd {
     let t = cfg.timing;
     let prefix = keys::election_prefix(&cfg.election);
@@ -555,6 +575,9 @@ async fn campaign(
     );
     let mark_error = |e: &EtcdError| {
         debug!(error = %e, kind = e.kind(), "etcd call failed during campaign");
+        if let Some(m) = metrics {
+            m.etcd_errors.with_label_values(&[e.kind()]).inc();
+        }
         view.send_if_modified(|v| std::mem::replace(&mut v.reachable, false));
     };
 
