@@ -52,6 +52,14 @@ pub enum DaemonError {
 }
 
 impl DaemonError {
+    /// What to check, when the error says.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            DaemonError::Etcd(e) => e.hint(),
+            _ => None,
+        }
+    }
+
     pub fn exit_code(&self) -> i32 {
         match self {
             DaemonError::Etcd(_) => EXIT_UNAVAILABLE,
@@ -64,7 +72,7 @@ impl DaemonError {
 pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonError> {
     let timing = config.timing();
     let metrics = Metrics::new();
-    let client = etcd::connect(&config).await?;
+    let client = etcd::connect_and_probe(&config).await?;
 
     // Listeners first, so a bad address fails before we campaign.
     let http_listener = match config.http {

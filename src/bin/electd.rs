@@ -183,6 +183,9 @@ fn main() {
         Err(e) => {
             tracing::error!(error = %e, "electd failed");
             eprintln!("electd: {e}");
+            if let Some(hint) = e.hint() {
+                eprintln!("electd: hint: {hint}");
+            }
             e.exit_code()
         }
     };

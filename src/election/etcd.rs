@@ -16,7 +16,7 @@ use crate::config::Config;
 pub enum EtcdError {
     #[error("etcd {op} timed out after {after:?}")]
     Timeout { op: &'static str, after: Duration },
-    #[error("etcd {op} failed: {source}")]
+    #[error("etcd {op} failed: {}", error_chain(source))]
     Request {
         op: &'static str,
         #[source]
@@ -35,30 +35,80 @@ impl EtcdError {
     pub fn kind(&self) -> &'static str {
         match self {
             EtcdError::Timeout { .. } => "timeout",
-            EtcdError::Request { source, .. } => match source {
-                etcd_client::Error::GRpcStatus(s) => match s.code() {
-                    tonic::Code::Unavailable => "unavailable",
-                    tonic::Code::DeadlineExceeded => "deadline",
-                    tonic::Code::Unauthenticated => "unauthenticated",
-                    tonic::Code::PermissionDenied => "permission_denied",
-                    _ => "grpc",
-                },
-                etcd_client::Error::TransportError(_) => "transport",
-                _ => "client",
-            },
+            EtcdError::Request { source, .. } => {
+                let text = error_chain(source).to_ascii_lowercase();
+                if text.contains("authentication failed")
+                    || text.contains("invalid auth token")
+                    || text.contains("user name is empty")
+                {
+                    return "unauthenticated";
+                }
+                if text.contains("permission denied") {
+                    return "permission_denied";
+                }
+                if text.contains("certificate")
+                    || text.contains("handshake")
+                    || text.contains("tls")
+                {
+                    return "tls";
+                }
+                match source {
+                    etcd_client::Error::GRpcStatus(s) => match s.code() {
+                        tonic::Code::Unavailable => "unavailable",
+                        tonic::Code::DeadlineExceeded => "deadline",
+                        tonic::Code::Unauthenticated => "unauthenticated",
+                        tonic::Code::PermissionDenied => "permission_denied",
+                        _ => "grpc",
+                    },
+                    etcd_client::Error::TransportError(_) => "transport",
+                    _ => "client",
+                }
+            }
             EtcdError::LeaseGone { .. } => "lease_gone",
             EtcdError::StreamClosed { .. } => "stream_closed",
             EtcdError::Setup(_) => "setup",
         }
     }
 
-    /// Errors that no amount of retrying fixes (bad credentials, denied permission).
+    /// Errors that no amount of retrying fixes (TLS trust, bad credentials, denied permission).
     pub fn is_fatal(&self) -> bool {
         matches!(
             self.kind(),
-            "unauthenticated" | "permission_denied" | "setup"
+            "unauthenticated" | "permission_denied" | "setup" | "tls"
         )
     }
+
+    /// What the operator should check, for fatal errors.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self.kind() {
+            "tls" => Some(
+                "check --etcd-ca (the CA that signed etcd's server certificate) and --etcd-cert/--etcd-key, and that the endpoints use https://",
+            ),
+            "unauthenticated" => Some(
+                "check --etcd-user and its password (--etcd-password-file or ELECTD_ETCD_PASSWORD)",
+            ),
+            "permission_denied" => Some(
+                "the etcd user's role needs readwrite on the election's key prefix `<election>/` (see docs/operations.md)",
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// The error and all its sources, joined: etcd-client's Display hides the cause (a TLS alert,
+/// a refused connection) that tells the operator what is wrong.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        cur = s.source();
+    }
+    text
 }
 
 /// Map an etcd-client error, recognising "lease not found" as [`EtcdError::LeaseGone`].
@@ -255,6 +305,38 @@ pub async fn snapshot(
         leader,
         predecessor,
     })
+}
+
+/// Connect, retrying with backoff while etcd is unreachable; returns at once on a fatal
+/// error (TLS trust, credentials, permissions), which a startup read of the election's prefix
+/// also checks, so a misconfiguration is reported at start instead of as an endless retry.
+pub async fn connect_and_probe(config: &Config) -> Result<Client, EtcdError> {
+    let t = config.timing().request_timeout.max(Duration::from_secs(2));
+    let prefix = crate::election::keys::election_prefix(&config.election);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut warned = false;
+    loop {
+        let err = match connect(config).await {
+            Ok(client) => match candidates(&client, &prefix, t).await {
+                Ok(_) => return Ok(client),
+                // Unreachable but well configured so far: the driver keeps retrying.
+                Err(e) if !e.is_fatal() => {
+                    tracing::warn!(error = %e, "etcd is not reachable yet; campaigning once it is");
+                    return Ok(client);
+                }
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        if err.is_fatal() {
+            return Err(err);
+        }
+        if !warned {
+            tracing::warn!(error = %err, "cannot connect to etcd yet; retrying");
+            warned = true;
+        }
+        tokio::time::sleep(backoff.delay()).await;
+    }
 }
 
 /// Every candidate in queue order (lowest create revision first).
