@@ -245,6 +245,7 @@ impl Owner {
         let mut usr1 = signal(SignalKind::user_defined1()).map_err(DaemonError::Signals)?;
         let mut usr2 = signal(SignalKind::user_defined2()).map_err(DaemonError::Signals)?;
         let mut driver_failed = false;
+        let mut control_open = true;
 
         loop {
             let deadline = self.machine.role.deadline();
@@ -289,12 +290,16 @@ impl Owner {
                     }
                     continue;
                 }
-                cmd = control.recv() => match cmd {
+                cmd = control.recv(), if control_open => match cmd {
                     Some(c) => match self.control_event(c) {
                         Some(ev) => ev,
                         None => continue,
                     },
-                    None => continue,
+                    // No API listener holds a sender (HTTP off, no socket).
+                    None => {
+                        control_open = false;
+                        continue;
+                    }
                 },
             };
             let exit = self.apply(event).await;

@@ -222,3 +222,54 @@ fn socket_file_is_private_replaces_stale_files_and_is_removed_on_exit() {
     assert!(a.wait_exit(Duration::from_secs(5)).success());
     assert!(!path.exists(), "socket removed on exit");
 }
+
+/// With no API at all (`--http off`, no socket) the daemon still elects and idles: a closed
+/// control channel must not turn the owner loop into a busy loop.
+#[test]
+fn without_any_api_the_daemon_leads_and_idles() {
+    let etcd = Etcd::start();
+    let mut cmd = std::process::Command::new(electd_binary());
+    cmd.args([
+        "--endpoints",
+        &etcd.endpoint(),
+        "--election",
+        "noapi",
+        "--id",
+        "quiet",
+        "--ttl",
+        "3s",
+        "--http",
+        "off",
+    ])
+    .stderr(std::process::Stdio::null());
+    // Tied to the test process: killed even if an assertion below fails.
+    let mut child = spawn_tied(cmd).unwrap();
+    wait_until(Duration::from_secs(10), "the daemon's key in etcd", || {
+        etcd.etcdctl_ok(&["get", "noapi/", "--prefix", "--print-value-only"])
+            .contains("\"quiet\"")
+    });
+    let ticks = |pid: u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let f: Vec<&str> = stat
+            .rsplit_once(") ")
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    };
+    let before = ticks(child.id());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = ticks(child.id()) - before;
+    // A busy loop would burn ~200 ticks (2 s of CPU at 100 Hz); idle is a handful.
+    assert!(
+        used < 50,
+        "idle daemon used {used} clock ticks of CPU in 2 s"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+}
