@@ -351,9 +351,15 @@ fn control_is_refused_to_other_users_unless_allowed() {
     let etcd = Etcd::start();
     // Mode 0666 lets anyone connect; the peer-credential check still decides.
     let mut d = DaemonSpec::new(&etcd.endpoint(), "peers", "p")
-        .args(&["--socket-mode", "0666"])
+        .args(&["--socket-mode", "0666", "--socket-group", "65534"])
         .start();
     d.wait_role("leader", Duration::from_secs(10));
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(&d.socket).unwrap().gid(),
+        65534,
+        "--socket-group owns the socket"
+    );
     if !nix::unistd::geteuid().is_root() {
         panic!(
             "this test switches to uid 65534 to act as another user; run the suite as root (CI does)"
