@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::api::client;
 use crate::config::Config;
-use crate::election::{LeaderInfo, etcd, keys};
+use crate::election::{etcd, keys};
 
 /// Exit code when electd or etcd cannot be reached (sysexits `EX_UNAVAILABLE`).
 pub const EXIT_UNAVAILABLE: i32 = 69;
@@ -59,25 +59,9 @@ pub async fn status_from_etcd(config: &Config) -> Result<Value, CtlError> {
         .max(std::time::Duration::from_secs(2));
     let (revision, list) =
         etcd::candidates(&client, &keys::election_prefix(&config.election), t).await?;
-    let members: Vec<Value> = list
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let info = LeaderInfo::from_candidate(c);
-            json!({
-                "position": i + 1,
-                "id": info.id,
-                "key": c.key,
-                "create_revision": c.create_revision,
-                "lease": format!("{:x}", c.lease),
-                "leader": i == 0,
-                "member": info.member,
-            })
-        })
-        .collect();
     Ok(json!({
         "this": null,
-        "members": {"election": config.election, "revision": revision, "members": members},
+        "members": crate::api::members_doc(&config.election, revision, &list),
         "etcd_reachable": true,
     }))
 }

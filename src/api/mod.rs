@@ -169,36 +169,34 @@ async fn members(State(s): State<ApiState>) -> Response {
     };
     let prefix = keys::election_prefix(&src.election);
     match etcd::candidates(&src.client, &prefix, src.timeout).await {
-        Ok((revision, list)) => {
-            let members: Vec<Value> = list
-                .iter()
-                .enumerate()
-                .map(|(i, c)| {
-                    let info = LeaderInfo::from_candidate(c);
-                    json!({
-                        "position": i + 1,
-                        "id": info.id,
-                        "key": c.key,
-                        "create_revision": c.create_revision,
-                        "lease": format!("{:x}", c.lease),
-                        "leader": i == 0,
-                        "member": info.member,
-                    })
-                })
-                .collect();
-            Json(json!({
-                "election": src.election,
-                "revision": revision,
-                "members": members,
-            }))
-            .into_response()
-        }
+        Ok((revision, list)) => Json(members_doc(&src.election, revision, &list)).into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"error": format!("cannot read the election from etcd: {e}")})),
         )
             .into_response(),
     }
+}
+
+/// The `/members` document: every candidate in queue order; the first one leads.
+pub fn members_doc(election: &str, revision: i64, list: &[etcd::Candidate]) -> Value {
+    let members: Vec<Value> = list
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let info = LeaderInfo::from_candidate(c);
+            json!({
+                "position": i + 1,
+                "id": info.id,
+                "key": c.key,
+                "create_revision": c.create_revision,
+                "lease": format!("{:x}", c.lease),
+                "leader": i == 0,
+                "member": info.member,
+            })
+        })
+        .collect();
+    json!({"election": election, "revision": revision, "members": members})
 }
 
 async fn control(

@@ -301,14 +301,12 @@ impl Driver {
     async fn paused(&mut self) -> After {
         loop {
             match self.commands.recv().await {
-                None => return After::Stop,
                 Some(DriverCommand::Resume { reply }) => {
                     let _ = reply.send(());
                     return After::Rejoin;
                 }
-                Some(DriverCommand::Release { after, reply }) => {
-                    let _ = reply.send(());
-                    if after == After::Stop {
+                cmd => {
+                    if answer_without_session(cmd) == Some(After::Stop) {
                         return After::Stop;
                     }
                 }
@@ -354,24 +352,14 @@ impl Driver {
                     Err(e) if e.is_fatal() => return Err(e),
                     Err(e) => self.mark_error(&e),
                 },
-                cmd = self.commands.recv() => match cmd {
-                    None => return Ok(Err(After::Stop)),
-                    Some(DriverCommand::Release { after, reply }) => {
-                        let _ = reply.send(());
-                        return Ok(Err(after));
-                    }
-                    Some(DriverCommand::Resume { reply }) => { let _ = reply.send(()); }
+                cmd = self.commands.recv() => if let Some(after) = answer_without_session(cmd) {
+                    return Ok(Err(after));
                 },
             }
             tokio::select! {
                 _ = sleep(backoff.delay()) => {}
-                cmd = self.commands.recv() => match cmd {
-                    None => return Ok(Err(After::Stop)),
-                    Some(DriverCommand::Release { after, reply }) => {
-                        let _ = reply.send(());
-                        return Ok(Err(after));
-                    }
-                    Some(DriverCommand::Resume { reply }) => { let _ = reply.send(()); }
+                cmd = self.commands.recv() => if let Some(after) = answer_without_session(cmd) {
+                    return Ok(Err(after));
                 },
             }
         }
@@ -484,6 +472,22 @@ impl Driver {
             v.last_ok_sent = None;
             v.position = v.position.without_session();
         });
+    }
+}
+
+/// Answer a command received while no session exists (nothing to release); returns what to
+/// do next if the command ends the attempt.
+fn answer_without_session(cmd: Option<DriverCommand>) -> Option<After> {
+    match cmd {
+        None => Some(After::Stop),
+        Some(DriverCommand::Release { after, reply }) => {
+            let _ = reply.send(());
+            Some(after)
+        }
+        Some(DriverCommand::Resume { reply }) => {
+            let _ = reply.send(());
+            None
+        }
     }
 }
 
