@@ -9,6 +9,9 @@ command -v etcd >/dev/null || need+=(etcd-server)
 command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v protoc >/dev/null || need+=(protobuf-compiler libprotobuf-dev)
 command -v curl >/dev/null || need+=(curl)
+# The demo formats its output with python3 and bc.
+command -v python3 >/dev/null || need+=(python3)
+command -v bc >/dev/null || need+=(bc)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
