@@ -13,6 +13,7 @@
 //! - [`api`] — one router served on TCP and on the Unix socket.
 //! - [`metrics`] — Prometheus metrics.
 //! - [`ctl`] — `electd status|resign|pause|resume`: the operator's client.
+//! - [`run`] — `elect-run`: one command on exactly one replica, optionally once per slot.
 
 pub mod api;
 pub mod cli;
@@ -21,5 +22,6 @@ pub mod ctl;
 pub mod daemon;
 pub mod election;
 pub mod metrics;
+pub mod run;
 pub mod status;
 pub mod supervisor;
