@@ -24,7 +24,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -929,69 +928,18 @@ async fn via_socket(
     }
 }
 
-/// `GET /role` over electd's Unix socket (HTTP/1.1, one request per connection).
+/// `GET /role` from the local electd over its socket (blocking I/O off the runtime, bounded).
 pub async fn ask_role(path: &Path) -> Result<serde_json::Value, String> {
-    let exchange = async {
-        let mut s = tokio::net::UnixStream::connect(path)
-            .await
-            .map_err(|e| format!("cannot connect: {e}"))?;
-        s.write_all(b"GET /role HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-            .await
-            .map_err(|e| format!("cannot send the request: {e}"))?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf)
-            .await
-            .map_err(|e| format!("cannot read the answer: {e}"))?;
-        Ok::<_, String>(buf)
-    };
-    let buf = timeout(SOCKET_TIMEOUT, exchange)
-        .await
-        .map_err(|_| format!("no answer within {SOCKET_TIMEOUT:?}"))??;
-    parse_role_response(&buf)
-}
-
-fn parse_role_response(buf: &[u8]) -> Result<serde_json::Value, String> {
-    let text = String::from_utf8_lossy(buf);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| "malformed HTTP answer".to_string())?;
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or_else(|| "malformed HTTP status line".to_string())?;
-    if status != 200 {
-        return Err(format!("GET /role answered {status}"));
-    }
-    let chunked = lines.any(|l| {
-        let l = l.to_ascii_lowercase();
-        l.starts_with("transfer-encoding:") && l.contains("chunked")
-    });
-    let body = if chunked {
-        dechunk(body)?
-    } else {
-        body.to_string()
-    };
-    serde_json::from_str(&body).map_err(|e| format!("/role is not JSON: {e}"))
-}
-
-fn dechunk(mut s: &str) -> Result<String, String> {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = s
-            .split_once("\r\n")
-            .ok_or_else(|| "malformed chunked body".to_string())?;
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| "malformed chunk size".to_string())?;
-        if size == 0 {
-            return Ok(out);
-        }
-        let chunk = rest
-            .get(..size)
-            .ok_or_else(|| "truncated chunk".to_string())?;
-        out.push_str(chunk);
-        s = rest[size..].trim_start_matches("\r\n");
+    let path = path.to_path_buf();
+    let answer = tokio::task::spawn_blocking(move || {
+        crate::api::client::request_within(&path, "GET", "/role", SOCKET_TIMEOUT)
+    })
+    .await
+    .map_err(|e| format!("socket client task failed: {e}"))?
+    .map_err(|e| e.to_string())?;
+    match answer {
+        (200, body) => serde_json::from_str(&body).map_err(|e| format!("/role is not JSON: {e}")),
+        (code, _) => Err(format!("GET /role answered {code}")),
     }
 }
 
@@ -1034,15 +982,5 @@ mod tests {
         let o = RunOptions::from_flags(Some("30s"), Some("1h"), None, cmd()).unwrap();
         assert_eq!(o.wait, Duration::from_secs(30));
         assert_eq!(o.once_per, Some(Duration::from_secs(3600)));
-    }
-
-    #[test]
-    fn role_answers_are_parsed_plain_and_chunked() {
-        let plain = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 17\r\n\r\n{\"role\":\"leader\"}";
-        assert_eq!(parse_role_response(plain).unwrap()["role"], "leader");
-        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n9\r\n{\"role\":\"\r\n9\r\nfollower\"\r\n1\r\n}\r\n0\r\n\r\n";
-        assert_eq!(parse_role_response(chunked).unwrap()["role"], "follower");
-        assert!(parse_role_response(b"HTTP/1.1 503 x\r\n\r\n{}").is_err());
-        assert!(parse_role_response(b"garbage").is_err());
     }
 }

@@ -54,6 +54,16 @@ fn three_daemons_agree_on_one_leader_over_http_and_socket() {
     assert!(body.contains("Unix socket"), "{body}");
     assert!(daemons[l].is_leader());
     assert_eq!(leaders(&daemons), vec![l]);
+    // Logs to a file (not a terminal) carry no colour codes, and say who leads.
+    let log = daemons[l].log_text();
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escapes in a non-terminal log:\n{log}"
+    );
+    assert!(
+        log.contains("role changed from=candidate to=leader"),
+        "{log}"
+    );
 
     // etcd agrees: the lowest create revision under the prefix is the leader's key.
     let out = etcd.etcdctl_ok(&[

@@ -20,13 +20,24 @@ pub enum ClientError {
 
 /// Send `method uri` to the socket at `path`; returns the status code and body.
 pub fn request(path: &Path, method: &str, uri: &str) -> Result<(u16, String), ClientError> {
+    request_within(path, method, uri, Duration::from_secs(30))
+}
+
+/// [`request`] with a deadline for each read and write.
+pub fn request_within(
+    path: &Path,
+    method: &str,
+    uri: &str,
+    deadline: Duration,
+) -> Result<(u16, String), ClientError> {
     let connect = |source| ClientError::Connect {
         path: path.to_path_buf(),
         source,
     };
     let mut stream = UnixStream::connect(path).map_err(connect)?;
     stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
+        .set_read_timeout(Some(deadline))
+        .and_then(|_| stream.set_write_timeout(Some(deadline)))
         .map_err(connect)?;
     write!(
         stream,
