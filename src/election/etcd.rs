@@ -28,6 +28,12 @@ pub enum EtcdError {
     StreamClosed { op: &'static str },
     #[error("cannot set up the etcd client: {0}")]
     Setup(String),
+    #[error(
+        "etcd closed {tries} TLS connections in a row during or right after the handshake: it \
+         most likely refuses our client certificate, or does not serve TLS on that port (last \
+         error: {last})"
+    )]
+    TlsDropped { tries: u32, last: String },
 }
 
 impl EtcdError {
@@ -37,18 +43,32 @@ impl EtcdError {
             EtcdError::Timeout { .. } => "timeout",
             EtcdError::Request { source, .. } => {
                 let text = error_chain(source).to_ascii_lowercase();
-                if text.contains("authentication failed")
-                    || text.contains("invalid auth token")
-                    || text.contains("user name is empty")
-                {
+                // A token etcd no longer knows (restarted member, expired TTL) is not a
+                // credentials problem: the client authenticates again, so keep retrying.
+                if text.contains("invalid auth token") {
+                    return "auth_token";
+                }
+                if text.contains("authentication failed") || text.contains("user name is empty") {
                     return "unauthenticated";
                 }
                 if text.contains("permission denied") {
                     return "permission_denied";
                 }
-                if text.contains("certificate")
-                    || text.contains("handshake")
-                    || text.contains("tls")
+                // Only what a retry cannot fix: a certificate refused either way, a TLS alert
+                // from the server, plain text where TLS was expected, TLS files with an
+                // http:// endpoint. A connection cut mid-TLS (etcd restarting: "peer closed
+                // connection without sending TLS close_notify", "tls handshake eof") is an
+                // outage; the startup probe tells a persistent one apart.
+                if [
+                    "certificate",
+                    "received fatal alert",
+                    "corrupt message",
+                    "peer is incompatible",
+                    "http/2 was not negotiated",
+                    "only supported with https",
+                ]
+                .iter()
+                .any(|s| text.contains(s))
                 {
                     return "tls";
                 }
@@ -67,6 +87,7 @@ impl EtcdError {
             EtcdError::LeaseGone { .. } => "lease_gone",
             EtcdError::StreamClosed { .. } => "stream_closed",
             EtcdError::Setup(_) => "setup",
+            EtcdError::TlsDropped { .. } => "tls",
         }
     }
 
@@ -145,24 +166,22 @@ pub async fn connect(config: &Config) -> Result<Client, EtcdError> {
     if let Some(tls) = &config.etcd_tls {
         let mut t = etcd_client::TlsOptions::new();
         if let Some(ca) = &tls.ca {
-            let pem = std::fs::read(ca).map_err(|e| {
-                EtcdError::Setup(format!("cannot read --etcd-ca {}: {e}", ca.display()))
-            })?;
+            let pem = read_pem("--etcd-ca", ca, Pem::Certificate)?;
             t = t.ca_certificate(etcd_client::Certificate::from_pem(pem));
         }
         if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
-            let c = std::fs::read(cert).map_err(|e| {
-                EtcdError::Setup(format!("cannot read --etcd-cert {}: {e}", cert.display()))
-            })?;
-            let k = std::fs::read(key).map_err(|e| {
-                EtcdError::Setup(format!("cannot read --etcd-key {}: {e}", key.display()))
-            })?;
+            let c = read_pem("--etcd-cert", cert, Pem::Certificate)?;
+            let k = read_pem("--etcd-key", key, Pem::PrivateKey)?;
             t = t.identity(etcd_client::Identity::from_pem(c, k));
         }
         options = options.with_tls(t);
     }
     if let Some(auth) = &config.etcd_auth {
-        options = options.with_user(auth.user.clone(), auth.password.clone());
+        // Re-authenticate when etcd refuses the token (simple tokens die with an etcd restart,
+        // JWTs expire) instead of failing every call until electd gives up.
+        options = options
+            .with_user(auth.user.clone(), auth.password.clone())
+            .with_auto_token_refresh(true);
     }
     let after = timing.request_timeout.max(Duration::from_secs(3));
     bounded(
@@ -172,6 +191,54 @@ pub async fn connect(config: &Config) -> Result<Client, EtcdError> {
         Client::connect(config.endpoints.clone(), Some(options)),
     )
     .await
+    .map_err(|e| match e {
+        // Only building an endpoint's TLS settings fails this way (requests fail with a gRPC
+        // status): a configuration problem that no retry fixes. etcd-client's Display hides
+        // tonic's cause, so quote that.
+        EtcdError::Request {
+            source: etcd_client::Error::TransportError(t),
+            ..
+        } => EtcdError::Setup(format!(
+            "invalid TLS settings (--etcd-ca/--etcd-cert/--etcd-key): {}",
+            error_chain(&t)
+        )),
+        e => e,
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Pem {
+    Certificate,
+    PrivateKey,
+}
+
+/// Read a PEM file given with `flag` and check it holds what it should, so a wrong or garbage
+/// file is reported by flag and path at start (tonic would only say "transport error", and
+/// only when the first connection is made).
+fn read_pem(flag: &str, path: &std::path::Path, want: Pem) -> Result<Vec<u8>, EtcdError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| EtcdError::Setup(format!("cannot read {flag} {}: {e}", path.display())))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let labels: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("-----BEGIN "))
+        .filter_map(|l| l.strip_suffix("-----"))
+        .collect();
+    let problem = match want {
+        Pem::Certificate if labels.contains(&"CERTIFICATE") => None,
+        Pem::Certificate => Some("no PEM certificate (-----BEGIN CERTIFICATE-----) found"),
+        Pem::PrivateKey if labels.contains(&"ENCRYPTED PRIVATE KEY") => {
+            Some("the PEM private key is encrypted; give an unencrypted key")
+        }
+        Pem::PrivateKey if labels.iter().any(|l| l.ends_with("PRIVATE KEY")) => None,
+        Pem::PrivateKey => {
+            Some("no PEM private key (-----BEGIN PRIVATE KEY-----, RSA or EC PRIVATE KEY) found")
+        }
+    };
+    match problem {
+        Some(p) => Err(EtcdError::Setup(format!("{flag} {}: {p}", path.display()))),
+        None => Ok(bytes),
+    }
 }
 
 /// A candidate key as read from etcd.
@@ -317,7 +384,7 @@ pub async fn connect_and_probe(config: &Config) -> Result<Client, EtcdError> {
     let mut warned = false;
     loop {
         let err = match connect(config).await {
-            Ok(client) => match candidates(&client, &prefix, t).await {
+            Ok(client) => match probe(&client, &prefix, t, config.etcd_tls.is_some()).await {
                 Ok(_) => return Ok(client),
                 // Unreachable but well configured so far: the driver keeps retrying.
                 Err(e) if !e.is_fatal() => {
@@ -337,6 +404,60 @@ pub async fn connect_and_probe(config: &Config) -> Result<Client, EtcdError> {
         }
         tokio::time::sleep(backoff.delay()).await;
     }
+}
+
+/// How long the startup probe keeps retrying TLS connections that etcd drops before
+/// concluding that the drops are a misconfiguration rather than an outage.
+const PROBE_DROPPED_FOR: Duration = Duration::from_secs(3);
+
+/// The startup read of the election's prefix. Over TLS 1.3 the server checks our client
+/// certificate only after our side of the handshake is done, so a refused certificate shows up
+/// either as the server's alert (a fatal "tls" error) or, when the connection dies before our
+/// request is under way, as a dropped connection ("connection closed", "broken pipe") that
+/// tells nothing; an https:// endpoint on a plain-HTTP port ends in "tls handshake eof". Those
+/// are also what an etcd restart looks like, so they are not fatal in themselves: retry them
+/// here until the alert is seen, and if every connection is dropped for [`PROBE_DROPPED_FOR`],
+/// report [`EtcdError::TlsDropped`] rather than letting the driver retry for ever.
+async fn probe(client: &Client, prefix: &str, t: Duration, tls: bool) -> Result<(), EtcdError> {
+    let started = tokio::time::Instant::now();
+    let mut tries = 0;
+    loop {
+        match candidates(client, prefix, t).await {
+            Ok(_) => return Ok(()),
+            Err(e) if tls && dropped_in_tls(&e) => {
+                tries += 1;
+                if started.elapsed() >= PROBE_DROPPED_FOR {
+                    return Err(EtcdError::TlsDropped {
+                        tries,
+                        last: e.to_string(),
+                    });
+                }
+                tracing::debug!(error = %e, "etcd dropped the TLS connection; probing again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A connection that etcd accepted and then dropped, during the TLS handshake or right after
+/// it, before an answer (not one refused or timed out: that is etcd being down).
+fn dropped_in_tls(e: &EtcdError) -> bool {
+    let EtcdError::Request { source, .. } = e else {
+        return false;
+    };
+    if e.is_fatal() {
+        return false;
+    }
+    let text = error_chain(source).to_ascii_lowercase();
+    [
+        "connection closed",
+        "broken pipe",
+        "connection reset",
+        "tls handshake eof",
+    ]
+    .iter()
+    .any(|s| text.contains(s))
 }
 
 /// Every candidate in queue order (lowest create revision first).

@@ -26,6 +26,8 @@ pub struct DaemonSpec {
     pub command: Vec<String>,
     /// Socket path; default: a fresh one in the daemon's temp dir.
     pub socket: Option<PathBuf>,
+    /// Extra environment variables for the electd process.
+    pub env: Vec<(String, String)>,
 }
 
 impl DaemonSpec {
@@ -38,6 +40,7 @@ impl DaemonSpec {
             extra: Vec::new(),
             command: Vec::new(),
             socket: None,
+            env: Vec::new(),
         }
     }
 
@@ -48,6 +51,11 @@ impl DaemonSpec {
 
     pub fn args(mut self, args: &[&str]) -> Self {
         self.extra.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_string(), value.to_string()));
         self
     }
 
@@ -125,6 +133,7 @@ impl Daemon {
         .args(["--log-level", "debug"])
         .args(&self.spec.extra)
         .env_remove("RUST_LOG")
+        .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("clone log fd"))
         .stderr(log);

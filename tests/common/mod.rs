@@ -11,12 +11,14 @@ mod etcd;
 mod http;
 mod ledger;
 mod proxy;
+mod tls;
 
 pub use electd::{Daemon, DaemonSpec, electd_binary, leaders, read_lines, wait_one_leader};
 pub use etcd::{Etcd, EtcdCluster, EtcdOptions};
 pub use http::{http_get, http_request, unix_http};
 pub use ledger::*;
 pub use proxy::{ProxyMode, TcpProxy};
+pub use tls::*;
 
 use std::collections::HashSet;
 use std::ffi::OsString;
