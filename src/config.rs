@@ -711,23 +711,30 @@ impl Layers {
         }
 
         // etcd TLS and auth
-        let file_opt = |field: &'static str, get: fn(&Settings) -> &Option<String>| {
+        let file_opt = |field: &'static str, get: fn(&Settings) -> &Option<String>, want: Pem| {
             self.pick(field, get).map(|p| {
                 let path = PathBuf::from(&p.value);
+                let origin = in_file(&p.origin, field);
                 if !path.is_file() {
                     return Err(invalid(
                         field,
                         &p.value,
-                        &in_file(&p.origin, field),
+                        &origin,
                         "file does not exist or is not a regular file",
                     ));
+                }
+                let bytes = std::fs::read(&path).map_err(|e| {
+                    invalid(field, &p.value, &origin, &format!("cannot read it: {e}"))
+                })?;
+                if let Some(problem) = pem_problem(&bytes, want) {
+                    return Err(invalid(field, &p.value, &origin, problem));
                 }
                 Ok(path)
             })
         };
-        let ca = file_opt("etcd_ca", |s| &s.etcd_ca).transpose()?;
-        let cert = file_opt("etcd_cert", |s| &s.etcd_cert).transpose()?;
-        let key = file_opt("etcd_key", |s| &s.etcd_key).transpose()?;
+        let ca = file_opt("etcd_ca", |s| &s.etcd_ca, Pem::Certificate).transpose()?;
+        let cert = file_opt("etcd_cert", |s| &s.etcd_cert, Pem::Certificate).transpose()?;
+        let key = file_opt("etcd_key", |s| &s.etcd_key, Pem::PrivateKey).transpose()?;
         if cert.is_some() != key.is_some() {
             return Err(ConfigError::Inconsistent(
                 "--etcd-cert and --etcd-key must be given together (client certificate and its key)"
@@ -805,6 +812,36 @@ fn validate_endpoint(e: &str) -> Result<(), String> {
         .filter(|p| *p != 0)
         .ok_or_else(|| format!("{expected} (bad port {port:?})"))?;
     Ok(())
+}
+
+/// What a PEM file given for TLS must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pem {
+    Certificate,
+    PrivateKey,
+}
+
+/// Why `bytes` is not the PEM `want`ed, if it is not: a wrong or garbage file is reported by
+/// field and path at start (tonic would only say "transport error", and only when the first
+/// connection is made).
+pub fn pem_problem(bytes: &[u8], want: Pem) -> Option<&'static str> {
+    let text = String::from_utf8_lossy(bytes);
+    let labels: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("-----BEGIN "))
+        .filter_map(|l| l.strip_suffix("-----"))
+        .collect();
+    match want {
+        Pem::Certificate if labels.contains(&"CERTIFICATE") => None,
+        Pem::Certificate => Some("no PEM certificate (-----BEGIN CERTIFICATE-----) found"),
+        Pem::PrivateKey if labels.contains(&"ENCRYPTED PRIVATE KEY") => {
+            Some("the PEM private key is encrypted; give an unencrypted key")
+        }
+        Pem::PrivateKey if labels.iter().any(|l| l.ends_with("PRIVATE KEY")) => None,
+        Pem::PrivateKey => {
+            Some("no PEM private key (-----BEGIN PRIVATE KEY-----, RSA or EC PRIVATE KEY) found")
+        }
+    }
 }
 
 /// Parse `SIGTERM`, `TERM`, `term` or `15`.

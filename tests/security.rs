@@ -350,7 +350,10 @@ fn garbage_tls_files_are_clear_errors_naming_the_file_not_panics() {
     for (what, args, flag) in cases {
         let (code, log, _) =
             run_to_exit(DaemonSpec::new(&etcd.endpoint(), "tls-e", what).args(&args));
-        assert_eq!(code, EXIT_UNAVAILABLE, "{what}: log:\n{log}");
+        assert_eq!(
+            code, EXIT_CONFIG,
+            "{what}: a bad file is a configuration error; log:\n{log}"
+        );
         // The message names the flag and the file, so the operator knows which one to fix.
         let error = log
             .lines()

@@ -10,7 +10,7 @@ use etcd_client::{
 };
 use tokio::time::timeout;
 
-use crate::config::Config;
+use crate::config::{Config, Pem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
@@ -206,36 +206,12 @@ pub async fn connect(config: &Config) -> Result<Client, EtcdError> {
     })
 }
 
-#[derive(Clone, Copy)]
-enum Pem {
-    Certificate,
-    PrivateKey,
-}
-
-/// Read a PEM file given with `flag` and check it holds what it should, so a wrong or garbage
-/// file is reported by flag and path at start (tonic would only say "transport error", and
-/// only when the first connection is made).
+/// Read a PEM file given with `flag`. Its content was checked when the configuration was
+/// validated ([`crate::config::pem_problem`]); it is checked again in case it changed since.
 fn read_pem(flag: &str, path: &std::path::Path, want: Pem) -> Result<Vec<u8>, EtcdError> {
     let bytes = std::fs::read(path)
         .map_err(|e| EtcdError::Setup(format!("cannot read {flag} {}: {e}", path.display())))?;
-    let text = String::from_utf8_lossy(&bytes);
-    let labels: Vec<&str> = text
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("-----BEGIN "))
-        .filter_map(|l| l.strip_suffix("-----"))
-        .collect();
-    let problem = match want {
-        Pem::Certificate if labels.contains(&"CERTIFICATE") => None,
-        Pem::Certificate => Some("no PEM certificate (-----BEGIN CERTIFICATE-----) found"),
-        Pem::PrivateKey if labels.contains(&"ENCRYPTED PRIVATE KEY") => {
-            Some("the PEM private key is encrypted; give an unencrypted key")
-        }
-        Pem::PrivateKey if labels.iter().any(|l| l.ends_with("PRIVATE KEY")) => None,
-        Pem::PrivateKey => {
-            Some("no PEM private key (-----BEGIN PRIVATE KEY-----, RSA or EC PRIVATE KEY) found")
-        }
-    };
-    match problem {
+    match crate::config::pem_problem(&bytes, want) {
         Some(p) => Err(EtcdError::Setup(format!("{flag} {}: {p}", path.display()))),
         None => Ok(bytes),
     }
