@@ -1,0 +1,463 @@
+//! The scenarios of the benchmark (issue 8), shared by `benches/electd.rs` (the full run) and
+//! `tests/bench_smoke.rs` (one short iteration of each, so it keeps working).
+//!
+//! Every scenario starts its own etcd through the integration-test harness (`crate::common`),
+//! runs electd and `etcdctl lock` against it with the same TTL, and returns a [`Section`] of
+//! figures. Wrapped children are shell scripts that append `start`/`tick`/`stop` records with
+//! `date +%s%N` to a ledger (the harness's format), so both tools are timed by the same clock.
+//! A failed iteration is recorded in its section and the run goes on.
+
+pub mod api;
+pub mod failover;
+pub mod footprint;
+pub mod report;
+pub mod scale;
+
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
+use crate::common::{Daemon, DaemonSpec, Etcd, etcdctl_binary, pid_alive, spawn_tied};
+pub use report::{Report, Section, Value};
+
+/// Scenario keys, in report order (`--only` takes one of them).
+pub const SCENARIOS: [&str; 7] = [
+    "handoff",
+    "crash",
+    "partition",
+    "flap",
+    "api",
+    "footprint",
+    "scale",
+];
+
+/// How long and how often everything runs.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// Iterations per tool of each failover scenario, and leader changes in `scale`.
+    pub iterations: usize,
+    /// The lease TTL of both tools (whole seconds).
+    pub ttl: Duration,
+    /// electd's `--stop-grace`.
+    pub stop_grace: Duration,
+    /// After the new child started: how long to keep watching the old one.
+    pub observe: Duration,
+    /// Flap: how long to watch after the link is restored, beyond one TTL.
+    pub flap_settle: Duration,
+    /// Role API: concurrent keep-alive clients, measured duration per target, rounds.
+    pub api_clients: usize,
+    pub api_duration: Duration,
+    pub api_rounds: usize,
+    /// Footprint: the idle electd window (RSS, CPU), and the other windows.
+    pub footprint_idle: Duration,
+    pub footprint_window: Duration,
+    pub footprint_warmup: Duration,
+    /// Scale: candidates in one election and their TTL.
+    pub scale_candidates: usize,
+    pub scale_ttl: Duration,
+    /// Run only this scenario.
+    pub only: Option<String>,
+    /// Progress lines on stderr.
+    pub verbose: bool,
+}
+
+impl BenchConfig {
+    /// The full benchmark (`cargo bench --bench electd`).
+    #[allow(dead_code)] // used by the bench binary only
+    pub fn full() -> BenchConfig {
+        BenchConfig {
+            iterations: 20,
+            ttl: Duration::from_secs(3),
+            stop_grace: Duration::from_secs(1),
+            observe: Duration::from_secs(2),
+            flap_settle: Duration::from_secs(2),
+            api_clients: 16,
+            api_duration: Duration::from_secs(5),
+            api_rounds: 3,
+            footprint_idle: Duration::from_secs(60),
+            footprint_window: Duration::from_secs(20),
+            footprint_warmup: Duration::from_secs(3),
+            scale_candidates: 200,
+            scale_ttl: Duration::from_secs(5),
+            only: None,
+            verbose: true,
+        }
+    }
+
+    /// One short iteration of everything, for the test suite.
+    #[allow(dead_code)] // used by the smoke test only
+    pub fn smoke() -> BenchConfig {
+        BenchConfig {
+            iterations: 1,
+            observe: Duration::from_millis(400),
+            flap_settle: Duration::from_millis(300),
+            api_clients: 8,
+            api_duration: Duration::from_millis(700),
+            api_rounds: 1,
+            footprint_idle: Duration::from_secs(3),
+            footprint_window: Duration::from_millis(1500),
+            footprint_warmup: Duration::from_millis(500),
+            scale_candidates: 20,
+            verbose: false,
+            ..BenchConfig::full()
+        }
+    }
+
+    pub fn ttl_ms(&self) -> f64 {
+        self.ttl.as_secs_f64() * 1e3
+    }
+
+    pub fn progress(&self, msg: &str) {
+        if self.verbose {
+            eprintln!("[bench] {msg}");
+        }
+    }
+}
+
+/// Run every scenario (or the one chosen with `only`) and collect the report.
+pub fn run(cfg: &BenchConfig) -> Report {
+    let mut report = Report::begin(cfg);
+    for key in SCENARIOS {
+        if cfg.only.as_deref().is_some_and(|o| o != key) {
+            continue;
+        }
+        cfg.progress(&format!("scenario {key}"));
+        let started = Instant::now();
+        let mut section = match key {
+            "handoff" => failover::handoff(cfg),
+            "crash" => failover::crash(cfg),
+            "partition" => failover::partition(cfg),
+            "flap" => failover::flap(cfg),
+            "api" => api::role_api(cfg),
+            "footprint" => footprint::footprint(cfg),
+            "scale" => scale::scale(cfg),
+            _ => unreachable!("every scenario key is handled"),
+        };
+        section.seconds = started.elapsed().as_secs_f64();
+        report.sections.push(section);
+    }
+    report.finish();
+    report
+}
+
+/// Run `f`, turning a panic (a harness timeout, say) into an error message.
+pub fn attempt<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|e| {
+        e.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panic".into())
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    })
+}
+
+/// Wall-clock nanoseconds, the clock of the ledger's `date +%s%N`.
+pub fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+/// `a − b` in milliseconds, for two ledger/wall-clock timestamps in nanoseconds.
+pub fn ms_between(a: u128, b: u128) -> f64 {
+    (a as i128 - b as i128) as f64 / 1e6
+}
+
+// ---------------------------------------------------------------------------
+// The two tools
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    Electd,
+    EtcdctlLock,
+}
+
+impl Tool {
+    pub const BOTH: [Tool; 2] = [Tool::Electd, Tool::EtcdctlLock];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Tool::Electd => "electd",
+            Tool::EtcdctlLock => "etcdctl lock",
+        }
+    }
+
+    pub fn slug(self) -> &'static str {
+        match self {
+            Tool::Electd => "electd",
+            Tool::EtcdctlLock => "etcdctl",
+        }
+    }
+
+    /// Column of this tool in a side-by-side row.
+    pub fn col(self) -> usize {
+        match self {
+            Tool::Electd => 0,
+            Tool::EtcdctlLock => 1,
+        }
+    }
+}
+
+/// `etcdctl lock --ttl N NAME -- CMD…` in its own process group, so that (as the issue found)
+/// a graceful stop can signal the group: etcdctl itself ignores SIGTERM while CMD runs.
+pub struct LockProcess {
+    child: Child,
+}
+
+impl LockProcess {
+    pub fn start(
+        endpoint: &str,
+        name: &str,
+        id: &str,
+        ttl: Duration,
+        command: &[String],
+        log: &Path,
+    ) -> LockProcess {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open etcdctl log");
+        let mut cmd = Command::new(etcdctl_binary());
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("ETCDCTL_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("ETCDCTL_API", "3")
+            .env("ELECTD_ID", id)
+            .env("ELECTD_ELECTION", name)
+            .arg(format!("--endpoints={endpoint}"))
+            .args(["lock", "--ttl", &ttl.as_secs().to_string(), name, "--"])
+            .args(command)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log fd"))
+            .stderr(log);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        LockProcess {
+            child: spawn_tied(cmd).expect("spawn etcdctl lock"),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn group(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+}
+
+impl Drop for LockProcess {
+    fn drop(&mut self) {
+        let _ = killpg(self.group(), Signal::SIGKILL);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One replica of the wrapped job, under either tool.
+pub enum Wrapper {
+    Electd(Box<Daemon>),
+    Lock(LockProcess),
+}
+
+impl Wrapper {
+    /// Start `sh SCRIPT` under `tool` as replica `id` of election `name`.
+    pub fn start(
+        tool: Tool,
+        cfg: &BenchConfig,
+        endpoint: &str,
+        name: &str,
+        id: &str,
+        script: &Path,
+    ) -> Wrapper {
+        let command = vec!["sh".to_string(), script.display().to_string()];
+        match tool {
+            Tool::Electd => {
+                let mut spec = DaemonSpec::new(endpoint, name, id)
+                    .ttl(&format!("{}s", cfg.ttl.as_secs()))
+                    .args(&["--stop-grace", &format!("{}ms", cfg.stop_grace.as_millis())]);
+                spec.command = command;
+                Wrapper::Electd(Box::new(spec.start()))
+            }
+            Tool::EtcdctlLock => {
+                let log = script.with_extension(format!("{id}.log"));
+                Wrapper::Lock(LockProcess::start(
+                    endpoint, name, id, cfg.ttl, &command, &log,
+                ))
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        match self {
+            Wrapper::Electd(d) => d.pid(),
+            Wrapper::Lock(l) => l.pid(),
+        }
+    }
+
+    /// The tool's graceful stop: SIGTERM to electd; SIGTERM to etcdctl's whole process group.
+    pub fn stop_gracefully(&self) {
+        match self {
+            Wrapper::Electd(d) => d.signal(Signal::SIGTERM),
+            Wrapper::Lock(l) => {
+                let _ = killpg(l.group(), Signal::SIGTERM);
+            }
+        }
+    }
+
+    /// SIGKILL of the wrapper process only (not its child).
+    pub fn crash(&self) {
+        let _ = kill(Pid::from_raw(self.pid() as i32), Signal::SIGKILL);
+    }
+
+    pub fn daemon(&self) -> Option<&Daemon> {
+        match self {
+            Wrapper::Electd(d) => Some(d),
+            Wrapper::Lock(_) => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The wrapped child and its ledger
+// ---------------------------------------------------------------------------
+
+/// Where one election's children write: the ledger and a `ID PID` file for clean-up.
+pub struct Ledger {
+    pub path: PathBuf,
+    pub pids: PathBuf,
+    pub script: PathBuf,
+}
+
+impl Ledger {
+    /// Write the child script for election `name` into `dir`.
+    ///
+    /// The child records `start`, a `tick` every 50 ms and `stop` on SIGTERM (lines `WHAT ID
+    /// TOKEN NANOS`). The token is electd's `ELECTD_FENCING_TOKEN`, else etcdctl's
+    /// `ETCD_LOCK_REV`; etcdctl children get `ELECTD_ID` from etcdctl's environment.
+    pub fn new(dir: &Path, name: &str) -> Ledger {
+        let path = dir.join(format!("{name}.ledger"));
+        let pids = dir.join(format!("{name}.pids"));
+        let script = dir.join(format!("{name}.sh"));
+        let (l, p) = (path.display(), pids.display());
+        let text = format!(
+            ": \"${{ELECTD_FENCING_TOKEN:=${{ETCD_LOCK_REV:-0}}}}\"\n\
+             now() {{ date +%s%N; }}\n\
+             echo \"$ELECTD_ID $$\" >> {p}\n\
+             echo \"start $ELECTD_ID $ELECTD_FENCING_TOKEN $(now)\" >> {l}\n\
+             trap 'echo \"stop $ELECTD_ID $ELECTD_FENCING_TOKEN $(now)\" >> {l}; exit 0' TERM\n\
+             while :; do echo \"tick $ELECTD_ID $ELECTD_FENCING_TOKEN $(now)\" >> {l}; sleep 0.05; done\n"
+        );
+        std::fs::write(&script, text).expect("write child script");
+        Ledger { path, pids, script }
+    }
+
+    pub fn records(&self) -> Vec<crate::common::Record> {
+        crate::common::ledger(&self.path)
+    }
+
+    pub fn starts_of(&self, id: &str) -> usize {
+        self.records()
+            .iter()
+            .filter(|r| r.what == "start" && r.id == id)
+            .count()
+    }
+
+    /// The runs of replica `id`'s children, in start order.
+    pub fn runs_of(&self, id: &str) -> Vec<crate::common::Run> {
+        crate::common::runs(&self.records())
+            .into_iter()
+            .filter(|r| r.id == id)
+            .collect()
+    }
+
+    /// `(id, pid)` of every child that started.
+    pub fn children(&self) -> Vec<(String, i32)> {
+        crate::common::read_lines(&self.pids)
+            .iter()
+            .filter_map(|l| {
+                let (id, pid) = l.split_once(' ')?;
+                Some((id.to_string(), pid.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// Whether `pid` is alive and still runs our script (pids are reused once reaped).
+    fn runs_script(&self, pid: i32) -> bool {
+        let script = self.script.display().to_string();
+        pid_alive(pid)
+            && std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&script))
+    }
+
+    /// Whether replica `id`'s first child is still alive.
+    pub fn first_child_alive(&self, id: &str) -> bool {
+        self.children()
+            .iter()
+            .find(|(i, _)| i == id)
+            .is_some_and(|(_, pid)| self.runs_script(*pid))
+    }
+
+    /// SIGKILL every child still alive (an `etcdctl lock` child outlives its etcdctl); returns
+    /// how many were.
+    pub fn kill_leftovers(&self) -> usize {
+        let mut n = 0;
+        for (_, pid) in self.children() {
+            if self.runs_script(pid) {
+                n += 1;
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        n
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        self.kill_leftovers();
+    }
+}
+
+/// How many candidate keys are under `name/` (electd's election and etcdctl's lock share the
+/// layout `<name>/<lease hex>`).
+pub fn queued(etcd: &Etcd, name: &str) -> usize {
+    let out = etcd.etcdctl(&["get", "--prefix", &format!("{name}/"), "--keys-only"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+/// Sum of the samples of `metric` in a Prometheus text page whose labels contain every one
+/// of `labels` (e.g. `grpc_method="Txn"`).
+pub fn metric_sum(page: &str, metric: &str, labels: &[&str]) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The `/metrics` page of the etcd listening on loopback `port`.
+pub fn etcd_metrics(port: u16) -> String {
+    let addr = format!("127.0.0.1:{port}");
+    match crate::common::http_get(&addr, "/metrics") {
+        Ok((200, body)) => body,
+        other => panic!("cannot read etcd's /metrics: {other:?}"),
+    }
+}

@@ -1,0 +1,464 @@
+//! Figures, their statistics and the Markdown report (`docs/benchmarks.md`).
+
+use std::fmt::Write as _;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::BenchConfig;
+
+/// One cell of a row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// One sample per iteration; shown as `median / p95 / max`.
+    Samples(Vec<f64>),
+    /// `hits` of `of` runs.
+    Count {
+        hits: usize,
+        of: usize,
+    },
+    Text(String),
+    /// Not applicable to this column.
+    Missing,
+}
+
+impl Value {
+    pub fn samples(&self) -> &[f64] {
+        match self {
+            Value::Samples(v) => v,
+            _ => &[],
+        }
+    }
+
+    pub fn median(&self) -> Option<f64> {
+        quantile(self.samples(), 0.5)
+    }
+
+    pub fn max(&self) -> Option<f64> {
+        self.samples().iter().copied().reduce(f64::max)
+    }
+}
+
+/// Nearest-rank quantile of `v` (`q` in 0..=1); for the median of an even count, the mean
+/// of the two middle samples.
+pub fn quantile(v: &[f64], q: f64) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    if q == 0.5 && s.len().is_multiple_of(2) {
+        return Some((s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0);
+    }
+    let rank = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len());
+    Some(s[rank - 1])
+}
+
+/// A figure, side by side for the section's two columns.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub id: &'static str,
+    pub figure: String,
+    pub unit: &'static str,
+    /// Whether a negative value is meaningful (an overlap, a time minus the TTL).
+    pub signed: bool,
+    pub cols: [Value; 2],
+}
+
+/// One scenario's results.
+#[derive(Debug, Clone)]
+pub struct Section {
+    pub key: &'static str,
+    pub title: String,
+    /// How it was measured.
+    pub about: String,
+    pub columns: [String; 2],
+    /// Samples a row has when no iteration failed.
+    pub expected: usize,
+    pub rows: Vec<Row>,
+    pub notes: Vec<String>,
+    pub failures: Vec<String>,
+    pub seconds: f64,
+}
+
+impl Section {
+    pub fn new(key: &'static str, title: &str, about: &str, columns: [&str; 2]) -> Section {
+        Section {
+            key,
+            title: title.to_string(),
+            about: about.to_string(),
+            columns: columns.map(str::to_string),
+            expected: 0,
+            rows: Vec::new(),
+            notes: Vec::new(),
+            failures: Vec::new(),
+            seconds: 0.0,
+        }
+    }
+
+    pub fn push(
+        &mut self,
+        id: &'static str,
+        figure: &str,
+        unit: &'static str,
+        signed: bool,
+        cols: [Value; 2],
+    ) {
+        self.rows.push(Row {
+            id,
+            figure: figure.to_string(),
+            unit,
+            signed,
+            cols,
+        });
+    }
+
+    pub fn row(&self, id: &str) -> Option<&Row> {
+        self.rows.iter().find(|r| r.id == id)
+    }
+}
+
+/// The whole run.
+pub struct Report {
+    pub setup: Vec<(String, String)>,
+    pub sections: Vec<Section>,
+    ttl: Duration,
+    date: String,
+    load_start: String,
+    load_end: String,
+    nproc: usize,
+    started: Instant,
+    elapsed: Duration,
+}
+
+impl Report {
+    /// Record the machine and versions before anything runs.
+    pub fn begin(cfg: &BenchConfig) -> Report {
+        let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let model = cpuinfo
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map_or("unknown".to_string(), |(_, m)| m.trim().to_string());
+        let mem_kb: f64 = std::fs::read_to_string("/proc/meminfo")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0.0);
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let etcd = first_line(crate::common::etcd_binary().as_os_str(), &["--version"]);
+        let etcdctl = first_line(crate::common::etcdctl_binary().as_os_str(), &["version"]);
+        let electd = first_line(crate::common::electd_binary().as_ref(), &["--version"]);
+        let git = first_line("git".as_ref(), &["describe", "--always", "--dirty"]);
+        let setup = vec![
+            (
+                "machine".into(),
+                format!(
+                    "{nproc} CPUs ({model}), {:.1} GiB RAM, Linux {kernel}",
+                    mem_kb / 1024.0 / 1024.0
+                ),
+            ),
+            (
+                "etcd".into(),
+                format!(
+                    "{etcd}; one member on loopback started by the test harness \
+                     (heartbeat 50 ms, election timeout 500 ms), a fresh one per scenario"
+                ),
+            ),
+            ("etcdctl".into(), etcdctl),
+            (
+                "electd".into(),
+                format!(
+                    "{electd} (git {git}), {} build; text logs at debug level to a \
+                     file, as the test harness runs it",
+                    if cfg!(debug_assertions) {
+                        "debug (test profile)"
+                    } else {
+                        "release (bench profile)"
+                    }
+                ),
+            ),
+            (
+                "TTL".into(),
+                format!(
+                    "{} s for both tools (`electd --ttl {}s --stop-grace {}ms`, \
+                     `etcdctl lock --ttl {}`)",
+                    cfg.ttl.as_secs(),
+                    cfg.ttl.as_secs(),
+                    cfg.stop_grace.as_millis(),
+                    cfg.ttl.as_secs()
+                ),
+            ),
+            (
+                "iterations".into(),
+                format!(
+                    "{} per tool and failover scenario, interleaved electd / etcdctl lock",
+                    cfg.iterations
+                ),
+            ),
+        ];
+        Report {
+            setup,
+            sections: Vec::new(),
+            ttl: cfg.ttl,
+            date: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            load_start: loadavg(),
+            load_end: String::new(),
+            nproc,
+            started: Instant::now(),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    pub fn finish(&mut self) {
+        self.load_end = loadavg();
+        self.elapsed = self.started.elapsed();
+    }
+
+    pub fn section(&self, key: &str) -> Option<&Section> {
+        self.sections.iter().find(|s| s.key == key)
+    }
+
+    /// Whether the 1-minute load average at start or end says other work competed for the
+    /// CPUs.
+    pub fn busy(&self) -> bool {
+        [&self.load_start, &self.load_end].iter().any(|l| {
+            l.split_whitespace()
+                .next()
+                .and_then(|x| x.parse::<f64>().ok())
+                .is_some_and(|x| x > 0.5 * self.nproc as f64)
+        })
+    }
+
+    /// The project's goals next to what this run measured (reported, not asserted).
+    pub fn goals(&self) -> Vec<[String; 3]> {
+        let ttl_ms = self.ttl.as_secs_f64() * 1e3;
+        let mut out = Vec::new();
+        let electd = |sec: &str, row: &str| -> Option<Value> {
+            Some(self.section(sec)?.row(row)?.cols[0].clone())
+        };
+        let verdict = |ok: bool| if ok { "yes" } else { "no" }.to_string();
+        let none = || ["not measured in this run".to_string(), "—".to_string()];
+
+        let [m, v] = match electd("handoff", "handoff").and_then(|v| v.median()) {
+            Some(med) => [format!("p50 {}", ms(med)), verdict(med < 50.0)],
+            None => none(),
+        };
+        out.push(["graceful handoff p50 under 50 ms".into(), m, v]);
+
+        let [m, v] = match electd("crash", "failover").and_then(|v| v.max()) {
+            Some(max) => [
+                format!(
+                    "max {} (TTL {} {})",
+                    ms(max),
+                    if max < ttl_ms { "−" } else { "+" },
+                    ms((max - ttl_ms).abs())
+                ),
+                verdict(max <= ttl_ms + 1000.0),
+            ],
+            None => none(),
+        };
+        out.push(["crash failover within TTL + 1 s".into(), m, v]);
+
+        let [m, v] = match electd("partition", "overlap") {
+            Some(Value::Samples(s)) if !s.is_empty() => {
+                let positive = s.iter().filter(|x| **x > 0.0).count();
+                let max = s.iter().copied().fold(f64::MIN, f64::max);
+                [
+                    format!("{positive} of {} runs overlapped; max {}", s.len(), ms(max)),
+                    verdict(positive == 0),
+                ]
+            }
+            _ => none(),
+        };
+        out.push(["partition overlap zero in every run".into(), m, v]);
+
+        for (row, what) in [("ratio_http", "HTTP"), ("ratio_unix", "Unix socket")] {
+            let [m, v] = match electd("api", row).and_then(|v| v.median()) {
+                Some(r) => [format!("{:.0}% of axum", r * 100.0), verdict(r >= 0.8)],
+                None => none(),
+            };
+            out.push([
+                format!("`/role` throughput at least 80% of bare axum ({what})"),
+                m,
+                v,
+            ]);
+        }
+
+        let watchdog = electd("footprint", "rss_watchdog").and_then(|v| v.max());
+        let [m, v] = match electd("footprint", "rss").and_then(|v| v.max()) {
+            Some(mb) => [
+                format!(
+                    "max {mb:.1} MB (the electd process; its watchdog process adds {})",
+                    watchdog.map_or("?".into(), |w| format!("{w:.1} MB"))
+                ),
+                verdict(mb < 20.0),
+            ],
+            None => none(),
+        };
+        out.push(["idle RSS under 20 MB".into(), m, v]);
+
+        let woken = electd("scale", "rereads").and_then(|v| v.max());
+        let wakeups = electd("scale", "wakeups").and_then(|v| v.max());
+        let [m, v] = match (woken, wakeups) {
+            (Some(w), Some(p)) => [
+                format!(
+                    "max {w:.0} candidates re-read the election per leader change \
+                     ({p:.0} by the predecessor watch)"
+                ),
+                verdict(w <= 1.0),
+            ],
+            _ => none(),
+        };
+        out.push(["one candidate woken per leader change".into(), m, v]);
+        out
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut o = String::new();
+        let _ = writeln!(o, "# Benchmarks\n");
+        let _ = writeln!(
+            o,
+            "Generated by `cargo bench --bench electd` on {} in {:.0} s; rerun it rather than \
+             editing this file. Each scenario starts its own etcd and replicas on this machine; \
+             electd and `etcdctl lock` (the tool one would otherwise use) run against the same \
+             etcd with the same TTL, in the same run.\n",
+            self.date,
+            self.elapsed.as_secs_f64()
+        );
+        let _ = writeln!(o, "| setup | |\n|---|---|");
+        for (k, v) in &self.setup {
+            let _ = writeln!(o, "| {k} | {v} |");
+        }
+        let _ = writeln!(
+            o,
+            "| load average | at start `{}`, at end `{}` (/proc/loadavg){} |",
+            self.load_start,
+            self.load_end,
+            if self.busy() {
+                "; **other work was running on the machine** (1-minute load above half \
+                 the CPUs), so timings are noisier than on an idle host"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            o,
+            "\nCells with numbers read `median / p95 / max` over the iterations (nearest-rank \
+             p95; with fewer than 20 samples p95 is close to the max). `(n=K)` marks a figure \
+             with fewer samples than iterations. Children append `start`/`tick`/`stop` \
+             records with `date +%s%N` to a ledger; ticks are 50 ms apart, so a killed child's \
+             end is known to within 50 ms.\n"
+        );
+
+        let _ = writeln!(
+            o,
+            "## Goals\n\nWhat the project holds itself to, next to this run's figures \
+             (reported, not asserted by any test).\n"
+        );
+        let _ = writeln!(o, "| goal | measured (electd) | met |\n|---|---|---|");
+        for [g, m, v] in self.goals() {
+            let _ = writeln!(o, "| {g} | {m} | {v} |");
+        }
+
+        for (i, s) in self.sections.iter().enumerate() {
+            let _ = writeln!(o, "\n## {}. {}\n", i + 1, s.title);
+            let _ = writeln!(o, "{}\n", s.about);
+            let _ = writeln!(
+                o,
+                "| figure | unit | {} | {} |\n|---|---|---|---|",
+                s.columns[0], s.columns[1]
+            );
+            for r in &s.rows {
+                let _ = writeln!(
+                    o,
+                    "| {} | {} | {} | {} |",
+                    r.figure,
+                    r.unit,
+                    cell(&r.cols[0], s.expected, r.signed),
+                    cell(&r.cols[1], s.expected, r.signed)
+                );
+            }
+            if !s.notes.is_empty() || !s.failures.is_empty() {
+                let _ = writeln!(o);
+            }
+            for n in &s.notes {
+                let _ = writeln!(o, "- {n}");
+            }
+            for f in &s.failures {
+                let _ = writeln!(o, "- **failed iteration**: {f}");
+            }
+            let _ = writeln!(o, "\n<sub>{:.0} s</sub>", s.seconds);
+        }
+        o
+    }
+}
+
+/// A cell's text; `signed` figures show their sign (`+` = e.g. an overlap).
+fn cell(v: &Value, expected: usize, signed: bool) -> String {
+    match v {
+        Value::Samples(s) if s.is_empty() => "no samples".into(),
+        Value::Samples(s) => {
+            let q = |q| {
+                let x = quantile(s, q).expect("non-empty");
+                let t = num(x);
+                if signed && x > 0.0 {
+                    format!("+{t}")
+                } else {
+                    t
+                }
+            };
+            let mut t = format!("{} / {} / {}", q(0.5), q(0.95), q(1.0));
+            if expected > 0 && s.len() != expected {
+                let _ = write!(t, " (n={})", s.len());
+            }
+            t
+        }
+        Value::Count { hits, of } => format!("{hits} of {of}"),
+        Value::Text(t) => t.clone(),
+        Value::Missing => "—".into(),
+    }
+}
+
+/// Three significant digits or so, without noise.
+pub fn num(x: f64) -> String {
+    let a = x.abs();
+    if a >= 100.0 {
+        format!("{x:.0}")
+    } else if a >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn ms(x: f64) -> String {
+    format!("{} ms", num(x))
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn first_line(program: &std::ffi::OsStr, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "unknown".into())
+}

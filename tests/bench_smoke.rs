@@ -1,0 +1,101 @@
+//! The benchmark in miniature (`benches/electd.rs` runs it in full): one short iteration of
+//! every scenario, so it keeps working. Asserts that each produced sane figures, never how
+//! fast anything was.
+
+mod common;
+#[path = "../benches/scenarios/mod.rs"]
+mod scenarios;
+
+use scenarios::{BenchConfig, SCENARIOS, Value};
+
+#[test]
+fn every_benchmark_scenario_produces_sane_figures() {
+    let cfg = BenchConfig::smoke();
+    let report = scenarios::run(&cfg);
+    println!("{}", report.markdown());
+
+    for key in SCENARIOS {
+        let s = report
+            .section(key)
+            .unwrap_or_else(|| panic!("no section for scenario {key}"));
+        assert!(
+            s.failures.is_empty(),
+            "scenario {key} failed: {:?}",
+            s.failures
+        );
+        assert!(!s.rows.is_empty(), "scenario {key} has no figures");
+        for r in &s.rows {
+            for (col, v) in r.cols.iter().enumerate() {
+                match v {
+                    Value::Samples(xs) => {
+                        for x in xs {
+                            assert!(x.is_finite(), "{key}/{} col {col}: {x}", r.id);
+                            assert!(
+                                r.signed || *x >= 0.0,
+                                "{key}/{} col {col} is negative: {x}",
+                                r.id
+                            );
+                        }
+                    }
+                    Value::Count { hits, of } => {
+                        assert!(hits <= of, "{key}/{} col {col}: {hits} of {of}", r.id);
+                    }
+                    Value::Text(t) => assert!(!t.is_empty() && t != "NaN", "{key}/{}", r.id),
+                    Value::Missing => {}
+                }
+            }
+        }
+    }
+
+    // Every side-by-side failover scenario measured both tools once.
+    for (key, row) in [
+        ("handoff", "handoff"),
+        ("crash", "failover"),
+        ("partition", "overlap"),
+    ] {
+        let r = report.section(key).unwrap().row(row).unwrap();
+        for v in &r.cols {
+            assert_eq!(v.samples().len(), 1, "{key}/{row}: {v:?}");
+        }
+    }
+    for row in ["stopped", "restarted", "moved"] {
+        let r = report.section("flap").unwrap().row(row).unwrap();
+        for v in &r.cols {
+            assert!(matches!(v, Value::Count { of: 1, .. }), "flap/{row}: {v:?}");
+        }
+    }
+    let api = report.section("api").unwrap();
+    for row in ["rps_http", "rps_unix"] {
+        for v in &api.row(row).unwrap().cols {
+            assert!(v.median().is_some_and(|x| x > 0.0), "api/{row}: {v:?}");
+        }
+    }
+    let fp = report.section("footprint").unwrap();
+    let rss = fp.row("rss").unwrap();
+    assert!(rss.cols[0].median().is_some_and(|x| x > 0.0), "{rss:?}");
+    let scale = report.section("scale").unwrap();
+    let to_leader = scale.row("to_leader").unwrap();
+    assert_eq!(to_leader.cols[0].samples().len(), 1, "{to_leader:?}");
+
+    // The report names every scenario and the goals, and survives a round trip to a file.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("benchmarks.md");
+    std::fs::write(&out, report.markdown()).unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.contains("## Goals"), "{text}");
+    for s in &report.sections {
+        assert!(
+            text.contains(&s.title),
+            "no section {:?} in:\n{text}",
+            s.title
+        );
+        for r in &s.rows {
+            assert!(
+                text.contains(&r.figure),
+                "no row {:?} in:\n{text}",
+                r.figure
+            );
+        }
+    }
+    assert!(!text.contains("NaN"), "{text}");
+}
