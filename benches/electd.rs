@@ -20,6 +20,9 @@ const USAGE: &str = "usage: cargo bench --bench electd -- [--iterations N] [--ou
                      [--only SCENARIO] [--quiet]";
 
 fn main() -> ExitCode {
+    if scenarios::api::serve_baseline_if_asked() {
+        return ExitCode::SUCCESS;
+    }
     let mut cfg = BenchConfig::full();
     let mut out = PathBuf::from("docs/benchmarks.md");
     let mut args = std::env::args().skip(1);

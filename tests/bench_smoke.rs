@@ -99,3 +99,11 @@ fn every_benchmark_scenario_produces_sane_figures() {
     }
     assert!(!text.contains("NaN"), "{text}");
 }
+
+/// Not a check: the role API scenario re-runs this executable with this test selected to
+/// serve its bare axum baseline in a process of its own. Without that, it returns at once.
+#[test]
+#[ignore = "started by the role API scenario as its baseline server process"]
+fn axum_baseline_process() {
+    scenarios::api::serve_baseline_if_asked();
+}

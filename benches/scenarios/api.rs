@@ -24,8 +24,8 @@ use electd::metrics::Metrics;
 use electd::status::Status;
 
 use super::report::{num, quantile};
-use super::{BenchConfig, Section, Value, attempt};
-use crate::common::{DaemonSpec, Etcd, http_get};
+use super::{BenchConfig, Section, Value, attempt, electd_spec};
+use crate::common::{Etcd, http_get, spawn_tied, wait_child_timeout, wait_until};
 
 #[derive(Debug, Clone)]
 enum Target {
@@ -294,12 +294,79 @@ impl Drop for InProcess {
     }
 }
 
+/// Set in the environment of the baseline's own process: a directory holding `body`; the
+/// process listens on `baseline.sock` there and writes its TCP address to `addr`.
+pub const BASELINE_ENV: &str = "ELECTD_BENCH_AXUM_BASELINE";
+
+/// In a process started as the baseline (see [`BASELINE_ENV`]): serve until stdin closes and
+/// return true. Anywhere else: return false at once.
+pub fn serve_baseline_if_asked() -> bool {
+    let Some(dir) = std::env::var_os(BASELINE_ENV).map(PathBuf::from) else {
+        return false;
+    };
+    let body = std::fs::read_to_string(dir.join("body")).expect("baseline body");
+    let server = InProcess::baseline(body, &dir.join("baseline.sock"));
+    let tmp = dir.join("addr.tmp");
+    std::fs::write(&tmp, server.tcp.to_string()).expect("write baseline address");
+    std::fs::rename(&tmp, dir.join("addr")).expect("publish baseline address");
+    let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+    true
+}
+
+/// The bare axum baseline in a process of its own, as electd is: this executable re-run with
+/// `args` and [`BASELINE_ENV`]; it stops when its stdin closes.
+struct BaselineProcess {
+    child: std::process::Child,
+    tcp: SocketAddr,
+    socket: PathBuf,
+}
+
+impl BaselineProcess {
+    fn start(args: &[String], body: &str, dir: &Path) -> BaselineProcess {
+        let dir = dir.join("baseline-process");
+        std::fs::create_dir_all(&dir).expect("baseline dir");
+        std::fs::write(dir.join("body"), body).expect("write baseline body");
+        let mut cmd = std::process::Command::new(std::env::current_exe().expect("own executable"));
+        cmd.args(args)
+            .env(BASELINE_ENV, &dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null());
+        let child = spawn_tied(cmd).expect("start the baseline process");
+        let addr = dir.join("addr");
+        wait_until(
+            Duration::from_secs(20),
+            "the baseline process to listen",
+            || addr.exists(),
+        );
+        let tcp = std::fs::read_to_string(&addr)
+            .expect("read baseline address")
+            .parse()
+            .expect("baseline address");
+        BaselineProcess {
+            child,
+            tcp,
+            socket: dir.join("baseline.sock"),
+        }
+    }
+}
+
+impl Drop for BaselineProcess {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        if !wait_child_timeout(&mut self.child, Duration::from_secs(5)) {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
 /// Everything the role API scenario measured.
 #[derive(Default)]
 struct Measured {
-    /// [transport: HTTP, Unix][target: electd, baseline, electd's router in-process]
-    rps: [[Vec<f64>; 3]; 2],
-    lat: [[Vec<f64>; 3]; 2],
+    /// [transport: HTTP, Unix][target: electd, axum process, electd's router in-process,
+    /// axum in-process]
+    rps: [[Vec<f64>; 4]; 2],
+    lat: [[Vec<f64>; 4]; 2],
     healthz: Vec<f64>,
     errors: u64,
     body_len: usize,
@@ -311,9 +378,7 @@ fn measure(cfg: &BenchConfig) -> Measured {
         .prefix("electd-bench-api-")
         .tempdir()
         .expect("temp dir");
-    let d = DaemonSpec::new(&etcd.endpoint(), "api", "a")
-        .ttl(&format!("{}s", cfg.ttl.as_secs()))
-        .start();
+    let d = electd_spec(cfg, &etcd.endpoint(), "api", "a").start();
     d.wait_role("leader", Duration::from_secs(20));
     let (code, body) = http_get(&d.http, "/role").expect("GET /role");
     assert_eq!(code, 200, "GET /role: {body}");
@@ -321,18 +386,21 @@ fn measure(cfg: &BenchConfig) -> Measured {
         body_len: body.len(),
         ..Measured::default()
     };
+    let process = BaselineProcess::start(&cfg.baseline_args, &body, dir.path());
     let baseline = InProcess::baseline(body, &dir.path().join("baseline.sock"));
     let router = InProcess::electd_router(&dir.path().join("router.sock"));
     let targets = [
         [
             Target::Tcp(d.http.parse().expect("electd http addr")),
-            Target::Tcp(baseline.tcp),
+            Target::Tcp(process.tcp),
             Target::Tcp(router.tcp),
+            Target::Tcp(baseline.tcp),
         ],
         [
             Target::Unix(d.socket.clone()),
-            Target::Unix(baseline.socket.clone()),
+            Target::Unix(process.socket.clone()),
             Target::Unix(router.socket.clone()),
+            Target::Unix(baseline.socket.clone()),
         ],
     ];
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -357,7 +425,12 @@ fn measure(cfg: &BenchConfig) -> Measured {
                 cfg.progress(&format!(
                     "api round {round} {} {}: {:.0} req/s",
                     ["http", "unix"][ti],
-                    ["electd", "axum", "electd router in-process"][k],
+                    [
+                        "electd",
+                        "axum process",
+                        "electd router in-process",
+                        "axum in-process"
+                    ][k],
                     l.rps()
                 ));
                 m.errors += l.errors;
@@ -384,18 +457,19 @@ pub fn role_api(cfg: &BenchConfig) -> Section {
             "`GET /role` from {} concurrent keep-alive HTTP/1.1 clients (raw tokio, one request \
              in flight per connection) for {:.1} s per target after a {} ms warm-up, {} \
              round(s) alternating targets; the generator shares the machine with the servers. \
-             electd is a leader with no command. The baseline is a bare axum 0.8 router in the \
-             benchmark process, on a current-thread runtime like electd's, answering the bytes \
-             electd's `/role` returned as a constant `application/json` body. To tell the \
-             router's cost from the process's, electd's own `api::router` is also served in the \
-             benchmark process the same way, over a fixed leader status. Throughput cells are \
+             electd is a leader with no command. The baseline is a bare axum 0.8 router on a \
+             current-thread runtime like electd's, answering the bytes electd's `/role` \
+             returned as a constant `application/json` body, in a process of its own (the \
+             benchmark executable re-run) like electd. To tell the router's cost from the \
+             process's, electd's own `api::router` (over a fixed leader status) and the \
+             baseline are also both served inside the benchmark process. Throughput cells are \
              over rounds; latency percentiles over every request of all rounds.",
             cfg.api_clients,
             cfg.api_duration.as_secs_f64(),
             300,
             cfg.api_rounds
         ),
-        ["electd", "bare axum baseline"],
+        ["electd", "bare axum"],
     );
     s.expected = cfg.api_rounds;
     let m = match attempt(|| measure(cfg)) {
@@ -417,15 +491,13 @@ pub fn role_api(cfg: &BenchConfig) -> Section {
             ["inproc_ratio_http", "inproc_ratio_unix"],
         ]
         .map(|ids| ids[ti]);
+        let samples = |k: usize| Value::Samples(m.rps[ti][k].clone());
         s.push(
             rps,
             &format!("{what}: requests per second"),
             "req/s",
             false,
-            [
-                Value::Samples(m.rps[ti][0].clone()),
-                Value::Samples(m.rps[ti][1].clone()),
-            ],
+            [samples(0), samples(1)],
         );
         for (id, q, name) in [(p50, 0.5, "p50"), (p99, 0.99, "p99")] {
             let cols = [0, 1].map(|k| {
@@ -435,7 +507,7 @@ pub fn role_api(cfg: &BenchConfig) -> Section {
         }
         s.push(
             ratio_id,
-            &format!("{what}: electd ÷ baseline throughput"),
+            &format!("{what}: electd ÷ bare axum throughput"),
             "ratio",
             false,
             [
@@ -446,19 +518,22 @@ pub fn role_api(cfg: &BenchConfig) -> Section {
         s.push(
             inproc,
             &format!(
-                "{what}: electd's router served in the benchmark process, requests per second"
+                "{what}: requests per second with electd's router and bare axum both served \
+                 in the benchmark process"
             ),
             "req/s",
             false,
-            [Value::Samples(m.rps[ti][2].clone()), Value::Missing],
+            [samples(2), samples(3)],
         );
         s.push(
             inproc_ratio,
-            &format!("{what}: electd's router in-process ÷ baseline throughput"),
+            &format!(
+                "{what}: electd's router ÷ bare axum throughput, both in the benchmark process"
+            ),
             "ratio",
             false,
             [
-                Value::Samples(ratio(&m.rps[ti][2], &m.rps[ti][1])),
+                Value::Samples(ratio(&m.rps[ti][2], &m.rps[ti][3])),
                 Value::Missing,
             ],
         );

@@ -5,8 +5,11 @@
 use std::time::{Duration, Instant};
 
 use super::report::num;
-use super::{BenchConfig, LockProcess, Section, Value, attempt, etcd_metrics, metric_sum, queued};
-use crate::common::{Daemon, DaemonSpec, Etcd, wait_until};
+use super::{
+    BenchConfig, LockProcess, Section, Value, attempt, electd_spec, etcd_metrics, metric_sum,
+    queued,
+};
+use crate::common::{Daemon, Etcd, wait_until};
 
 /// VmRSS in MB (10^6 bytes).
 fn rss_mb(pid: u32) -> Option<f64> {
@@ -124,12 +127,8 @@ struct Measured {
 }
 
 fn electd_side(cfg: &BenchConfig, etcd: &Etcd) -> Measured {
-    let ttl = format!("{}s", cfg.ttl.as_secs());
-    let spec = |id: &str| {
-        DaemonSpec::new(&etcd.endpoint(), "footprint", id)
-            .ttl(&ttl)
-            .sh("exec sleep 100000")
-    };
+    let spec =
+        |id: &str| electd_spec(cfg, &etcd.endpoint(), "footprint", id).sh("exec sleep 100000");
     let a = spec("a").start();
     a.wait_role("leader", Duration::from_secs(20));
     let watchdog = watchdog_of(a.pid());

@@ -59,8 +59,13 @@ pub struct BenchConfig {
     /// Scale: candidates in one election and their TTL.
     pub scale_candidates: usize,
     pub scale_ttl: Duration,
+    /// Arguments that make this executable serve the role API baseline in a process of its
+    /// own (with [`api::BASELINE_ENV`] set; see [`api::serve_baseline_if_asked`]).
+    pub baseline_args: Vec<String>,
     /// Run only this scenario.
     pub only: Option<String>,
+    /// How long to watch /proc/stat for other work before and after the run.
+    pub quiet: Duration,
     /// Progress lines on stderr.
     pub verbose: bool,
 }
@@ -83,7 +88,9 @@ impl BenchConfig {
             footprint_warmup: Duration::from_secs(3),
             scale_candidates: 200,
             scale_ttl: Duration::from_secs(5),
+            baseline_args: Vec::new(),
             only: None,
+            quiet: Duration::from_secs(3),
             verbose: true,
         }
     }
@@ -102,7 +109,17 @@ impl BenchConfig {
             footprint_window: Duration::from_millis(1500),
             footprint_warmup: Duration::from_millis(500),
             scale_candidates: 20,
+            // tests/bench_smoke.rs: run its ignored test that calls serve_baseline_if_asked.
+            baseline_args: [
+                "axum_baseline_process",
+                "--exact",
+                "--ignored",
+                "--test-threads=1",
+            ]
+            .map(String::from)
+            .to_vec(),
             verbose: false,
+            quiet: Duration::from_millis(300),
             ..BenchConfig::full()
         }
     }
@@ -265,6 +282,14 @@ impl Drop for LockProcess {
     }
 }
 
+/// An electd replica with the benchmark's TTL, logging as deployed: the harness passes
+/// `--log-level debug`, and `RUST_LOG` (which wins over it) restores electd's default filter.
+pub fn electd_spec(cfg: &BenchConfig, endpoint: &str, name: &str, id: &str) -> DaemonSpec {
+    DaemonSpec::new(endpoint, name, id)
+        .ttl(&format!("{}s", cfg.ttl.as_secs()))
+        .env("RUST_LOG", "warn,electd=info")
+}
+
 /// One replica of the wrapped job, under either tool.
 pub enum Wrapper {
     Electd(Box<Daemon>),
@@ -284,8 +309,7 @@ impl Wrapper {
         let command = vec!["sh".to_string(), script.display().to_string()];
         match tool {
             Tool::Electd => {
-                let mut spec = DaemonSpec::new(endpoint, name, id)
-                    .ttl(&format!("{}s", cfg.ttl.as_secs()))
+                let mut spec = electd_spec(cfg, endpoint, name, id)
                     .args(&["--stop-grace", &format!("{}ms", cfg.stop_grace.as_millis())]);
                 spec.command = command;
                 Wrapper::Electd(Box::new(spec.start()))

@@ -125,7 +125,10 @@ pub struct Report {
     date: String,
     load_start: String,
     load_end: String,
-    nproc: usize,
+    /// Share of the CPUs other processes kept busy just before and just after the run.
+    other_start: Option<f64>,
+    other_end: Option<f64>,
+    quiet: Duration,
     started: Instant,
     elapsed: Duration,
 }
@@ -173,8 +176,9 @@ impl Report {
             (
                 "electd".into(),
                 format!(
-                    "{electd} (git {git}), {} build; text logs at debug level to a \
-                     file, as the test harness runs it",
+                    "{electd} (git {git}), {} build; replicas are separate processes \
+                     started by the test harness, logging text at electd's default level \
+                     (info) to a file",
                     if cfg!(debug_assertions) {
                         "debug (test profile)"
                     } else {
@@ -208,7 +212,9 @@ impl Report {
             date: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
             load_start: loadavg(),
             load_end: String::new(),
-            nproc,
+            other_start: cpu_busy(cfg.quiet),
+            other_end: None,
+            quiet: cfg.quiet,
             started: Instant::now(),
             elapsed: Duration::ZERO,
         }
@@ -216,6 +222,7 @@ impl Report {
 
     pub fn finish(&mut self) {
         self.load_end = loadavg();
+        self.other_end = cpu_busy(self.quiet);
         self.elapsed = self.started.elapsed();
     }
 
@@ -223,15 +230,11 @@ impl Report {
         self.sections.iter().find(|s| s.key == key)
     }
 
-    /// Whether the 1-minute load average at start or end says other work competed for the
-    /// CPUs.
+    /// Whether other processes kept more than a fifth of the CPUs busy before or after the run.
     pub fn busy(&self) -> bool {
-        [&self.load_start, &self.load_end].iter().any(|l| {
-            l.split_whitespace()
-                .next()
-                .and_then(|x| x.parse::<f64>().ok())
-                .is_some_and(|x| x > 0.5 * self.nproc as f64)
-        })
+        [self.other_start, self.other_end]
+            .iter()
+            .any(|b| b.is_some_and(|b| b > 0.2))
     }
 
     /// The project's goals next to what this run measured (reported, not asserted).
@@ -334,14 +337,20 @@ impl Report {
         for (k, v) in &self.setup {
             let _ = writeln!(o, "| {k} | {v} |");
         }
+        let pct = |b: Option<f64>| b.map_or("?".to_string(), |b| format!("{:.0}%", b * 100.0));
         let _ = writeln!(
             o,
-            "| load average | at start `{}`, at end `{}` (/proc/loadavg){} |",
+            "| other load | {} of the CPUs busy with other processes just before the run, {} \
+             just after it (/proc/stat over {:.1} s while the benchmark ran nothing); 1-minute \
+             load average `{}` at start, `{}` at end{} |",
+            pct(self.other_start),
+            pct(self.other_end),
+            self.quiet.as_secs_f64(),
             self.load_start,
             self.load_end,
             if self.busy() {
-                "; **other work was running on the machine** (1-minute load above half \
-                 the CPUs), so timings are noisier than on an idle host"
+                ". **Other work was competing for the CPUs**, so timings are noisier than on \
+                 an idle host"
             } else {
                 ""
             }
@@ -438,6 +447,29 @@ pub fn num(x: f64) -> String {
 
 fn ms(x: f64) -> String {
     format!("{} ms", num(x))
+}
+
+/// The share of all CPUs that was busy over `window` (from the `cpu` line of /proc/stat).
+fn cpu_busy(window: Duration) -> Option<f64> {
+    let read = || -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let f: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .take(8)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal
+        let idle = f.get(3)? + f.get(4)?;
+        Some((f.iter().sum(), idle))
+    };
+    let (t0, i0) = read()?;
+    std::thread::sleep(window);
+    let (t1, i1) = read()?;
+    let total = t1.checked_sub(t0).filter(|t| *t > 0)?;
+    Some(1.0 - (i1.saturating_sub(i0)) as f64 / total as f64)
 }
 
 fn loadavg() -> String {

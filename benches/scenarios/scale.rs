@@ -15,6 +15,8 @@ use super::{BenchConfig, Section, Value, attempt, etcd_metrics, metric_sum};
 use crate::common::Etcd;
 
 struct Candidate {
+    /// Member id `c{id:04}`, in joining order.
+    id: usize,
     handle: DriverHandle,
     view: watch::Receiver<ElectionView>,
     task: tokio::task::JoinHandle<()>,
@@ -32,7 +34,12 @@ fn spawn(client: &etcd_client::Client, timing: Timing, n: usize) -> Candidate {
     let task = tokio::spawn(async move {
         let _ = driver.run().await;
     });
-    Candidate { handle, view, task }
+    Candidate {
+        id: n,
+        handle,
+        view,
+        task,
+    }
 }
 
 fn leading(v: &ElectionView) -> bool {
@@ -167,8 +174,9 @@ async fn run(cfg: &BenchConfig, etcd: &Etcd) -> Figures {
             f.rereads.push(rereads as f64);
             f.txns.push(txn_after - txn_before);
             cfg.progress(&format!(
-                "scale #{i}: new leader c{new:04} after {ms:.1} ms; {wakeups} predecessor \
+                "scale #{i}: new leader c{:04} after {ms:.1} ms; {wakeups} predecessor \
                  wake-ups, {rereads} re-reads, {} election reads at etcd",
+                cands[new].id,
                 txn_after - txn_before
             ));
             // Replace the one that left, at the back of the queue.
