@@ -5,9 +5,10 @@
 use std::time::SystemTime;
 
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::time::Instant;
 
+use crate::election::MemberInfo;
 use crate::election::role::{Role, RoleKind};
 use crate::supervisor::ExitInfo;
 
@@ -57,39 +58,83 @@ impl Status {
         self.role.leader().map(|l| l.create_revision)
     }
 
-    /// The `/role` document.
+    /// The `/role` document, borrowing from this snapshot (serialise it while borrowed).
+    pub fn doc(&self, now: Instant) -> RoleDoc<'_> {
+        let ms = |d: std::time::Duration| d.as_millis() as u64;
+        RoleDoc {
+            role: self.kind(),
+            id: &self.id,
+            election: &self.election,
+            leader: self.role.leader().map(|l| LeaderDoc {
+                id: &l.id,
+                key: &l.key,
+                create_revision: l.create_revision,
+                member: l.member.as_ref(),
+            }),
+            fencing_token: self.fencing_token(),
+            since: Rfc3339(self.since),
+            etcd_reachable: self.reachable,
+            last_contact_ms: self
+                .last_contact
+                .map(|t| ms(now.saturating_duration_since(t))),
+            version: self.version,
+            suspect: match &self.role {
+                Role::Suspect {
+                    deadline, since, ..
+                } => Some(SuspectDoc {
+                    contact_lost_ms: ms(now.saturating_duration_since(*since)),
+                    deadline_in_ms: ms(deadline.saturating_duration_since(now)),
+                }),
+                _ => None,
+            },
+            child: self.child.as_ref(),
+        }
+    }
+
+    /// The `/role` document as a JSON value.
     pub fn to_json(&self, now: Instant) -> Value {
-        let leader = self.role.leader().map(|l| {
-            json!({
-                "id": l.id,
-                "key": l.key,
-                "create_revision": l.create_revision,
-                "member": l.member,
-            })
-        });
-        let mut doc = json!({
-            "role": self.kind(),
-            "id": self.id,
-            "election": self.election,
-            "leader": leader,
-            "fencing_token": self.fencing_token(),
-            "since": humantime::format_rfc3339_millis(self.since).to_string(),
-            "etcd_reachable": self.reachable,
-            "last_contact_ms": self.last_contact.map(|t| now.saturating_duration_since(t).as_millis() as u64),
-            "version": self.version,
-        });
-        if let Role::Suspect {
-            deadline, since, ..
-        } = &self.role
-        {
-            doc["suspect"] = json!({
-                "contact_lost_ms": now.saturating_duration_since(*since).as_millis() as u64,
-                "deadline_in_ms": deadline.saturating_duration_since(now).as_millis() as u64,
-            });
-        }
-        if let Some(child) = &self.child {
-            doc["child"] = serde_json::to_value(child).expect("invariant: ChildStatus serialises");
-        }
-        doc
+        serde_json::to_value(self.doc(now)).expect("invariant: RoleDoc serialises")
+    }
+}
+
+/// The `/role` document. Serialised straight from the snapshot: `/role` is the hot path.
+#[derive(Debug, Serialize)]
+pub struct RoleDoc<'a> {
+    pub role: RoleKind,
+    pub id: &'a str,
+    pub election: &'a str,
+    pub leader: Option<LeaderDoc<'a>>,
+    pub fencing_token: Option<i64>,
+    pub since: Rfc3339,
+    pub etcd_reachable: bool,
+    pub last_contact_ms: Option<u64>,
+    pub version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspect: Option<SuspectDoc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub child: Option<&'a ChildStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LeaderDoc<'a> {
+    pub id: &'a str,
+    pub key: &'a str,
+    pub create_revision: i64,
+    pub member: Option<&'a MemberInfo>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SuspectDoc {
+    pub contact_lost_ms: u64,
+    pub deadline_in_ms: u64,
+}
+
+/// A wall-clock time written as RFC 3339 with milliseconds, without an intermediate String.
+#[derive(Debug, Clone, Copy)]
+pub struct Rfc3339(pub SystemTime);
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_millis(self.0))
     }
 }
