@@ -127,7 +127,9 @@ pub struct Report {
     load_end: String,
     /// Share of the CPUs other processes kept busy just before and just after the run.
     other_start: Option<f64>,
+    other_during: Option<f64>,
     other_end: Option<f64>,
+    run_start: Option<CpuTicks>,
     quiet: Duration,
     started: Instant,
     elapsed: Duration,
@@ -213,7 +215,9 @@ impl Report {
             load_start: loadavg(),
             load_end: String::new(),
             other_start: cpu_busy(cfg.quiet),
+            other_during: None,
             other_end: None,
+            run_start: cpu_ticks(),
             quiet: cfg.quiet,
             started: Instant::now(),
             elapsed: Duration::ZERO,
@@ -222,6 +226,10 @@ impl Report {
 
     pub fn finish(&mut self) {
         self.load_end = loadavg();
+        self.other_during = self
+            .run_start
+            .zip(cpu_ticks())
+            .and_then(|(a, b)| others_share(a, b));
         self.other_end = cpu_busy(self.quiet);
         self.elapsed = self.started.elapsed();
     }
@@ -230,9 +238,10 @@ impl Report {
         self.sections.iter().find(|s| s.key == key)
     }
 
-    /// Whether other processes kept more than a fifth of the CPUs busy before or after the run.
+    /// Whether other processes kept more than a fifth of the CPUs busy before or during the
+    /// run.
     pub fn busy(&self) -> bool {
-        [self.other_start, self.other_end]
+        [self.other_start, self.other_during]
             .iter()
             .any(|b| b.is_some_and(|b| b > 0.2))
     }
@@ -340,12 +349,14 @@ impl Report {
         let pct = |b: Option<f64>| b.map_or("?".to_string(), |b| format!("{:.0}%", b * 100.0));
         let _ = writeln!(
             o,
-            "| other load | {} of the CPUs busy with other processes just before the run, {} \
-             just after it (/proc/stat over {:.1} s while the benchmark ran nothing); 1-minute \
-             load average `{}` at start, `{}` at end{} |",
+            "| other load | other processes kept {} of the CPUs busy during the run (all CPU time \
+             in /proc/stat minus this benchmark's own and its reaped children's, approximately), \
+             {} in the {:.1} s just before it and {} just after it; 1-minute load average `{}` at \
+             start, `{}` at end{} |",
+            pct(self.other_during),
             pct(self.other_start),
-            pct(self.other_end),
             self.quiet.as_secs_f64(),
+            pct(self.other_end),
             self.load_start,
             self.load_end,
             if self.busy() {
@@ -449,27 +460,56 @@ fn ms(x: f64) -> String {
     format!("{} ms", num(x))
 }
 
-/// The share of all CPUs that was busy over `window` (from the `cpu` line of /proc/stat).
+/// CPU time in clock ticks: all CPUs (/proc/stat), and this process with its reaped children
+/// (/proc/self/stat).
+#[derive(Debug, Clone, Copy)]
+struct CpuTicks {
+    total: u64,
+    idle: u64,
+    own: u64,
+}
+
+fn cpu_ticks() -> Option<CpuTicks> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    // user nice system idle iowait irq softirq steal
+    let f: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let me = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let (_, rest) = me.rsplit_once(')')?;
+    // After the command: state(3) … utime(14) stime(15) cutime(16) cstime(17).
+    let own = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .filter_map(|x| x.parse::<u64>().ok())
+        .sum();
+    Some(CpuTicks {
+        total: f.iter().sum(),
+        idle: f.get(3)? + f.get(4)?,
+        own,
+    })
+}
+
+/// The share of all CPUs that processes other than this one (and its reaped children) kept
+/// busy between `a` and `b`.
+fn others_share(a: CpuTicks, b: CpuTicks) -> Option<f64> {
+    let total = b.total.checked_sub(a.total).filter(|t| *t > 0)?;
+    let busy = total.saturating_sub(b.idle.saturating_sub(a.idle));
+    let others = busy.saturating_sub(b.own.saturating_sub(a.own));
+    Some(others as f64 / total as f64)
+}
+
+/// [`others_share`] over `window`, while the benchmark runs nothing.
 fn cpu_busy(window: Duration) -> Option<f64> {
-    let read = || -> Option<(u64, u64)> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let f: Vec<u64> = stat
-            .lines()
-            .next()?
-            .split_whitespace()
-            .skip(1)
-            .take(8)
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        // user nice system idle iowait irq softirq steal
-        let idle = f.get(3)? + f.get(4)?;
-        Some((f.iter().sum(), idle))
-    };
-    let (t0, i0) = read()?;
+    let a = cpu_ticks()?;
     std::thread::sleep(window);
-    let (t1, i1) = read()?;
-    let total = t1.checked_sub(t0).filter(|t| *t > 0)?;
-    Some(1.0 - (i1.saturating_sub(i0)) as f64 / total as f64)
+    others_share(a, cpu_ticks()?)
 }
 
 fn loadavg() -> String {
