@@ -9,6 +9,7 @@ pub mod client;
 pub mod socket;
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::connect_info::ConnectInfo;
@@ -84,7 +85,8 @@ pub fn router(state: ApiState, transport: Transport) -> Router {
         .route("/watch", get(watch_role))
         .layer(Extension(transport))
         .layer(axum::extract::DefaultBodyLimit::max(4096))
-        .with_state(state)
+        // Shared, not cloned per request: ApiState holds an etcd client and the metrics.
+        .with_state(Arc::new(state))
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,7 +97,7 @@ struct RoleQuery {
     after: Option<u64>,
 }
 
-async fn role(State(s): State<ApiState>, Query(q): Query<RoleQuery>) -> Response {
+async fn role(State(s): State<Arc<ApiState>>, Query(q): Query<RoleQuery>) -> Response {
     let Some(wait) = q.wait else {
         return role_response(&s.status.borrow(), StatusCode::OK);
     };
@@ -121,7 +123,7 @@ fn role_response(st: &Status, code: StatusCode) -> Response {
     (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn leader(State(s): State<ApiState>) -> Response {
+async fn leader(State(s): State<Arc<ApiState>>) -> Response {
     let st = s.status.borrow();
     let code = match st.kind() {
         RoleKind::Leader | RoleKind::Suspect => StatusCode::OK,
@@ -134,7 +136,7 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn metrics(State(s): State<ApiState>) -> Response {
+async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
     if let Some(t) = s.status.borrow().last_contact {
         s.metrics.last_contact_age.set(t.elapsed().as_secs_f64());
     }
@@ -147,7 +149,7 @@ async fn metrics(State(s): State<ApiState>) -> Response {
 
 /// Server-Sent Events: the current state first, then one event per change.
 async fn watch_role(
-    State(s): State<ApiState>,
+    State(s): State<Arc<ApiState>>,
 ) -> Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>> {
     let stream = WatchStream::new(s.status.clone()).map(|st| {
         let doc = st.to_json(Instant::now());
@@ -160,8 +162,8 @@ async fn watch_role(
 }
 
 /// Every candidate in queue order, read from etcd.
-async fn members(State(s): State<ApiState>) -> Response {
-    let Some(src) = s.etcd else {
+async fn members(State(s): State<Arc<ApiState>>) -> Response {
+    let Some(src) = &s.etcd else {
         return (
             StatusCode::NOT_FOUND,
             Json(json!({"error": "no etcd source"})),
@@ -201,7 +203,7 @@ pub fn members_doc(election: &str, revision: i64, list: &[etcd::Candidate]) -> V
 }
 
 async fn control(
-    s: ApiState,
+    s: &ApiState,
     req: Request,
     make: fn(oneshot::Sender<Value>) -> Control,
 ) -> Response {
@@ -242,14 +244,14 @@ async fn control(
     }
 }
 
-async fn resign(State(s): State<ApiState>, req: Request) -> Response {
-    control(s, req, Control::Resign).await
+async fn resign(State(s): State<Arc<ApiState>>, req: Request) -> Response {
+    control(&s, req, Control::Resign).await
 }
 
-async fn pause(State(s): State<ApiState>, req: Request) -> Response {
-    control(s, req, Control::Pause).await
+async fn pause(State(s): State<Arc<ApiState>>, req: Request) -> Response {
+    control(&s, req, Control::Pause).await
 }
 
-async fn resume(State(s): State<ApiState>, req: Request) -> Response {
-    control(s, req, Control::Resume).await
+async fn resume(State(s): State<Arc<ApiState>>, req: Request) -> Response {
+    control(&s, req, Control::Resume).await
 }
