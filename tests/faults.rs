@@ -15,15 +15,16 @@ fn flap_shorter_than_the_grace_keeps_leader_child_and_token() {
     let proxy = TcpProxy::start_to(&etcd.endpoint());
     let dir = tempfile::tempdir().unwrap();
     let l = dir.path().join("ledger");
-    // TTL 6s, grace 1s: the leader may keep its role 6 − 0.6 − 1 = 4.4 s after its last
-    // successful keepalive was sent.
+    // TTL 8s, grace 1s: the leader may keep its role 8 − 0.8 − 1 = 6.2 s after its last
+    // successful keepalive was sent (at most one 1.33 s interval before the cut). The cut
+    // lasts until the leader shows `suspect` (plus a little), at most 4 s.
     let a = DaemonSpec::new(&proxy.endpoint(), "flap", "a")
-        .ttl("6s")
+        .ttl("8s")
         .sh(&ledger_script(&l))
         .start();
     a.wait_role("leader", Duration::from_secs(10));
     let b = DaemonSpec::new(&etcd.endpoint(), "flap", "b")
-        .ttl("6s")
+        .ttl("8s")
         .sh(&ledger_script(&l))
         .start();
     b.wait_role("follower", Duration::from_secs(10));
@@ -31,17 +32,22 @@ fn flap_shorter_than_the_grace_keeps_leader_child_and_token() {
 
     proxy.set_mode(ProxyMode::Blackhole);
     let cut = Instant::now();
-    let mut saw_suspect = None;
-    while cut.elapsed() < Duration::from_secs(2) {
+    let mut saw_suspect: Option<serde_json::Value> = None;
+    let mut seen_at = None;
+    while cut.elapsed() < Duration::from_secs(4)
+        && seen_at.is_none_or(|t: Instant| t.elapsed() < Duration::from_millis(300))
+    {
         if let Some(r) = a.role()
             && r["role"] == "suspect"
         {
             saw_suspect = Some(r);
+            seen_at.get_or_insert_with(Instant::now);
         }
         assert!(!b.is_leader(), "the follower must not lead during a flap");
         std::thread::sleep(Duration::from_millis(50));
     }
     proxy.set_mode(ProxyMode::Pass);
+    eprintln!("link cut for {:?}", cut.elapsed());
     let r = saw_suspect.expect("the cut-off leader shows role suspect");
     assert_eq!(r["etcd_reachable"], false, "{r}");
     assert!(r["suspect"]["contact_lost_ms"].as_u64().is_some(), "{r}");
@@ -169,7 +175,7 @@ fn etcd_member_failure_in_a_three_member_cluster_changes_nothing() {
         .iter()
         .map(|id| {
             DaemonSpec::new(&endpoints, "members", id)
-                .ttl("5s")
+                .ttl("8s")
                 .sh(&ledger_script(&l))
                 .start()
         })

@@ -491,6 +491,9 @@ fn answer_without_session(cmd: Option<DriverCommand>) -> Option<After> {
     }
 }
 
+/// How soon a failed keepalive is retried.
+const KEEPALIVE_RETRY: Duration = Duration::from_millis(100);
+
 /// Keep `lease` alive: one keepalive every interval, each reply awaited with a deadline. The
 /// reply stream is re-opened after any failure (opening it is itself a keepalive).
 async fn keepalive(client: Client, lease: i64, t: Timing, tx: mpsc::Sender<KeepaliveEvent>) {
@@ -549,6 +552,9 @@ async fn keepalive(client: Client, lease: i64, t: Timing, tx: mpsc::Sender<Keepa
             Ok(false) => KeepaliveEvent::Gone,
             Err(e) => {
                 stream = None;
+                // Retry soon instead of a whole interval later: the failed stream may have
+                // been bound to a dead or frozen member, and a fresh one can go to another.
+                ticker.reset_at(Instant::now() + KEEPALIVE_RETRY);
                 KeepaliveEvent::Failed(e)
             }
         };
