@@ -755,21 +755,7 @@ async fn claim_txn(
         )])
         .or_else([TxnOp::get(key, None)]);
     let mut c = client.clone();
-    let resp = match timeout(after, c.txn(txn)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(source)) => {
-            return Err(EtcdError::Request {
-                op: "slot claim txn",
-                source,
-            });
-        }
-        Err(_) => {
-            return Err(EtcdError::Timeout {
-                op: "slot claim txn",
-                after,
-            });
-        }
-    };
+    let resp = etcd::bounded("slot claim txn", after, lease, c.txn(txn)).await?;
     if resp.succeeded() {
         let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
         return Ok(ClaimResult::Claimed { mod_revision: rev });

@@ -142,7 +142,9 @@ fn classify(op: &'static str, lease: i64, source: etcd_client::Error) -> EtcdErr
     }
 }
 
-async fn bounded<T>(
+/// Run one etcd call with a deadline, mapping its error ("lease not found" becomes
+/// [`EtcdError::LeaseGone`]).
+pub async fn bounded<T>(
     op: &'static str,
     after: Duration,
     lease: i64,

@@ -507,20 +507,14 @@ async fn keepalive(client: Client, lease: i64, t: Timing, tx: mpsc::Sender<Keepa
         let result = match stream.as_mut() {
             None => {
                 let mut c = client.clone();
-                match timeout(t.request_timeout, c.lease_keep_alive(lease)).await {
-                    Ok(Ok(s)) => {
+                let open = c.lease_keep_alive(lease);
+                match etcd::bounded("lease keepalive", t.request_timeout, lease, open).await {
+                    Ok(s) => {
                         stream = Some(s);
                         Ok(true)
                     }
-                    Ok(Err(e)) if e.to_string().contains("lease not found") => Ok(false),
-                    Ok(Err(e)) => Err(EtcdError::Request {
-                        op: "lease keepalive",
-                        source: e,
-                    }),
-                    Err(_) => Err(EtcdError::Timeout {
-                        op: "lease keepalive",
-                        after: t.request_timeout,
-                    }),
+                    Err(EtcdError::LeaseGone { .. }) => Ok(false),
+                    Err(e) => Err(e),
                 }
             }
             Some((keeper, replies)) => match keeper.keep_alive().await {
@@ -528,20 +522,17 @@ async fn keepalive(client: Client, lease: i64, t: Timing, tx: mpsc::Sender<Keepa
                     op: "lease keepalive",
                     source: e,
                 }),
-                Ok(()) => match timeout(t.request_timeout, replies.message()).await {
-                    Ok(Ok(Some(resp))) => Ok(resp.ttl() > 0),
-                    Ok(Ok(None)) => Err(EtcdError::StreamClosed {
-                        op: "lease keepalive",
-                    }),
-                    Ok(Err(e)) => Err(EtcdError::Request {
-                        op: "lease keepalive",
-                        source: e,
-                    }),
-                    Err(_) => Err(EtcdError::Timeout {
-                        op: "lease keepalive",
-                        after: t.request_timeout,
-                    }),
-                },
+                Ok(()) => {
+                    let reply = replies.message();
+                    match etcd::bounded("lease keepalive", t.request_timeout, lease, reply).await {
+                        Ok(Some(resp)) => Ok(resp.ttl() > 0),
+                        Ok(None) => Err(EtcdError::StreamClosed {
+                            op: "lease keepalive",
+                        }),
+                        Err(EtcdError::LeaseGone { .. }) => Ok(false),
+                        Err(e) => Err(e),
+                    }
+                }
             },
         };
         let event = match result {
