@@ -91,6 +91,27 @@ impl CommonArgs {
     }
 }
 
+/// The start of both binaries' `main`: become the freeze watchdog when asked to (the hidden
+/// first argument), else parse the arguments, exiting 64 on a usage error (0 for --help).
+pub fn watchdog_or_parse<P: clap::Parser>() -> P {
+    use crate::supervisor::watchdog::{WATCHDOG_ARG, run_watchdog};
+    if std::env::args().nth(1).as_deref() == Some(WATCHDOG_ARG) {
+        std::process::exit(run_watchdog());
+    }
+    match P::try_parse() {
+        Ok(p) => p,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                crate::config::EXIT_USAGE
+            } else {
+                0
+            };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    }
+}
+
 /// Install the tracing subscriber on stderr. `level` is the configured default; `RUST_LOG`
 /// refines it when set.
 pub fn init_logging(level: &str, format: LogFormat) {

@@ -5,9 +5,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use electd::cli::{CommonArgs, init_logging};
-use electd::config::{EXIT_CONFIG, EXIT_USAGE};
+use electd::config::EXIT_CONFIG;
 use electd::run::{EXIT_CODES_HELP, RunOptions};
-use electd::supervisor::watchdog::{WATCHDOG_ARG, run_watchdog};
 
 /// Run CMD on exactly one replica: campaign in the etcd election, run CMD if elected, resign
 /// when it ends. Every replica's cron can fire `elect-run --election nightly -- ./job`.
@@ -41,17 +40,7 @@ struct Cli {
 }
 
 fn main() {
-    if std::env::args().nth(1).as_deref() == Some(WATCHDOG_ARG) {
-        std::process::exit(run_watchdog());
-    }
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
-            let _ = e.print();
-            std::process::exit(code);
-        }
-    };
+    let cli: Cli = electd::cli::watchdog_or_parse();
     let config_error = |e: &dyn std::fmt::Display| -> ! {
         eprintln!("elect-run: configuration error: {e}");
         std::process::exit(EXIT_CONFIG);

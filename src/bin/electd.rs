@@ -4,8 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use electd::cli::{CommonArgs, init_logging};
-use electd::config::{EXIT_CONFIG, EXIT_USAGE, Endpoints};
-use electd::supervisor::watchdog::{WATCHDOG_ARG, run_watchdog};
+use electd::config::{EXIT_CONFIG, Endpoints};
 
 /// Elect exactly one leader among replicas through etcd; optionally run CMD only while leader.
 #[derive(Debug, Parser)]
@@ -140,17 +139,7 @@ fn action(socket: &std::path::Path, name: &str) -> i32 {
 }
 
 fn main() {
-    if std::env::args().nth(1).as_deref() == Some(WATCHDOG_ARG) {
-        std::process::exit(run_watchdog());
-    }
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
-            let _ = e.print();
-            std::process::exit(code);
-        }
-    };
+    let cli: Cli = electd::cli::watchdog_or_parse();
     if let Some(sub) = cli.sub {
         std::process::exit(subcommand(sub));
     }
