@@ -24,6 +24,9 @@ pub const EXIT_USAGE: i32 = 64;
 
 /// Etcd's smallest lease TTL.
 pub const MIN_TTL: Duration = Duration::from_secs(2);
+/// Bounds of `read_header_timeout`.
+pub const MIN_HEADER_TIMEOUT: Duration = Duration::from_millis(100);
+pub const MAX_HEADER_TIMEOUT: Duration = Duration::from_secs(600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -103,6 +106,7 @@ pub struct Settings {
     pub socket: Option<String>,
     pub socket_mode: Option<String>,
     pub socket_group: Option<String>,
+    pub read_header_timeout: Option<String>,
     pub control_uids: Option<Endpoints>,
     pub control_gids: Option<Endpoints>,
     pub log_level: Option<String>,
@@ -161,6 +165,11 @@ pub const FIELD_FLAGS: &[(&str, &str, &str)] = &[
     ("socket", "--socket", "ELECTD_SOCKET"),
     ("socket_mode", "--socket-mode", "ELECTD_SOCKET_MODE"),
     ("socket_group", "--socket-group", "ELECTD_SOCKET_GROUP"),
+    (
+        "read_header_timeout",
+        "--read-header-timeout",
+        "ELECTD_READ_HEADER_TIMEOUT",
+    ),
     ("control_uids", "--control-uids", "ELECTD_CONTROL_UIDS"),
     ("control_gids", "--control-gids", "ELECTD_CONTROL_GIDS"),
     ("log_level", "--log-level", "ELECTD_LOG_LEVEL"),
@@ -191,6 +200,9 @@ pub struct Config {
     pub socket_mode: u32,
     /// Group that owns the socket file (so its members can connect with mode 0660).
     pub socket_group: Option<u32>,
+    /// Time an API client (TCP or socket) has to send a request's headers; also how long an
+    /// idle keep-alive connection stays open.
+    pub read_header_timeout: Duration,
     /// Peers (by SO_PEERCRED) allowed to send control requests over the socket, besides
     /// electd's own uid and root.
     pub control_uids: Vec<u32>,
@@ -340,6 +352,7 @@ pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Settings {
         socket: get("socket"),
         socket_mode: get("socket_mode"),
         socket_group: get("socket_group"),
+        read_header_timeout: get("read_header_timeout"),
         control_uids: get("control_uids").map(Endpoints::One),
         control_gids: get("control_gids").map(Endpoints::One),
         log_level: get("log_level"),
@@ -584,6 +597,19 @@ impl Layers {
             }
             None => 0o660,
         };
+        let (read_header_timeout, origin) = duration(
+            "read_header_timeout",
+            |s| &s.read_header_timeout,
+            Duration::from_secs(10),
+        )?;
+        if !(MIN_HEADER_TIMEOUT..=MAX_HEADER_TIMEOUT).contains(&read_header_timeout) {
+            return Err(invalid(
+                "read_header_timeout",
+                &humantime::format_duration(read_header_timeout).to_string(),
+                &origin,
+                "must be between 100ms and 10m",
+            ));
+        }
 
         let socket_group = match self.pick("socket_group", |s| &s.socket_group) {
             Some(p) => {
@@ -780,6 +806,7 @@ impl Layers {
             socket,
             socket_mode,
             socket_group,
+            read_header_timeout,
             control_uids,
             control_gids,
             log_level,
@@ -884,6 +911,7 @@ mod tests {
                 "http" => s.http = v,
                 "socket" => s.socket = v,
                 "socket_mode" => s.socket_mode = v,
+                "read_header_timeout" => s.read_header_timeout = v,
                 "log_level" => s.log_level = v,
                 "log_format" => s.log_format = v,
                 "stop_signal" => s.stop_signal = v,
@@ -918,6 +946,7 @@ mod tests {
         assert_eq!(c.http, Some("127.0.0.1:4040".parse().unwrap()));
         assert_eq!(c.socket, None);
         assert_eq!(c.socket_mode, 0o660);
+        assert_eq!(c.read_header_timeout, Duration::from_secs(10));
         assert_eq!(c.on_exit, OnExit::Restart);
         assert_eq!(c.stop_signal, nix::sys::signal::Signal::SIGTERM);
     }
@@ -955,6 +984,22 @@ mod tests {
             ),
             (&[("http", "localhost")], &["invalid http", "HOST:PORT"]),
             (&[("socket_mode", "999")], &["invalid socket_mode", "octal"]),
+            (
+                &[("read_header_timeout", "0s")],
+                &[
+                    "invalid read_header_timeout",
+                    "flag --read-header-timeout",
+                    "between 100ms and 10m",
+                ],
+            ),
+            (
+                &[("read_header_timeout", "1h")],
+                &["invalid read_header_timeout", "between 100ms and 10m"],
+            ),
+            (
+                &[("read_header_timeout", "later")],
+                &["invalid read_header_timeout", "duration such as `5s`"],
+            ),
             (
                 &[("log_level", "loud")],
                 &["invalid log_level", "error, warn, info, debug, trace"],

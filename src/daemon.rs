@@ -128,32 +128,26 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonErro
         },
     };
     let (api_stop_tx, api_stop_rx) = watch::channel(false);
+    let limits = api::serve::Limits {
+        read_header_timeout: config.read_header_timeout,
+        max_connections: api::serve::MAX_CONNECTIONS,
+    };
+    let stopped = |mut stop: watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
     let mut servers = Vec::new();
     if let Some(listener) = http_listener {
         info!(addr = ?listener.local_addr().ok(), "HTTP API listening");
         let app = api::router(api_state.clone(), Transport::Tcp);
-        let mut stop = api_stop_rx.clone();
-        servers.push(tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-        }));
+        let stop = stopped(api_stop_rx.clone());
+        servers.push(tokio::spawn(api::serve::serve(listener, app, limits, stop)));
     }
     let mut socket_guard = None;
     if let Some((listener, guard)) = socket {
         info!(path = ?config.socket, "socket API listening");
         let app = api::router(api_state.clone(), Transport::Unix);
-        let mut stop = api_stop_rx.clone();
-        servers.push(tokio::spawn(async move {
-            let app = app.into_make_service_with_connect_info::<api::socket::Peer>();
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-        }));
+        let stop = stopped(api_stop_rx.clone());
+        servers.push(tokio::spawn(api::serve::serve(listener, app, limits, stop)));
         socket_guard = Some(guard);
     }
     drop(api_state);

@@ -4,7 +4,8 @@
 //! wrong password, an election outside the prefix, no password source). Every misconfiguration
 //! must end electd promptly with the documented exit code and a message naming what to fix;
 //! what is not a misconfiguration (an etcd restart cutting TLS connections, auth tokens that
-//! etcd forgot or that expired) must not end it.
+//! etcd forgot or that expired) must not end it. Last, the API's own limits against abusive
+//! clients, through the real daemon on TCP and on the socket.
 
 mod common;
 
@@ -646,4 +647,73 @@ fn auth_with_short_lived_jwt_tokens_keeps_working_past_their_expiry() {
     a.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(a.wait_exit(Duration::from_secs(10)).code(), Some(0));
     b.wait_role("leader", Duration::from_secs(10));
+}
+
+/// Read from `s` until the peer closes it; panics if it is still open after `within`.
+fn read_until_closed(s: &mut impl std::io::Read, within: Duration) -> String {
+    let began = Instant::now();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => return String::from_utf8_lossy(&got).to_string(),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return String::from_utf8_lossy(&got).to_string();
+            }
+            Err(_) => assert!(
+                began.elapsed() < within,
+                "connection still open after {within:?}; got {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+}
+
+#[test]
+fn api_cuts_off_slow_clients_and_refuses_oversized_requests_on_tcp_and_socket() {
+    use std::io::Write;
+    let etcd = Etcd::start();
+    let d = DaemonSpec::new(&etcd.endpoint(), "limits", "a")
+        .args(&["--read-header-timeout", "500ms"])
+        .start();
+    d.wait_role("leader", Duration::from_secs(15));
+    let poll = Some(Duration::from_millis(100));
+
+    // A client that stalls in the middle of its headers is disconnected after the timeout,
+    // on TCP and on the socket, while others are served.
+    let mut tcp = std::net::TcpStream::connect(&d.http).unwrap();
+    let mut unix = std::os::unix::net::UnixStream::connect(&d.socket).unwrap();
+    tcp.set_read_timeout(poll).unwrap();
+    unix.set_read_timeout(poll).unwrap();
+    let began = Instant::now();
+    tcp.write_all(b"GET /role HTTP/1.1\r\nHost: a\r\n").unwrap();
+    unix.write_all(b"GET /role HTTP/1.1\r\nHost: a\r\n")
+        .unwrap();
+    assert_eq!(http_get(&d.http, "/healthz").unwrap().0, 200);
+    for (name, got) in [
+        ("tcp", read_until_closed(&mut tcp, Duration::from_secs(5))),
+        (
+            "socket",
+            read_until_closed(&mut unix, Duration::from_secs(5)),
+        ),
+    ] {
+        assert!(!got.contains("200 OK"), "{name}: {got}");
+    }
+    assert!(began.elapsed() >= Duration::from_millis(500));
+
+    // Headers beyond 16 KiB: 431 and the connection is closed.
+    let mut tcp = std::net::TcpStream::connect(&d.http).unwrap();
+    tcp.set_read_timeout(poll).unwrap();
+    let big = "x".repeat(20 * 1024);
+    let _ =
+        tcp.write_all(format!("GET /role HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\n").as_bytes());
+    let got = read_until_closed(&mut tcp, Duration::from_secs(5));
+    assert!(got.starts_with("HTTP/1.1 431"), "{got}");
+
+    // Bodies beyond 4 KiB on a control request: 413, and nothing happens.
+    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(8 * 1024));
+    let (code, text) = unix_http(&d.socket, "POST", "/pause", Some(&body)).unwrap();
+    assert_eq!(code, 413, "{text}");
+    assert!(d.is_leader(), "an oversized pause request must not pause");
 }

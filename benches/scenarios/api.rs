@@ -16,7 +16,8 @@ use axum::routing::get;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use electd::api::socket::{AllowList, Peer};
+use electd::api::serve::{Limits, MAX_CONNECTIONS, serve};
+use electd::api::socket::AllowList;
 use electd::api::{ApiState, Transport};
 use electd::election::role::Role;
 use electd::election::{LeaderInfo, MemberInfo};
@@ -268,15 +269,20 @@ impl InProcess {
             },
         };
         InProcess::start("electd-router", socket, move |tcp, unix| {
+            // Served the way the daemon serves it: same router, same limits.
             let http = electd::api::router(state.clone(), Transport::Tcp);
-            let sock = electd::api::router(state, Transport::Unix)
-                .into_make_service_with_connect_info::<Peer>();
+            let sock = electd::api::router(state, Transport::Unix);
+            let limits = Limits {
+                read_header_timeout: Duration::from_secs(10),
+                max_connections: MAX_CONNECTIONS,
+            };
+            let forever = std::future::pending::<()>;
             tokio::spawn(async move {
                 // Keep the owner's ends alive as long as the servers.
                 let _keep = (status_tx, control_rx);
-                let _ = tokio::join!(
-                    axum::serve(tcp, http).into_future(),
-                    axum::serve(unix, sock).into_future()
+                tokio::join!(
+                    serve(tcp, http, limits, forever()),
+                    serve(unix, sock, limits, forever())
                 );
             });
         })

@@ -6,6 +6,7 @@
 //! TCP they answer 403.
 
 pub mod client;
+pub mod serve;
 pub mod socket;
 
 use std::convert::Infallible;
@@ -70,6 +71,7 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// The router for one listener.
 pub fn router(state: ApiState, transport: Transport) -> Router {
+    // Limits on connections, headers and bodies are applied in `serve`, before routing.
     // Every handler is bounded by construction: long polls are capped at MAX_WAIT, /members
     // by the etcd request timeout, control actions by the stop grace. (A per-request timeout
     // layer cost a fifth of /role's throughput and guarded nothing these bounds don't.)
@@ -84,7 +86,6 @@ pub fn router(state: ApiState, transport: Transport) -> Router {
         .route("/resume", post(resume))
         .route("/watch", get(watch_role))
         .layer(Extension(transport))
-        .layer(axum::extract::DefaultBodyLimit::max(4096))
         // Shared, not cloned per request: ApiState holds an etcd client and the metrics.
         .with_state(Arc::new(state))
 }

@@ -85,11 +85,10 @@ pub struct Peer {
     pub pid: Option<i32>,
 }
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, UnixListener>>
-    for Peer
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, UnixListener>) -> Peer {
-        match stream.io().peer_cred() {
+impl Peer {
+    /// The credentials of the process at the other end of `stream`.
+    pub fn of(stream: &tokio::net::UnixStream) -> Peer {
+        match stream.peer_cred() {
             Ok(c) => Peer {
                 uid: c.uid(),
                 gid: c.gid(),

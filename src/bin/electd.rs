@@ -32,6 +32,10 @@ struct Cli {
     /// Group that owns the socket file (name or gid).
     #[arg(long, value_name = "GROUP")]
     socket_group: Option<String>,
+    /// Time an API client has to send a request's headers; also closes idle connections
+    /// [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    read_header_timeout: Option<String>,
     /// Extra uids allowed to send control requests over the socket (own uid and root always may).
     #[arg(long, value_name = "UIDS")]
     control_uids: Option<String>,
@@ -150,6 +154,7 @@ fn main() {
             s.socket = cli.socket.clone();
             s.socket_mode = cli.socket_mode.clone();
             s.socket_group = cli.socket_group.clone();
+            s.read_header_timeout = cli.read_header_timeout.clone();
             s.control_uids = cli.control_uids.clone().map(Endpoints::One);
             s.control_gids = cli.control_gids.clone().map(Endpoints::One);
             s.on_exit = cli.on_exit.clone();
