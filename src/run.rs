@@ -671,11 +671,10 @@ impl EtcdRun<'_> {
             ])
             .and_then([TxnOp::put(c.key.as_str(), value, Some(put))]);
         let mut client = self.client.clone();
-        let done = match timeout(t, client.txn(txn)).await {
-            Ok(Ok(r)) if r.succeeded() => Ok(()),
-            Ok(Ok(_)) => Err("the fencing token or the record changed".to_string()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("timed out after {t:?}")),
+        let done = match etcd::bounded("slot record update", t, c.lease, client.txn(txn)).await {
+            Ok(r) if r.succeeded() => Ok(()),
+            Ok(_) => Err("the fencing token or the record changed".to_string()),
+            Err(e) => Err(e.to_string()),
         };
         match done {
             Ok(()) => {
