@@ -219,3 +219,125 @@ fn etcd_member_failure_in_a_three_member_cluster_changes_nothing() {
     cluster.member(frozen).resume();
     check("etcd member thawed");
 }
+
+/// Leases can, rarely, all be revoked at once (an etcd incident, an operator's `lease revoke`),
+/// and keys can be deleted by hand. The leader must notice at once — not at its TTL — and stop
+/// its child; every replica must rejoin with a new lease, and each new leader's fencing token is
+/// higher. (Leadership moves at once in these cases, so the next child may start while the old
+/// one is still stopping: that is what the token is for, see docs/operations.md.)
+#[test]
+fn keys_deleted_or_leases_revoked_from_outside_stop_the_child_at_once_and_everyone_rejoins() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let l = dir.path().join("ledger");
+    // TTL 10s: noticing only when the lease would have expired is far too late.
+    let daemons: Vec<Daemon> = ["a", "b", "c"]
+        .iter()
+        .map(|id| {
+            DaemonSpec::new(&etcd.endpoint(), "outside", id)
+                .ttl("10s")
+                .sh(&ledger_script(&l))
+                .start()
+        })
+        .collect();
+    let keys = || -> Vec<String> {
+        etcd.etcdctl_ok(&["get", "outside/", "--prefix", "--keys-only"])
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    let now_ns = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    };
+    type Fault<'a> = (&'a str, Box<dyn Fn() + 'a>);
+    let faults: [Fault; 2] = [
+        (
+            "every candidate key deleted in one request",
+            Box::new(|| {
+                etcd.etcdctl_ok(&["del", "outside/", "--prefix"]);
+            }),
+        ),
+        (
+            "every lease revoked",
+            Box::new(|| {
+                let listed = etcd.etcdctl_ok(&["lease", "list"]);
+                let leases: Vec<&str> = listed.lines().skip(1).map(str::trim).collect();
+                assert_eq!(leases.len(), 3, "{listed}");
+                for lease in leases {
+                    etcd.etcdctl_ok(&["lease", "revoke", lease]);
+                }
+            }),
+        ),
+    ];
+    for (what, fault) in faults {
+        let leader = wait_one_leader(&daemons, Duration::from_secs(10));
+        let token = daemons[leader].fencing_token().unwrap();
+        wait_until(Duration::from_secs(3), "the leader's child", || {
+            starts(&ledger(&l)).last().is_some_and(|s| s.token == token)
+        });
+        let old_keys = keys();
+        assert_eq!(old_keys.len(), 3, "{old_keys:?}");
+
+        let at = now_ns();
+        fault();
+        wait_until(Duration::from_secs(3), "the old child to stop", || {
+            ledger(&l)
+                .iter()
+                .any(|r| r.what == "stop" && r.token == token)
+        });
+        let records = ledger(&l);
+        let stop = records
+            .iter()
+            .find(|r| r.what == "stop" && r.token == token)
+            .unwrap();
+        let after = Duration::from_nanos(stop.at.saturating_sub(at) as u64);
+        assert!(
+            after < Duration::from_millis(2500),
+            "{what}: the child stopped {after:?} after the fault"
+        );
+
+        // Everyone rejoins with a new lease; one leader, with a higher token, runs a child.
+        wait_until(
+            Duration::from_secs(10),
+            "one leader with a new token",
+            || {
+                let l = leaders(&daemons);
+                l.len() == 1 && daemons[l[0]].fencing_token().is_some_and(|t| t > token)
+            },
+        );
+        wait_until(Duration::from_secs(5), "three new candidate keys", || {
+            let now = keys();
+            now.len() == 3 && now.iter().all(|k| !old_keys.contains(k))
+        });
+        let new_token = daemons[leaders(&daemons)[0]].fencing_token().unwrap();
+        wait_until(Duration::from_secs(3), "the new leader's child", || {
+            starts(&ledger(&l))
+                .last()
+                .is_some_and(|s| s.token == new_token)
+        });
+        let records = ledger(&l);
+        let tokens: Vec<i64> = starts(&records).iter().map(|s| s.token).collect();
+        assert!(
+            tokens.windows(2).all(|w| w[1] > w[0]),
+            "{what}: tokens must grow from child to child: {records:?}"
+        );
+        for r in starts(&records) {
+            if r.token != new_token {
+                assert!(
+                    records
+                        .iter()
+                        .any(|s| s.what == "stop" && s.token == r.token),
+                    "{what}: the child with token {} was never stopped: {records:?}",
+                    r.token
+                );
+            }
+        }
+        eprintln!("{what}: child stopped {after:?} after the fault; starts {tokens:?}");
+    }
+    for d in &daemons {
+        assert!(d.role().is_some(), "{} stopped answering", d.id());
+    }
+}
