@@ -17,7 +17,7 @@ use crate::api::{self, ApiState, Control, Transport};
 use crate::config::{Config, OnExit, Timing};
 use crate::election::role::{Action, Event, Machine, Observed, Role};
 use crate::election::{
-    Driver, DriverConfig, DriverHandle, ElectionView, MemberInfo, Position, etcd,
+    After, Driver, DriverConfig, DriverHandle, ElectionView, MemberInfo, Position, etcd,
 };
 use crate::metrics::Metrics;
 use crate::status::Status;
@@ -32,6 +32,12 @@ const RESTART_MAX_DELAY: Duration = Duration::from_secs(10);
 /// This many exits within [`RESTART_WINDOW`] make the replica resign.
 const RESTART_LIMIT: usize = 5;
 const RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// After resigning because its command exited, a replica stays out of the election this long
+/// before it rejoins, doubling for each such resignation within [`RESTART_WINDOW`] of the last:
+/// a command that fails everywhere must not spin leadership around (or, alone, re-elect itself
+/// in a tight loop).
+const REJOIN_FIRST_DELAY: Duration = Duration::from_secs(1);
+const REJOIN_MAX_DELAY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -178,6 +184,9 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonErro
         restart_at: None,
         recent_exits: VecDeque::new(),
         restarts: 0,
+        exit_resigns: 0,
+        last_exit_resign: None,
+        rejoin_delay: None,
         exit_code: 0,
         pending_replies: Vec::new(),
         pending_event: None,
@@ -212,6 +221,12 @@ struct Owner {
     restart_at: Option<Instant>,
     recent_exits: VecDeque<Instant>,
     restarts: u64,
+    /// Resignations because the command exited, in a row, and when the last one was.
+    exit_resigns: u32,
+    last_exit_resign: Option<Instant>,
+    /// How long the next `Release(Rejoin)` stays out of the election (set with a resignation
+    /// for an exit; applies only to the actions of that event).
+    rejoin_delay: Option<Duration>,
     exit_code: i32,
     /// Control replies to send once the actions they caused are done.
     pending_replies: Vec<(
@@ -398,7 +413,7 @@ impl Owner {
                 self.exit_code = exit.code;
                 Some(Event::Shutdown)
             }
-            OnExit::Resign => Some(Event::Resign),
+            OnExit::Resign => Some(self.resign_for_exit()),
             OnExit::Restart => {
                 let now = Instant::now();
                 self.recent_exits.push_back(now);
@@ -416,7 +431,7 @@ impl Owner {
                         "child keeps failing; resigning so another replica can try"
                     );
                     self.recent_exits.clear();
-                    return Some(Event::Resign);
+                    return Some(self.resign_for_exit());
                 }
                 let n = self.recent_exits.len() as u32;
                 let delay =
@@ -426,6 +441,22 @@ impl Owner {
                 None
             }
         }
+    }
+
+    /// Resign because the command exited; the rejoin waits a growing delay (see
+    /// [`REJOIN_FIRST_DELAY`]).
+    fn resign_for_exit(&mut self) -> Event {
+        let now = Instant::now();
+        let streak = match self.last_exit_resign {
+            Some(t) if now.duration_since(t) < RESTART_WINDOW => self.exit_resigns + 1,
+            _ => 1,
+        };
+        self.exit_resigns = streak;
+        self.last_exit_resign = Some(now);
+        let delay = (REJOIN_FIRST_DELAY * 2u32.pow(streak.min(16) - 1)).min(REJOIN_MAX_DELAY);
+        info!(rejoin_in = ?delay, "resigning; rejoining the election after a delay");
+        self.rejoin_delay = Some(delay);
+        Event::Resign
     }
 
     fn update_child(&self, f: impl FnOnce(&mut crate::status::ChildStatus)) {
@@ -552,11 +583,18 @@ impl Owner {
                             });
                         }
                     }
-                    Action::Release(after) => self.driver.release(after).await,
+                    Action::Release(after) => {
+                        let after = match (after, self.rejoin_delay.take()) {
+                            (After::Rejoin, Some(delay)) => After::RejoinAfter(delay),
+                            (after, _) => after,
+                        };
+                        self.driver.release(after).await
+                    }
                     Action::ResumeElection => self.driver.resume().await,
                     Action::Exit => exit = true,
                 }
             }
+            self.rejoin_delay = None;
             if exit {
                 return true;
             }

@@ -285,6 +285,60 @@ fn on_exit_resign_hands_over_without_restarting() {
 }
 
 #[test]
+fn a_lone_replica_whose_command_keeps_exiting_rejoins_after_growing_delays() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let script = format!(
+        "echo \"$ELECTD_FENCING_TOKEN $(date +%s%N)\" >> {}; exit 0",
+        runs.display()
+    );
+    let d = DaemonSpec::new(&etcd.endpoint(), "resign-alone", "solo")
+        .args(&["--on-exit", "resign"])
+        .sh(&script)
+        .start();
+    wait_until(Duration::from_secs(10), "the first run", || {
+        !read_lines(&runs).is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(4500));
+    let lines = read_lines(&runs);
+    let runs: Vec<(i64, u128)> = lines
+        .iter()
+        .map(|l| {
+            let mut f = l.split_whitespace();
+            (
+                f.next().unwrap().parse().unwrap(),
+                f.next().unwrap().parse().unwrap(),
+            )
+        })
+        .collect();
+    // Resigning alone re-elects this replica; without a delay that is a tight loop of
+    // elections and runs. With 1 s, 2 s, 4 s: three runs in these 4.5 s.
+    assert!(
+        (2..=4).contains(&runs.len()),
+        "{} runs in 4.5 s; the first: {:?}",
+        runs.len(),
+        &lines[..lines.len().min(5)]
+    );
+    let gaps: Vec<u128> = runs
+        .windows(2)
+        .map(|w| (w[1].1 - w[0].1) / 1_000_000)
+        .collect();
+    assert!(gaps[0] >= 1000, "rejoined after {gaps:?} ms");
+    assert!(gaps.windows(2).all(|g| g[1] > g[0]), "{gaps:?} ms");
+    assert!(
+        runs.windows(2).all(|w| w[1].0 > w[0].0),
+        "each run leads with a new, higher fencing token: {lines:?}"
+    );
+    assert!(
+        d.log_text()
+            .contains("resigning; rejoining the election after a delay"),
+        "{}",
+        d.log_tail(20)
+    );
+}
+
+#[test]
 fn signals_are_forwarded_and_the_environment_carries_the_fencing_token() {
     let etcd = Etcd::start();
     let dir = tempfile::tempdir().unwrap();

@@ -152,6 +152,9 @@ impl ElectionView {
 pub enum After {
     /// Campaign again with a fresh lease (at the back of the queue).
     Rejoin,
+    /// Stay out of the election this long, then campaign again (a stop or a pause meanwhile
+    /// is obeyed at once).
+    RejoinAfter(Duration),
     /// Stay out of the election until resumed.
     Pause,
     /// Stop the driver.
@@ -291,9 +294,33 @@ impl Driver {
                     after = self.paused().await;
                     continue;
                 }
+                After::RejoinAfter(delay) => {
+                    after = self.wait_to_rejoin(delay).await;
+                    continue;
+                }
                 After::Rejoin => {}
             }
             after = self.session().await?;
+        }
+    }
+
+    /// Stay out of the election for `delay`, answering commands meanwhile.
+    async fn wait_to_rejoin(&mut self, delay: Duration) -> After {
+        self.view.send_modify(|v| {
+            v.position = v.position.without_session();
+            v.lease = None;
+            v.last_ok_sent = None;
+        });
+        let until = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return After::Rejoin,
+                cmd = self.commands.recv() => {
+                    if let Some(after) = answer_without_session(cmd) {
+                        return after;
+                    }
+                }
+            }
         }
     }
 
