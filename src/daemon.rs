@@ -594,11 +594,15 @@ impl Owner {
                     Action::Exit => exit = true,
                 }
             }
-            self.rejoin_delay = None;
             if exit {
                 return true;
             }
             next_event = self.pending_event.take();
+            // A rejoin delay belongs to the resignation it was set with, which may be the event
+            // just raised (a command that could not start).
+            if !matches!(next_event, Some(Event::Resign)) {
+                self.rejoin_delay = None;
+            }
         }
         false
     }

@@ -339,6 +339,31 @@ fn a_lone_replica_whose_command_keeps_exiting_rejoins_after_growing_delays() {
 }
 
 #[test]
+fn a_lone_replica_whose_command_cannot_start_backs_off_too() {
+    let etcd = Etcd::start();
+    let mut spec = DaemonSpec::new(&etcd.endpoint(), "cannot-start", "solo").args(&[
+        "--on-exit",
+        "resign",
+        "--stop-grace",
+        "1s",
+    ]);
+    spec.command = vec!["/nonexistent/electd-test-command".to_string()];
+    let d = spec.start();
+    let failures = || d.log_text().matches("cannot start the command").count();
+    wait_until(Duration::from_secs(10), "the first attempt", || {
+        failures() > 0
+    });
+    std::thread::sleep(Duration::from_millis(4500));
+    let n = failures();
+    assert!(
+        (2..=4).contains(&n),
+        "{n} attempts in 4.5 s (1 s, 2 s, 4 s apart expected); log:\n{}",
+        d.log_tail(12)
+    );
+    assert!(d.log_text().contains("/nonexistent/electd-test-command"));
+}
+
+#[test]
 fn signals_are_forwarded_and_the_environment_carries_the_fencing_token() {
     let etcd = Etcd::start();
     let dir = tempfile::tempdir().unwrap();
