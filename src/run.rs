@@ -21,7 +21,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{SignalKind, signal};
@@ -31,7 +31,7 @@ use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, ConfigError, Origin, Timing, parse_duration};
-use crate::election::etcd::{self, Backoff, EtcdError};
+use crate::election::etcd::{self, Backoff, EtcdError, PutIfAbsent};
 use crate::election::role::{Action, Event, Machine, Observed};
 use crate::election::{
     After, Driver, DriverConfig, DriverHandle, ElectionView, LeaderInfo, MemberInfo, Position, keys,
@@ -742,40 +742,30 @@ async fn claim_txn(
     lease: i64,
     after: Duration,
 ) -> Result<ClaimResult, EtcdError> {
-    let txn = Txn::new()
-        .when([
-            Compare::create_revision(leader_key, CompareOp::Equal, token),
-            Compare::create_revision(key, CompareOp::Equal, 0),
-        ])
-        .and_then([TxnOp::put(
-            key,
-            value,
-            Some(PutOptions::new().with_lease(lease)),
-        )])
-        .or_else([TxnOp::get(key, None)]);
-    let mut c = client.clone();
-    let resp = etcd::bounded("slot claim txn", after, lease, c.txn(txn)).await?;
-    if resp.succeeded() {
-        let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
-        return Ok(ClaimResult::Claimed { mod_revision: rev });
-    }
-    for op in resp.op_responses() {
-        if let TxnOpResponse::Get(g) = op
-            && let Some(kv) = g.kvs().first()
-        {
+    let fenced = [Compare::create_revision(
+        leader_key,
+        CompareOp::Equal,
+        token,
+    )];
+    let found =
+        etcd::put_if_absent(client, "slot claim txn", key, value, lease, fenced, after).await?;
+    match found {
+        PutIfAbsent::Created(rev) => Ok(ClaimResult::Claimed { mod_revision: rev }),
+        PutIfAbsent::Exists(kv) => {
             let existing = String::from_utf8_lossy(kv.value()).into_owned();
             let ours = serde_json::from_str::<SlotRecord>(&existing)
                 .is_ok_and(|r| r.token == token && r.state == SlotState::Running);
             if ours {
-                return Ok(ClaimResult::Mine {
+                Ok(ClaimResult::Mine {
                     mod_revision: kv.mod_revision(),
                     lease: kv.lease(),
-                });
+                })
+            } else {
+                Ok(ClaimResult::Taken(existing))
             }
-            return Ok(ClaimResult::Taken(existing));
         }
+        PutIfAbsent::ConditionFailed => Ok(ClaimResult::NotLeader),
     }
-    Ok(ClaimResult::NotLeader)
 }
 
 fn child_spec(config: &Config, opts: &RunOptions) -> ChildSpec {

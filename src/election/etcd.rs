@@ -273,6 +273,51 @@ pub async fn revoke(client: &Client, lease: i64, after: Duration) -> Result<(), 
     }
 }
 
+/// What [`put_if_absent`] found.
+pub enum PutIfAbsent {
+    /// Written, at this revision.
+    Created(i64),
+    /// Not written: the key exists, as it is now.
+    Exists(etcd_client::KeyValue),
+    /// Not written: the key is absent but one of the extra conditions failed.
+    ConditionFailed,
+}
+
+/// In one transaction: if `key` is absent and every condition in `also` holds, put `value`
+/// bound to `lease`; otherwise read `key`.
+pub async fn put_if_absent(
+    client: &Client,
+    op: &'static str,
+    key: &str,
+    value: &str,
+    lease: i64,
+    also: impl IntoIterator<Item = Compare>,
+    after: Duration,
+) -> Result<PutIfAbsent, EtcdError> {
+    let mut when: Vec<Compare> = also.into_iter().collect();
+    when.push(Compare::create_revision(key, CompareOp::Equal, 0));
+    let txn = Txn::new()
+        .when(when)
+        .and_then([TxnOp::put(
+            key,
+            value,
+            Some(PutOptions::new().with_lease(lease)),
+        )])
+        .or_else([TxnOp::get(key, None)]);
+    let mut c = client.clone();
+    let resp = bounded(op, after, lease, c.txn(txn)).await?;
+    if resp.succeeded() {
+        return Ok(PutIfAbsent::Created(
+            resp.header().map(|h| h.revision()).unwrap_or_default(),
+        ));
+    }
+    let existing = resp.op_responses().into_iter().find_map(|op| match op {
+        TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+        _ => None,
+    });
+    Ok(existing.map_or(PutIfAbsent::ConditionFailed, PutIfAbsent::Exists))
+}
+
 /// Create `key` bound to `lease` if absent; return its create revision (ours, or the existing
 /// key's if we created it in an earlier attempt whose reply was lost).
 pub async fn create_candidate(
@@ -282,35 +327,16 @@ pub async fn create_candidate(
     lease: i64,
     after: Duration,
 ) -> Result<i64, EtcdError> {
-    let txn = Txn::new()
-        .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(
-            key,
-            value,
-            Some(PutOptions::new().with_lease(lease)),
-        )])
-        .or_else([TxnOp::get(key, None)]);
-    let mut c = client.clone();
-    let resp = bounded("campaign txn", after, lease, c.txn(txn)).await?;
-    if resp.succeeded() {
-        let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
-        return Ok(rev);
+    match put_if_absent(client, "campaign txn", key, value, lease, [], after).await? {
+        PutIfAbsent::Created(revision) => Ok(revision),
+        PutIfAbsent::Exists(kv) if kv.lease() == lease => Ok(kv.create_revision()),
+        PutIfAbsent::Exists(kv) => Err(EtcdError::Setup(format!(
+            "candidate key {key} exists with another lease {:x}",
+            kv.lease()
+        ))),
+        // No extra condition, so absent means written: cannot happen inside one txn.
+        PutIfAbsent::ConditionFailed => Err(EtcdError::LeaseGone { lease }),
     }
-    for op in resp.op_responses() {
-        if let TxnOpResponse::Get(g) = op
-            && let Some(kv) = g.kvs().first()
-        {
-            if kv.lease() != lease {
-                return Err(EtcdError::Setup(format!(
-                    "candidate key {key} exists with another lease {:x}",
-                    kv.lease()
-                )));
-            }
-            return Ok(kv.create_revision());
-        }
-    }
-    // Deleted between compare and get: cannot happen inside one txn.
-    Err(EtcdError::LeaseGone { lease })
 }
 
 /// Read our key, the leader and our predecessor in one transaction.
