@@ -149,19 +149,9 @@ fn mutual_tls_sessions_survive_etcd_restarts() {
 fn wrong_ca_fails_fast_with_a_certificate_error_and_the_ca_hint() {
     let pki = Pki::generate();
     let etcd = tls_etcd(&pki);
-    let ca = pki.other_ca.display().to_string();
-    let cert = pki.client_cert.display().to_string();
-    let key = pki.client_key.display().to_string();
-    let (code, log, _) = run_to_exit(
-        DaemonSpec::new(&etcd.endpoint(), "tls-e", "wrong-ca").args(&[
-            "--etcd-ca",
-            &ca,
-            "--etcd-cert",
-            &cert,
-            "--etcd-key",
-            &key,
-        ]),
-    );
+    let args = tls_args(&pki.other_ca, &pki.client_cert, &pki.client_key);
+    let (code, log, _) =
+        run_to_exit(DaemonSpec::new(&etcd.endpoint(), "tls-e", "wrong-ca").args(&strs(&args)));
     assert_eq!(code, EXIT_UNAVAILABLE, "log:\n{log}");
     assert_mentions(&log, &["certificate"]);
     assert_mentions(hint_line(&log), &["--etcd-ca"]);
@@ -217,19 +207,9 @@ fn no_client_certificate_against_client_cert_auth_fails_fast() {
 fn client_certificate_from_an_unrelated_ca_is_refused_fast() {
     let pki = Pki::generate();
     let etcd = tls_etcd(&pki);
-    let ca = pki.ca.display().to_string();
-    let cert = pki.other_client_cert.display().to_string();
-    let key = pki.other_client_key.display().to_string();
-    let (code, log, _) = run_to_exit(
-        DaemonSpec::new(&etcd.endpoint(), "tls-e", "other-cert").args(&[
-            "--etcd-ca",
-            &ca,
-            "--etcd-cert",
-            &cert,
-            "--etcd-key",
-            &key,
-        ]),
-    );
+    let args = tls_args(&pki.ca, &pki.other_client_cert, &pki.other_client_key);
+    let (code, log, _) =
+        run_to_exit(DaemonSpec::new(&etcd.endpoint(), "tls-e", "other-cert").args(&strs(&args)));
     assert_eq!(code, EXIT_UNAVAILABLE, "log:\n{log}");
     assert_mentions(&log, &["certificate"]);
     assert_mentions(hint_line(&log), &["--etcd-cert"]);

@@ -122,15 +122,20 @@ impl Pki {
 
     /// electd flags for mutual TLS with the good CA and client certificate.
     pub fn electd_args(&self) -> Vec<String> {
-        vec![
-            "--etcd-ca".into(),
-            self.ca.display().to_string(),
-            "--etcd-cert".into(),
-            self.client_cert.display().to_string(),
-            "--etcd-key".into(),
-            self.client_key.display().to_string(),
-        ]
+        tls_args(&self.ca, &self.client_cert, &self.client_key)
     }
+}
+
+/// `--etcd-ca CA --etcd-cert CERT --etcd-key KEY`.
+pub fn tls_args(ca: &Path, cert: &Path, key: &Path) -> Vec<String> {
+    [
+        ("--etcd-ca", ca),
+        ("--etcd-cert", cert),
+        ("--etcd-key", key),
+    ]
+    .into_iter()
+    .flat_map(|(flag, path)| [flag.to_string(), path.display().to_string()])
+    .collect()
 }
 
 /// `&[String]` as `Vec<&str>`, for the harness's `&[&str]` builders.
