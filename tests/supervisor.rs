@@ -168,12 +168,12 @@ fn sigkill_of_the_daemon_kills_its_child_and_a_new_leader_takes_over_after_the_t
             == 2
     });
     let took = killed.elapsed();
-    // The old lease must expire first (TTL 3 s); the new child starts within TTL + 1 s.
+    // The old lease must expire first (TTL 3 s). (How soon after is a benchmark figure:
+    // `cargo bench --bench electd`, crash failover.)
     assert!(
         took >= Duration::from_secs(2),
         "new child started before the old lease could expire: {took:?}"
     );
-    assert!(took <= Duration::from_secs(4), "{took:?}");
     let starts: Vec<_> = ledger(&ledger_path)
         .into_iter()
         .filter(|r| r.what == "start")
