@@ -10,7 +10,8 @@
 //!   watchdog process.
 //! - [`daemon`] — the owner task that holds the role and carries out transitions.
 //! - [`status`] — the published snapshot the API reads.
-//! - [`api`] — one router served on TCP and on the Unix socket.
+//! - [`api`] — one router served on TCP and on the Unix socket ([`api::serve`]: time and size
+//!   limits per connection).
 //! - [`metrics`] — Prometheus metrics.
 //! - [`ctl`] — `electd status|resign|pause|resume`: the operator's client.
 //! - [`run`] — `elect-run`: one command on exactly one replica, optionally once per slot.
