@@ -297,7 +297,11 @@ impl Owner {
                         info!(restarts = self.restarts, "restarting child");
                         self.start_child(token);
                     }
-                    continue;
+                    // A command that could not start raises its own event (the policy's).
+                    match self.pending_event.take() {
+                        Some(ev) => ev,
+                        None => continue,
+                    }
                 }
                 cmd = control.recv(), if control_open => match cmd {
                     Some(c) => match self.control_event(c) {

@@ -364,6 +364,40 @@ fn a_lone_replica_whose_command_cannot_start_backs_off_too() {
 }
 
 #[test]
+fn a_command_that_vanishes_after_its_first_run_is_retried_then_handed_over() {
+    use std::os::unix::fs::PermissionsExt;
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    // Runs once: deletes itself and fails, so every restart finds nothing to execute.
+    let job = dir.path().join("job.sh");
+    std::fs::write(&job, "#!/bin/sh\nrm -f \"$0\"\nexit 1\n").unwrap();
+    std::fs::set_permissions(&job, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut spec = DaemonSpec::new(&etcd.endpoint(), "vanish", "a");
+    spec.command = vec![job.display().to_string()];
+    let a = spec.start();
+    a.wait_role("leader", Duration::from_secs(10));
+    let b = DaemonSpec::new(&etcd.endpoint(), "vanish", "b")
+        .sh("sleep 1000")
+        .start();
+    // One real run, then restarts that cannot start (0.2 s, 0.4 s, 0.8 s, 1.6 s apart) until
+    // the fifth exit makes a resign; b takes over.
+    b.wait_role("leader", Duration::from_secs(15));
+    let log = a.log_text();
+    assert_eq!(
+        log.matches("cannot start the command").count(),
+        4,
+        "{}",
+        a.log_tail(30)
+    );
+    assert!(
+        log.contains("child keeps failing; resigning"),
+        "{}",
+        a.log_tail(30)
+    );
+    assert_eq!(b.role().unwrap()["child"]["running"], true);
+}
+
+#[test]
 fn signals_are_forwarded_and_the_environment_carries_the_fencing_token() {
     let etcd = Etcd::start();
     let dir = tempfile::tempdir().unwrap();
