@@ -293,25 +293,43 @@ async fn handle(
 }
 
 /// Copies `from` to `to` chunk by chunk while the mode is `Pass`, forwarding
-/// EOF as a write shutdown.
+/// EOF as a write shutdown. With a delay, each chunk is written that long after
+/// it was read, like a link with that latency: chunks in flight overlap, so the
+/// delay adds latency without limiting throughput.
 async fn pump(
     mut from: tokio::net::tcp::ReadHalf<'_>,
     mut to: tokio::net::tcp::WriteHalf<'_>,
-    mut state: watch::Receiver<State>,
+    state: watch::Receiver<State>,
 ) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        pass(&mut state).await;
-        let n = from.read(&mut buf).await?;
-        if n == 0 {
-            let _ = to.shutdown().await;
-            return Ok(());
+    // `None` marks EOF.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(tokio::time::Instant, Option<Vec<u8>>)>(64);
+    let mut read_state = state.clone();
+    let reader = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            pass(&mut read_state).await;
+            let n = from.read(&mut buf).await?;
+            let due = tokio::time::Instant::now() + read_state.borrow().delay;
+            let chunk = (n > 0).then(|| buf[..n].to_vec());
+            if tx.send((due, chunk)).await.is_err() || n == 0 {
+                return Ok::<_, std::io::Error>(());
+            }
         }
-        let delay = state.borrow().delay;
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+    };
+    let mut write_state = state;
+    let writer = async move {
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            pass(&mut write_state).await;
+            match chunk {
+                Some(bytes) => to.write_all(&bytes).await?,
+                None => {
+                    let _ = to.shutdown().await;
+                    break;
+                }
+            }
         }
-        pass(&mut state).await;
-        to.write_all(&buf[..n]).await?;
-    }
+        Ok::<_, std::io::Error>(())
+    };
+    tokio::try_join!(reader, writer).map(|_| ())
 }
