@@ -341,3 +341,71 @@ fn keys_deleted_or_leases_revoked_from_outside_stop_the_child_at_once_and_everyo
         assert!(d.role().is_some(), "{} stopped answering", d.id());
     }
 }
+
+/// A slow link is not a lost one, and a reset connection is reopened: neither may cost the
+/// leader its role, its token or its child.
+#[test]
+fn a_slow_link_or_reset_connections_keep_leader_token_and_child() {
+    let etcd = Etcd::start();
+    let proxy = TcpProxy::start_to(&etcd.endpoint());
+    let dir = tempfile::tempdir().unwrap();
+    let l = dir.path().join("ledger");
+    let a = DaemonSpec::new(&proxy.endpoint(), "slow", "a")
+        .sh(&ledger_script(&l))
+        .start();
+    a.wait_role("leader", Duration::from_secs(10));
+    let b = DaemonSpec::new(&etcd.endpoint(), "slow", "b")
+        .sh(&ledger_script(&l))
+        .start();
+    b.wait_role("follower", Duration::from_secs(10));
+    let token = a.fencing_token().unwrap();
+    wait_until(Duration::from_secs(3), "the child", || {
+        ledger(&l).len() == 1
+    });
+
+    // 300 ms each way, straight from a fast link: slower than the 500 ms request timeout of
+    // TTL 3 s. The first late reply is missed (a short `suspect`), then electd waits longer for
+    // replies (a late reply still proves the lease was refreshed); the lease never lapses.
+    proxy.set_delay(Duration::from_millis(300));
+    let slow = Instant::now();
+    while slow.elapsed() < Duration::from_secs(5) {
+        let r = a.role().expect("a answers");
+        let settled = slow.elapsed() > Duration::from_millis(2500);
+        match r["role"].as_str() {
+            Some("leader") => {}
+            Some("suspect") if !settled => {}
+            _ => panic!(
+                "on a 600 ms link, after {:?}: {r}\n{}",
+                slow.elapsed(),
+                a.log_tail(30)
+            ),
+        }
+        assert!(!b.is_leader());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // 150 ms each way: never even `suspect`.
+    proxy.set_delay(Duration::from_millis(150));
+    let slow = Instant::now();
+    while slow.elapsed() < Duration::from_secs(3) {
+        let r = a.role().expect("a answers");
+        assert_eq!(r["role"], "leader", "on a 300 ms link: {r}");
+        assert!(!b.is_leader());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    proxy.set_delay(Duration::ZERO);
+
+    // Every connection reset (RST) for 300 ms: reopened, at worst a short `suspect`.
+    proxy.set_mode(ProxyMode::Reset);
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.set_mode(ProxyMode::Pass);
+    a.wait_role("leader", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(a.fencing_token(), Some(token));
+    assert!(!b.is_leader());
+    let records = ledger(&l);
+    assert_eq!(
+        records.len(),
+        1,
+        "the child was neither stopped nor restarted: {records:?}"
+    );
+}

@@ -133,7 +133,7 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Map an etcd-client error, recognising "lease not found" as [`EtcdError::LeaseGone`].
-fn classify(op: &'static str, lease: i64, source: etcd_client::Error) -> EtcdError {
+pub(crate) fn classify(op: &'static str, lease: i64, source: etcd_client::Error) -> EtcdError {
     let text = source.to_string();
     if text.contains("lease not found") {
         EtcdError::LeaseGone { lease }

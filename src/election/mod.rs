@@ -243,6 +243,7 @@ pub struct Driver {
     commands: mpsc::Receiver<DriverCommand>,
     recheck: Arc<Notify>,
     metrics: Option<Metrics>,
+    pace: Pace,
 }
 
 impl Driver {
@@ -253,6 +254,7 @@ impl Driver {
     ) -> (Driver, DriverHandle, watch::Receiver<ElectionView>) {
         let (view, view_rx) = watch::channel(ElectionView::new());
         let (tx, commands) = mpsc::channel(8);
+        let pace = Pace::new(&cfg.timing);
         (
             Driver {
                 client,
@@ -261,6 +263,7 @@ impl Driver {
                 commands,
                 recheck: Arc::new(Notify::new()),
                 metrics: None,
+                pace,
             },
             DriverHandle { tx },
             view_rx,
@@ -372,9 +375,9 @@ impl Driver {
         );
         loop {
             let sent = Instant::now();
-            let attempt = etcd::grant(&self.client, t.ttl, t.request_timeout);
+            let attempt = etcd::grant(&self.client, t.ttl, self.pace.now());
             tokio::select! {
-                r = attempt => match r {
+                r = attempt => match self.pace.note(sent, r) {
                     Ok(lease) => return Ok(Ok((lease, sent))),
                     Err(e) if e.is_fatal() => return Err(e),
                     Err(e) => self.mark_error(&e),
@@ -406,7 +409,7 @@ impl Driver {
         self.mark_contact(None);
         self.view.send_modify(|v| {
             v.lease = Some(lease);
-            v.last_ok_sent = Some(sent);
+            v.last_ok_sent = v.last_ok_sent.max(Some(sent));
         });
         let key = keys::candidate_key(&self.cfg.election, lease);
         debug!(lease = format!("{lease:x}"), key, "session started");
@@ -416,18 +419,18 @@ impl Driver {
             self.client.clone(),
             lease,
             self.cfg.timing,
+            self.pace.clone(),
             ka_tx,
         )));
 
-        let campaign = campaign(
-            &self.client,
-            &self.cfg,
-            &self.view,
-            lease,
-            key.clone(),
-            self.recheck.clone(),
-            self.metrics.as_ref(),
-        );
+        let ctx = CampaignCtx {
+            client: &self.client,
+            cfg: &self.cfg,
+            pace: &self.pace,
+            view: &self.view,
+            metrics: self.metrics.as_ref(),
+        };
+        let campaign = campaign(ctx, lease, key.clone(), self.recheck.clone());
         tokio::pin!(campaign);
         let after = loop {
             tokio::select! {
@@ -445,7 +448,7 @@ impl Driver {
                         }
                         let restored = !self.view.borrow().reachable;
                         self.view.send_modify(|v| {
-                            v.last_ok_sent = Some(sent);
+                            v.last_ok_sent = v.last_ok_sent.max(Some(sent));
                             v.reachable = true;
                             v.last_contact = Some(Instant::now());
                         });
@@ -487,8 +490,7 @@ impl Driver {
     /// Revoke the session's lease, which deletes our candidate key with it in one step. Best
     /// effort and bounded: if etcd is unreachable the lease expires after its TTL.
     async fn release(&self, lease: i64) {
-        let t = self.cfg.timing.request_timeout;
-        match etcd::revoke(&self.client, lease, t).await {
+        match etcd::revoke(&self.client, lease, self.pace.now()).await {
             Ok(()) => debug!(lease = format!("{lease:x}"), "lease revoked"),
             Err(e) => {
                 warn!(lease = format!("{lease:x}"), error = %e, "could not revoke lease; it expires after its TTL")
@@ -521,79 +523,241 @@ fn answer_without_session(cmd: Option<DriverCommand>) -> Option<After> {
 /// How soon a failed keepalive is retried.
 const KEEPALIVE_RETRY: Duration = Duration::from_millis(100);
 
-/// Keep `lease` alive: one keepalive every interval, each reply awaited with a deadline. The
-/// reply stream is re-opened after any failure (opening it is itself a keepalive).
-async fn keepalive(client: Client, lease: i64, t: Timing, tx: mpsc::Sender<KeepaliveEvent>) {
-    let mut stream: Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)> = None;
+/// How long to wait for a keepalive's reply: at least the request timeout and twice the last
+/// round trip, doubled after each timeout, at most the leader budget. A late reply still proves
+/// the lease was refreshed after its keepalive was sent, so a slow link keeps the lease (and the
+/// role) instead of being mistaken for a lost one; a dead stream is still given up quickly.
+#[derive(Debug, Clone, Copy)]
+struct ReplyWait {
+    floor: Duration,
+    cap: Duration,
+    now: Duration,
+}
+
+/// The [`ReplyWait`] of one replica, shared by its keepalive task and its campaign: a slow etcd
+/// is slow for every call.
+#[derive(Debug, Clone)]
+struct Pace(Arc<std::sync::Mutex<ReplyWait>>);
+
+impl Pace {
+    fn new(t: &Timing) -> Pace {
+        Pace(Arc::new(std::sync::Mutex::new(ReplyWait::new(t))))
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut ReplyWait) -> T) -> T {
+        // A poisoned lock only means a panic elsewhere; the value is still a valid wait.
+        let mut w = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut w)
+    }
+
+    fn now(&self) -> Duration {
+        self.with(|w| w.now)
+    }
+
+    fn cap(&self) -> Duration {
+        self.with(|w| w.cap)
+    }
+
+    /// Learn from the outcome of a call sent at `sent`, and pass it on.
+    fn note<T>(&self, sent: Instant, r: Result<T, EtcdError>) -> Result<T, EtcdError> {
+        match &r {
+            Ok(_) => self.with(|w| w.answered(sent.elapsed())),
+            Err(EtcdError::Timeout { .. }) => self.with(ReplyWait::timed_out),
+            Err(_) => {}
+        }
+        r
+    }
+}
+
+impl ReplyWait {
+    fn new(t: &Timing) -> ReplyWait {
+        let floor = t.request_timeout;
+        ReplyWait {
+            floor,
+            cap: t.leader_budget().max(floor),
+            now: floor,
+        }
+    }
+
+    fn answered(&mut self, rtt: Duration) {
+        self.now = (rtt * 2).clamp(self.floor, self.cap);
+    }
+
+    fn timed_out(&mut self) {
+        self.now = (self.now * 2).min(self.cap);
+    }
+}
+
+type KeepaliveStream = (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream);
+
+/// One keepalive in flight: on an open stream or by opening one (opening sends the first
+/// keepalive). It owns the stream and hands it back: `Ok(false)` means the lease is gone.
+type Attempt = std::pin::Pin<
+    Box<dyn Future<Output = (Result<bool, EtcdError>, Option<KeepaliveStream>)> + Send>,
+>;
+
+fn attempt(client: &Client, lease: i64, stream: Option<KeepaliveStream>) -> Attempt {
+    let mut c = client.clone();
+    let request = |e| EtcdError::Request {
+        op: "lease keepalive",
+        source: e,
+    };
+    Box::pin(async move {
+        let Some((mut keeper, mut replies)) = stream else {
+            return match c.lease_keep_alive(lease).await {
+                Ok(s) => (Ok(true), Some(s)),
+                Err(e) => match etcd::classify("lease keepalive", lease, e) {
+                    EtcdError::LeaseGone { .. } => (Ok(false), None),
+                    e => (Err(e), None),
+                },
+            };
+        };
+        if let Err(e) = keeper.keep_alive().await {
+            return (Err(request(e)), None);
+        }
+        match replies.message().await {
+            Ok(Some(resp)) => (Ok(resp.ttl() > 0), Some((keeper, replies))),
+            Ok(None) => (
+                Err(EtcdError::StreamClosed {
+                    op: "lease keepalive",
+                }),
+                None,
+            ),
+            Err(e) => match etcd::classify("lease keepalive", lease, e) {
+                EtcdError::LeaseGone { .. } => (Ok(false), None),
+                e => (Err(e), None),
+            },
+        }
+    })
+}
+
+/// An attempt whose reply timed out, still awaited: a late reply counts for the time that
+/// keepalive was sent.
+struct LateReply {
+    attempt: Attempt,
+    sent: Instant,
+}
+
+/// Wait for the late reply in `late` until `give_up` after its keepalive was sent, then drop
+/// it. Returns the event a reply means, or `None` (nothing came, or an error).
+async fn late_reply(late: &mut Option<LateReply>, give_up: Duration) -> Option<KeepaliveEvent> {
+    let l = late.as_mut()?;
+    let sent = l.sent;
+    let done = tokio::time::timeout_at(sent + give_up, &mut l.attempt).await;
+    *late = None;
+    match done {
+        Ok((Ok(true), _)) => Some(KeepaliveEvent::Ok { sent }),
+        Ok((Ok(false), _)) => Some(KeepaliveEvent::Gone),
+        _ => None,
+    }
+}
+
+/// Keep `lease` alive: one keepalive every interval, each reply awaited for a [`ReplyWait`].
+/// After a failure the next attempt goes out soon on a fresh stream (opening it is itself a
+/// keepalive), which may reach another member; an attempt that merely timed out is still
+/// awaited meanwhile, and its late reply counts for the time its keepalive was sent.
+async fn keepalive(
+    client: Client,
+    lease: i64,
+    t: Timing,
+    pace: Pace,
+    tx: mpsc::Sender<KeepaliveEvent>,
+) {
+    let mut stream: Option<KeepaliveStream> = None;
+    let mut late: Option<LateReply> = None;
     let mut ticker = tokio::time::interval(t.keepalive_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await; // the grant itself was the first keepalive
     loop {
-        ticker.tick().await;
-        let sent = Instant::now();
-        let result = match stream.as_mut() {
-            None => {
-                let mut c = client.clone();
-                let open = c.lease_keep_alive(lease);
-                match etcd::bounded("lease keepalive", t.request_timeout, lease, open).await {
-                    Ok(s) => {
-                        stream = Some(s);
-                        Ok(true)
+        // Everything below waits on etcd; a late reply is taken whenever it comes.
+        {
+            let mut tick = std::pin::pin!(ticker.tick());
+            loop {
+                tokio::select! {
+                    _ = &mut tick => break,
+                    Some(ev) = late_reply(&mut late, pace.cap()), if late.is_some() => {
+                        if !report(&tx, ev, &pace).await {
+                            return;
+                        }
                     }
-                    Err(EtcdError::LeaseGone { .. }) => Ok(false),
-                    Err(e) => Err(e),
                 }
             }
-            Some((keeper, replies)) => match keeper.keep_alive().await {
-                Err(e) => Err(EtcdError::Request {
-                    op: "lease keepalive",
-                    source: e,
-                }),
-                Ok(()) => {
-                    let reply = replies.message();
-                    match etcd::bounded("lease keepalive", t.request_timeout, lease, reply).await {
-                        Ok(Some(resp)) => Ok(resp.ttl() > 0),
-                        Ok(None) => Err(EtcdError::StreamClosed {
-                            op: "lease keepalive",
-                        }),
-                        Err(EtcdError::LeaseGone { .. }) => Ok(false),
-                        Err(e) => Err(e),
+        }
+        let sent = Instant::now();
+        let mut current = attempt(&client, lease, stream.take());
+        let give_up = tokio::time::sleep(pace.now());
+        tokio::pin!(give_up);
+        let result = loop {
+            tokio::select! {
+                (r, s) = &mut current => {
+                    stream = s;
+                    break r;
+                }
+                _ = &mut give_up => {
+                    let after = pace.now();
+                    pace.with(ReplyWait::timed_out);
+                    // A newer attempt replaces an older late one: its reply counts for more.
+                    late = Some(LateReply { attempt: current, sent });
+                    break Err(EtcdError::Timeout { op: "lease keepalive", after });
+                }
+                Some(ev) = late_reply(&mut late, pace.cap()), if late.is_some() => {
+                    if !report(&tx, ev, &pace).await {
+                        return;
                     }
                 }
-            },
+            }
         };
         let event = match result {
-            Ok(true) => {
-                trace!(lease = format!("{lease:x}"), "keepalive ok");
-                KeepaliveEvent::Ok { sent }
-            }
+            Ok(true) => KeepaliveEvent::Ok { sent },
             Ok(false) => KeepaliveEvent::Gone,
             Err(e) => {
-                stream = None;
                 // Retry soon instead of a whole interval later: the failed stream may have
                 // been bound to a dead or frozen member, and a fresh one can go to another.
                 ticker.reset_at(Instant::now() + KEEPALIVE_RETRY);
                 KeepaliveEvent::Failed(e)
             }
         };
-        let gone = matches!(event, KeepaliveEvent::Gone);
-        if tx.send(event).await.is_err() || gone {
+        if !report(&tx, event, &pace).await {
             return;
         }
     }
 }
 
+/// Hand a keepalive event to the session, adapting the reply wait to a success's round trip.
+/// Returns false when the keepalive task should end.
+async fn report(tx: &mpsc::Sender<KeepaliveEvent>, event: KeepaliveEvent, pace: &Pace) -> bool {
+    if let KeepaliveEvent::Ok { sent } = &event {
+        trace!(rtt = ?sent.elapsed(), "keepalive ok");
+        pace.with(|w| w.answered(sent.elapsed()));
+    }
+    let gone = matches!(event, KeepaliveEvent::Gone);
+    tx.send(event).await.is_ok() && !gone
+}
+
+/// What a campaign borrows from its driver.
+struct CampaignCtx<'a> {
+    client: &'a Client,
+    cfg: &'a DriverConfig,
+    pace: &'a Pace,
+    view: &'a watch::Sender<ElectionView>,
+    metrics: Option<&'a Metrics>,
+}
+
 /// Create our key, then repeatedly read the election and wait for the next relevant change.
 /// Returns only when the session is lost or on a fatal error; transient errors are retried.
 async fn campaign(
-    client: &Client,
-    cfg: &DriverConfig,
-    view: &watch::Sender<ElectionView>,
+    ctx: CampaignCtx<'_>,
     lease: i64,
     key: String,
     recheck: Arc<Notify>,
-    metrics: Option<&Metrics>,
 ) -> CampaignEnd {
+    let CampaignCtx {
+        client,
+        cfg,
+        pace,
+        view,
+        metrics,
+    } = ctx;
     let t = cfg.timing;
     let prefix = keys::election_prefix(&cfg.election);
     let value = serde_json::to_string(&cfg.member).expect("invariant: MemberInfo serialises");
@@ -610,7 +774,9 @@ async fn campaign(
     };
 
     let own_revision = loop {
-        match etcd::create_candidate(client, &key, &value, lease, t.request_timeout).await {
+        let sent = Instant::now();
+        let created = etcd::create_candidate(client, &key, &value, lease, pace.now()).await;
+        match pace.note(sent, created) {
             Ok(rev) => break rev,
             Err(EtcdError::LeaseGone { .. }) => {
                 return CampaignEnd::SessionLost("lease gone before the key was created".into());
@@ -625,16 +791,17 @@ async fn campaign(
     debug!(key, own_revision, "candidate key created");
 
     loop {
-        let snap =
-            match etcd::snapshot(client, &prefix, &key, own_revision, t.request_timeout).await {
-                Ok(s) => s,
-                Err(e) if e.is_fatal() => return CampaignEnd::Fatal(e),
-                Err(e) => {
-                    mark_error(&e);
-                    sleep(backoff.delay()).await;
-                    continue;
-                }
-            };
+        let sent = Instant::now();
+        let read = etcd::snapshot(client, &prefix, &key, own_revision, pace.now()).await;
+        let snap = match pace.note(sent, read) {
+            Ok(s) => s,
+            Err(e) if e.is_fatal() => return CampaignEnd::Fatal(e),
+            Err(e) => {
+                mark_error(&e);
+                sleep(backoff.delay()).await;
+                continue;
+            }
+        };
         backoff = Backoff::new(
             Duration::from_millis(50),
             t.keepalive_interval.max(Duration::from_millis(500)),
@@ -767,5 +934,58 @@ async fn wait_for_change(
         if let Some(c) = change {
             return Ok(c);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_wait_follows_the_round_trip_and_backs_off_within_the_leader_budget() {
+        // TTL 3 s, grace 1 s: request timeout 500 ms, leader budget 1.7 s.
+        let t = Timing::new(Duration::from_secs(3), Duration::from_secs(1));
+        let mut w = ReplyWait::new(&t);
+        assert_eq!(w.now, Duration::from_millis(500));
+        // A fast link keeps the request timeout.
+        w.answered(Duration::from_millis(5));
+        assert_eq!(w.now, Duration::from_millis(500));
+        // A slow link: the first slow reply is missed, the retry waits twice as long...
+        w.timed_out();
+        assert_eq!(w.now, Duration::from_secs(1));
+        // ...and once one arrives, twice its round trip.
+        w.answered(Duration::from_millis(600));
+        assert_eq!(w.now, Duration::from_millis(1200));
+        // Never beyond the budget: past it the role is lost anyway.
+        w.timed_out();
+        w.timed_out();
+        assert_eq!(w.now, Duration::from_millis(1700));
+        w.answered(Duration::from_secs(5));
+        assert_eq!(w.now, Duration::from_millis(1700));
+        // Back to the floor when the link is fast again.
+        w.answered(Duration::from_millis(2));
+        assert_eq!(w.now, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn pace_learns_from_timeouts_and_answers_but_not_from_other_errors() {
+        let t = Timing::new(Duration::from_secs(3), Duration::from_secs(1));
+        let pace = Pace::new(&t);
+        let timeout = EtcdError::Timeout {
+            op: "election read",
+            after: pace.now(),
+        };
+        let refused = EtcdError::StreamClosed { op: "watch" };
+        assert!(pace.note::<()>(Instant::now(), Err(timeout)).is_err());
+        assert_eq!(pace.now(), Duration::from_secs(1));
+        assert!(pace.note::<()>(Instant::now(), Err(refused)).is_err());
+        assert_eq!(pace.now(), Duration::from_secs(1));
+        assert_eq!(pace.note(Instant::now(), Ok(7)).unwrap(), 7);
+        assert_eq!(pace.now(), Duration::from_millis(500));
+        // Shared: a clone sees the same wait.
+        let other = pace.clone();
+        other.with(ReplyWait::timed_out);
+        assert_eq!(pace.now(), Duration::from_secs(1));
+        assert_eq!(pace.cap(), Duration::from_millis(1700));
     }
 }
