@@ -9,6 +9,28 @@ use std::time::{Duration, Instant};
 use common::*;
 use nix::sys::signal::Signal;
 
+/// `a` reaches etcd through `proxy` and leads; `b` reaches it directly and follows. Both have
+/// lease TTL `ttl` and wrap `script`.
+fn leader_behind_proxy(
+    etcd: &Etcd,
+    proxy: &TcpProxy,
+    election: &str,
+    ttl: &str,
+    script: &str,
+) -> (Daemon, Daemon) {
+    let a = DaemonSpec::new(&proxy.endpoint(), election, "a")
+        .ttl(ttl)
+        .sh(script)
+        .start();
+    a.wait_role("leader", Duration::from_secs(10));
+    let b = DaemonSpec::new(&etcd.endpoint(), election, "b")
+        .ttl(ttl)
+        .sh(script)
+        .start();
+    b.wait_role("follower", Duration::from_secs(10));
+    (a, b)
+}
+
 #[test]
 fn flap_shorter_than_the_grace_keeps_leader_child_and_token() {
     let etcd = Etcd::start();
@@ -18,16 +40,7 @@ fn flap_shorter_than_the_grace_keeps_leader_child_and_token() {
     // TTL 8s, grace 1s: the leader may keep its role 8 − 0.8 − 1 = 6.2 s after its last
     // successful keepalive was sent (at most one 1.33 s interval before the cut). The cut
     // lasts until the leader shows `suspect` (plus a little), at most 4 s.
-    let a = DaemonSpec::new(&proxy.endpoint(), "flap", "a")
-        .ttl("8s")
-        .sh(&ledger_script(&l))
-        .start();
-    a.wait_role("leader", Duration::from_secs(10));
-    let b = DaemonSpec::new(&etcd.endpoint(), "flap", "b")
-        .ttl("8s")
-        .sh(&ledger_script(&l))
-        .start();
-    b.wait_role("follower", Duration::from_secs(10));
+    let (a, b) = leader_behind_proxy(&etcd, &proxy, "flap", "8s", &ledger_script(&l));
     let token = a.fencing_token().unwrap();
 
     proxy.set_mode(ProxyMode::Blackhole);
@@ -78,14 +91,7 @@ fn partition_longer_than_the_ttl_stops_the_old_child_before_the_new_one_starts()
     let proxy = TcpProxy::start_to(&etcd.endpoint());
     let dir = tempfile::tempdir().unwrap();
     let l = dir.path().join("ledger");
-    let a = DaemonSpec::new(&proxy.endpoint(), "part", "a")
-        .sh(&ticking_script(&l))
-        .start();
-    a.wait_role("leader", Duration::from_secs(10));
-    let b = DaemonSpec::new(&etcd.endpoint(), "part", "b")
-        .sh(&ticking_script(&l))
-        .start();
-    b.wait_role("follower", Duration::from_secs(10));
+    let (a, b) = leader_behind_proxy(&etcd, &proxy, "part", "3s", &ticking_script(&l));
 
     proxy.set_mode(ProxyMode::Blackhole);
     b.wait_role("leader", Duration::from_secs(6));
@@ -350,14 +356,7 @@ fn a_slow_link_or_reset_connections_keep_leader_token_and_child() {
     let proxy = TcpProxy::start_to(&etcd.endpoint());
     let dir = tempfile::tempdir().unwrap();
     let l = dir.path().join("ledger");
-    let a = DaemonSpec::new(&proxy.endpoint(), "slow", "a")
-        .sh(&ledger_script(&l))
-        .start();
-    a.wait_role("leader", Duration::from_secs(10));
-    let b = DaemonSpec::new(&etcd.endpoint(), "slow", "b")
-        .sh(&ledger_script(&l))
-        .start();
-    b.wait_role("follower", Duration::from_secs(10));
+    let (a, b) = leader_behind_proxy(&etcd, &proxy, "slow", "3s", &ledger_script(&l));
     let token = a.fencing_token().unwrap();
     wait_until(Duration::from_secs(3), "the child", || {
         ledger(&l).len() == 1
