@@ -196,7 +196,8 @@ fn etcd_member_failure_in_a_three_member_cluster_changes_nothing() {
         assert_eq!(
             leaders(&daemons),
             vec![leader],
-            "{what}: leadership changed"
+            "{what}: leadership changed\n{}",
+            daemons[leader].log_tail(40)
         );
         assert_eq!(daemons[leader].fencing_token(), Some(token), "{what}");
         assert_eq!(ledger(&l).len(), 1, "{what}: the child was restarted");
