@@ -30,10 +30,10 @@ fn tls_etcd(pki: &Pki) -> Etcd {
     )
 }
 
-/// Start electd and wait for it to exit on its own; returns (exit code, its output, how long
-/// it ran). Panics (with the log) if it is still running after twice [`PROMPT_EXIT`], and
-/// asserts it exited within [`PROMPT_EXIT`].
-fn run_to_exit(spec: DaemonSpec) -> (i32, String, Duration) {
+/// Start electd, wait for it to exit on its own, assert it exited with `expected` within
+/// [`PROMPT_EXIT`] and without a panic, and return its output. Panics (with the log) if it is
+/// still running after twice [`PROMPT_EXIT`].
+fn exits_with(spec: DaemonSpec, expected: i32) -> String {
     let started = Instant::now();
     let mut d = spec.start();
     let status = d.wait_exit(PROMPT_EXIT * 2);
@@ -56,7 +56,8 @@ fn run_to_exit(spec: DaemonSpec) -> (i32, String, Duration) {
         "{} panicked instead of reporting an error; log:\n{log}",
         d.id()
     );
-    (code, log, took)
+    assert_eq!(code, expected, "{}: log:\n{log}", d.id());
+    log
 }
 
 /// Assert `log` contains every one of `needles` (case-insensitive).
@@ -150,9 +151,10 @@ fn wrong_ca_fails_fast_with_a_certificate_error_and_the_ca_hint() {
     let pki = Pki::generate();
     let etcd = tls_etcd(&pki);
     let args = tls_args(&pki.other_ca, &pki.client_cert, &pki.client_key);
-    let (code, log, _) =
-        run_to_exit(DaemonSpec::new(&etcd.endpoint(), "tls-e", "wrong-ca").args(&strs(&args)));
-    assert_eq!(code, EXIT_UNAVAILABLE, "log:\n{log}");
+    let log = exits_with(
+        DaemonSpec::new(&etcd.endpoint(), "tls-e", "wrong-ca").args(&strs(&args)),
+        EXIT_UNAVAILABLE,
+    );
     assert_mentions(&log, &["certificate"]);
     assert_mentions(hint_line(&log), &["--etcd-ca"]);
     // Nothing was written to etcd.
@@ -184,8 +186,10 @@ fn no_ca_or_mismatched_scheme_fails_fast_with_the_tls_hint() {
         ("https to plain etcd", &https_to_plain, strs(&tls)),
     ];
     for (what, endpoint, args) in cases {
-        let (code, log, _) = run_to_exit(DaemonSpec::new(endpoint, "tls-e", what).args(&args));
-        assert_eq!(code, EXIT_UNAVAILABLE, "{what}: log:\n{log}");
+        let log = exits_with(
+            DaemonSpec::new(endpoint, "tls-e", what).args(&args),
+            EXIT_UNAVAILABLE,
+        );
         assert_mentions(hint_line(&log), &["--etcd-ca", "https://"]);
     }
 }
@@ -195,10 +199,10 @@ fn no_client_certificate_against_client_cert_auth_fails_fast() {
     let pki = Pki::generate();
     let etcd = tls_etcd(&pki);
     let ca = pki.ca.display().to_string();
-    let (code, log, _) = run_to_exit(
+    let log = exits_with(
         DaemonSpec::new(&etcd.endpoint(), "tls-e", "no-cert").args(&["--etcd-ca", &ca]),
+        EXIT_UNAVAILABLE,
     );
-    assert_eq!(code, EXIT_UNAVAILABLE, "log:\n{log}");
     assert_mentions(&log, &["certificate"]);
     assert_mentions(hint_line(&log), &["--etcd-cert", "--etcd-key"]);
 }
@@ -208,9 +212,10 @@ fn client_certificate_from_an_unrelated_ca_is_refused_fast() {
     let pki = Pki::generate();
     let etcd = tls_etcd(&pki);
     let args = tls_args(&pki.ca, &pki.other_client_cert, &pki.other_client_key);
-    let (code, log, _) =
-        run_to_exit(DaemonSpec::new(&etcd.endpoint(), "tls-e", "other-cert").args(&strs(&args)));
-    assert_eq!(code, EXIT_UNAVAILABLE, "log:\n{log}");
+    let log = exits_with(
+        DaemonSpec::new(&etcd.endpoint(), "tls-e", "other-cert").args(&strs(&args)),
+        EXIT_UNAVAILABLE,
+    );
     assert_mentions(&log, &["certificate"]);
     assert_mentions(hint_line(&log), &["--etcd-cert"]);
 }
@@ -273,8 +278,10 @@ fn missing_or_unpaired_tls_files_are_configuration_errors_naming_the_flag() {
         ),
     ];
     for (what, args, needles) in cases {
-        let (code, log, _) = run_to_exit(DaemonSpec::new(endpoint, "tls-e", what).args(&args));
-        assert_eq!(code, EXIT_CONFIG, "{what}: log:\n{log}");
+        let log = exits_with(
+            DaemonSpec::new(endpoint, "tls-e", what).args(&args),
+            EXIT_CONFIG,
+        );
         assert_mentions(&log, &["configuration error"]);
         assert_mentions(&log, &needles);
     }
@@ -329,11 +336,9 @@ fn garbage_tls_files_are_clear_errors_naming_the_file_not_panics() {
         ("garbage CA", vec!["--etcd-ca", &garbage], "--etcd-ca"),
     ];
     for (what, args, flag) in cases {
-        let (code, log, _) =
-            run_to_exit(DaemonSpec::new(&etcd.endpoint(), "tls-e", what).args(&args));
-        assert_eq!(
-            code, EXIT_CONFIG,
-            "{what}: a bad file is a configuration error; log:\n{log}"
+        let log = exits_with(
+            DaemonSpec::new(&etcd.endpoint(), "tls-e", what).args(&args),
+            EXIT_CONFIG,
         );
         // The message names the flag and the file, so the operator knows which one to fix.
         let error = log
@@ -356,7 +361,7 @@ fn garbage_tls_files_are_clear_errors_naming_the_file_not_panics() {
     )
     .unwrap();
     let corrupt = corrupt.display().to_string();
-    let (code, log, _) = run_to_exit(
+    let log = exits_with(
         DaemonSpec::new(&etcd.endpoint(), "tls-e", "corrupt key").args(&[
             "--etcd-ca",
             &ca,
@@ -365,8 +370,8 @@ fn garbage_tls_files_are_clear_errors_naming_the_file_not_panics() {
             "--etcd-key",
             &corrupt,
         ]),
+        EXIT_UNAVAILABLE,
     );
-    assert_eq!(code, EXIT_UNAVAILABLE, "log:\n{log}");
     assert_mentions(&log, &["--etcd-key", "private key"]);
 }
 
@@ -451,15 +456,15 @@ fn auth_user_outside_its_prefix_is_refused_with_permission_denied() {
     let etcd = auth_etcd();
     let dir = tempfile::tempdir().unwrap();
     let pw = password_file(dir.path(), SVC_PASSWORD);
-    let (code, log, _) = run_to_exit(
+    let log = exits_with(
         DaemonSpec::new(&etcd.endpoint(), "other", "outside").args(&[
             "--etcd-user",
             "svc",
             "--etcd-password-file",
             &pw,
         ]),
+        EXIT_UNAVAILABLE,
     );
-    assert_eq!(code, EXIT_UNAVAILABLE, "log:\n{log}");
     assert_mentions(&log, &["permission"]);
     assert_mentions(hint_line(&log), &["readwrite", "prefix"]);
     let keys = etcd.etcdctl_ok(&[ROOT, "get", "--prefix", "--keys-only", "other/"]);
@@ -474,15 +479,15 @@ fn auth_wrong_password_is_refused_with_the_credentials_hint() {
     let etcd = auth_etcd();
     let dir = tempfile::tempdir().unwrap();
     let pw = password_file(dir.path(), "not-the-password");
-    let (code, log, _) = run_to_exit(
+    let log = exits_with(
         DaemonSpec::new(&etcd.endpoint(), "auth-e", "wrong-pw").args(&[
             "--etcd-user",
             "svc",
             "--etcd-password-file",
             &pw,
         ]),
+        EXIT_UNAVAILABLE,
     );
-    assert_eq!(code, EXIT_UNAVAILABLE, "log:\n{log}");
     assert_mentions(&log, &["authentication failed"]);
     assert_mentions(
         hint_line(&log),
@@ -498,44 +503,46 @@ fn auth_wrong_password_is_refused_with_the_credentials_hint() {
     );
 
     // Same through the environment variable.
-    let (code, log, _) = run_to_exit(
+    let log = exits_with(
         DaemonSpec::new(&etcd.endpoint(), "auth-e", "wrong-env-pw")
             .args(&["--etcd-user", "svc"])
             .env("ELECTD_ETCD_PASSWORD", "not-the-password"),
+        EXIT_UNAVAILABLE,
     );
-    assert_eq!(code, EXIT_UNAVAILABLE, "log:\n{log}");
     assert_mentions(&log, &["authentication failed"]);
     assert!(!log.contains("not-the-password"), "{log}");
 
     // An unknown user reads the same.
     let good = password_file(dir.path(), SVC_PASSWORD);
-    let (code, log, _) = run_to_exit(
+    let log = exits_with(
         DaemonSpec::new(&etcd.endpoint(), "auth-e", "no-user").args(&[
             "--etcd-user",
             "nobody",
             "--etcd-password-file",
             &good,
         ]),
+        EXIT_UNAVAILABLE,
     );
-    assert_eq!(code, EXIT_UNAVAILABLE, "log:\n{log}");
     assert_mentions(hint_line(&log), &["--etcd-user"]);
 }
 
 #[test]
 fn auth_enabled_etcd_without_credentials_is_refused_with_the_credentials_hint() {
     let etcd = auth_etcd();
-    let (code, log, _) = run_to_exit(DaemonSpec::new(&etcd.endpoint(), "auth-e", "anonymous"));
-    assert_eq!(code, EXIT_UNAVAILABLE, "log:\n{log}");
+    let log = exits_with(
+        DaemonSpec::new(&etcd.endpoint(), "auth-e", "anonymous"),
+        EXIT_UNAVAILABLE,
+    );
     assert_mentions(hint_line(&log), &["--etcd-user"]);
 }
 
 #[test]
 fn etcd_user_without_a_password_source_is_a_configuration_error() {
     // Refused before any connection is tried.
-    let (code, log, _) = run_to_exit(
+    let log = exits_with(
         DaemonSpec::new("http://127.0.0.1:9", "auth-e", "no-pw").args(&["--etcd-user", "svc"]),
+        EXIT_CONFIG,
     );
-    assert_eq!(code, EXIT_CONFIG, "log:\n{log}");
     assert_mentions(
         &log,
         &[
@@ -547,15 +554,15 @@ fn etcd_user_without_a_password_source_is_a_configuration_error() {
 
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("no-such-file").display().to_string();
-    let (code, log, _) = run_to_exit(
+    let log = exits_with(
         DaemonSpec::new("http://127.0.0.1:9", "auth-e", "missing-pw-file").args(&[
             "--etcd-user",
             "svc",
             "--etcd-password-file",
             &missing,
         ]),
+        EXIT_CONFIG,
     );
-    assert_eq!(code, EXIT_CONFIG, "log:\n{log}");
     assert_mentions(&log, &["--etcd-password-file", &missing]);
 }
 
