@@ -18,6 +18,8 @@ struct Pair {
     /// Kept running until the pair is dropped.
     _b: Wrapper,
     ledger: Ledger,
+    /// With [`Pair::start_proxied`]: each replica's link to etcd (dropped after the replicas).
+    proxies: Option<[TcpProxy; 2]>,
 }
 
 impl Pair {
@@ -47,7 +49,30 @@ impl Pair {
         }
         // Let b's watch settle and a's child tick.
         std::thread::sleep(Duration::from_millis(300));
-        Pair { a, _b: b, ledger }
+        Pair {
+            a,
+            _b: b,
+            ledger,
+            proxies: None,
+        }
+    }
+
+    /// Like [`Pair::start`], each replica reaching etcd through its own [`TcpProxy`].
+    fn start_proxied(cfg: &BenchConfig, etcd: &Etcd, tool: Tool, name: &str, dir: &Path) -> Pair {
+        let ep = etcd.endpoint();
+        let proxies = [TcpProxy::start_to(&ep), TcpProxy::start_to(&ep)];
+        let endpoints = [proxies[0].endpoint(), proxies[1].endpoint()];
+        let mut pair = Pair::start(cfg, etcd, tool, name, [&endpoints[0], &endpoints[1]], dir);
+        pair.proxies = Some(proxies);
+        pair
+    }
+
+    /// The leader's (a's) link to etcd; only for a pair from [`Pair::start_proxied`].
+    fn leader_link(&self) -> &TcpProxy {
+        &self
+            .proxies
+            .as_ref()
+            .expect("invariant: started with proxies")[0]
     }
 
     fn wait_new_child(&self, timeout: Duration) {
@@ -294,7 +319,6 @@ pub fn partition(cfg: &BenchConfig) -> Section {
         ["electd", "etcdctl lock"],
     );
     let etcd = Etcd::start();
-    let ep = etcd.endpoint();
     let dir = temp_dir();
     let mut old_stop = Cols::default();
     let mut new_start = Cols::default();
@@ -302,17 +326,9 @@ pub fn partition(cfg: &BenchConfig) -> Section {
     let mut positive = Counts::default();
     let mut alive = Counts::default();
     iterate(cfg, &mut s, |tool, _, name| {
-        let proxies = [TcpProxy::start_to(&ep), TcpProxy::start_to(&ep)];
-        let p = Pair::start(
-            cfg,
-            &etcd,
-            tool,
-            name,
-            [&proxies[0].endpoint(), &proxies[1].endpoint()],
-            dir.path(),
-        );
+        let p = Pair::start_proxied(cfg, &etcd, tool, name, dir.path());
         let t = now_ns();
-        proxies[0].set_mode(ProxyMode::Blackhole);
+        p.leader_link().set_mode(ProxyMode::Blackhole);
         p.wait_new_child(cfg.ttl + Duration::from_secs(15));
         std::thread::sleep(cfg.observe);
         let still = p.ledger.first_child_alive("a");
@@ -397,26 +413,17 @@ pub fn flap(cfg: &BenchConfig) -> Section {
         ["electd", "etcdctl lock"],
     );
     let etcd = Etcd::start();
-    let ep = etcd.endpoint();
     let dir = temp_dir();
     let mut stopped = Counts::default();
     let mut restarted = Counts::default();
     let mut moved = Counts::default();
     let mut stop_after = Cols::default();
     iterate(cfg, &mut s, |tool, _, name| {
-        let proxies = [TcpProxy::start_to(&ep), TcpProxy::start_to(&ep)];
-        let p = Pair::start(
-            cfg,
-            &etcd,
-            tool,
-            name,
-            [&proxies[0].endpoint(), &proxies[1].endpoint()],
-            dir.path(),
-        );
+        let p = Pair::start_proxied(cfg, &etcd, tool, name, dir.path());
         let t = now_ns();
-        proxies[0].set_mode(ProxyMode::Blackhole);
+        p.leader_link().set_mode(ProxyMode::Blackhole);
         std::thread::sleep(cut);
-        proxies[0].set_mode(ProxyMode::Pass);
+        p.leader_link().set_mode(ProxyMode::Pass);
         std::thread::sleep(watch);
         let a_runs = p.ledger.runs_of("a");
         let first_alive = p.ledger.first_child_alive("a");
