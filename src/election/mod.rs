@@ -308,12 +308,8 @@ impl Driver {
     }
 
     /// Stay out of the election for `delay`, answering commands meanwhile.
+    /// (Entered only after a release, which already cleared the view's session.)
     async fn wait_to_rejoin(&mut self, delay: Duration) -> After {
-        self.view.send_modify(|v| {
-            v.position = v.position.without_session();
-            v.lease = None;
-            v.last_ok_sent = None;
-        });
         let until = Instant::now() + delay;
         loop {
             tokio::select! {
@@ -397,11 +393,7 @@ impl Driver {
 
     /// One session: lease, keepalive, candidate key, campaign; returns what to do next.
     async fn session(&mut self) -> Result<After, EtcdError> {
-        self.view.send_modify(|v| {
-            v.position = v.position.without_session();
-            v.lease = None;
-            v.last_ok_sent = None;
-        });
+        self.forget_session();
         let (lease, sent) = match self.grant().await? {
             Ok(g) => g,
             Err(after) => return Ok(after),
@@ -496,10 +488,15 @@ impl Driver {
                 warn!(lease = format!("{lease:x}"), error = %e, "could not revoke lease; it expires after its TTL")
             }
         }
+        self.forget_session();
+    }
+
+    /// The view without a session: no lease, no keepalive, no position that needs one.
+    fn forget_session(&self) {
         self.view.send_modify(|v| {
+            v.position = v.position.without_session();
             v.lease = None;
             v.last_ok_sent = None;
-            v.position = v.position.without_session();
         });
     }
 }
