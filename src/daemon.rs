@@ -17,7 +17,7 @@ use crate::api::{self, ApiState, Control, Transport};
 use crate::config::{Config, OnExit, Timing};
 use crate::election::role::{Action, Event, Machine, Observed, Role};
 use crate::election::{
-    After, Driver, DriverConfig, DriverHandle, ElectionView, MemberInfo, Position, etcd,
+    Driver, DriverConfig, DriverHandle, ElectionView, MemberInfo, Position, etcd,
 };
 use crate::metrics::Metrics;
 use crate::status::Status;
@@ -186,7 +186,6 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonErro
         restarts: 0,
         exit_resigns: 0,
         last_exit_resign: None,
-        rejoin_delay: None,
         exit_code: 0,
         pending_replies: Vec::new(),
         pending_event: None,
@@ -224,9 +223,6 @@ struct Owner {
     /// Resignations because the command exited, in a row, and when the last one was.
     exit_resigns: u32,
     last_exit_resign: Option<Instant>,
-    /// How long the next `Release(Rejoin)` stays out of the election (set with a resignation
-    /// for an exit; applies only to the actions of that event).
-    rejoin_delay: Option<Duration>,
     exit_code: i32,
     /// Control replies to send once the actions they caused are done.
     pending_replies: Vec<(
@@ -359,7 +355,7 @@ impl Owner {
         let (reply, event, doc) = match c {
             Control::Resign(r) if self.machine.role.leads() => (
                 r,
-                Some(Event::Resign),
+                Some(Event::RESIGN),
                 json!({"resigned": true, "previous_role": role}),
             ),
             Control::Resign(r) => (
@@ -459,8 +455,9 @@ impl Owner {
         self.last_exit_resign = Some(now);
         let delay = (REJOIN_FIRST_DELAY * 2u32.pow(streak.min(16) - 1)).min(REJOIN_MAX_DELAY);
         info!(rejoin_in = ?delay, "resigning; rejoining the election after a delay");
-        self.rejoin_delay = Some(delay);
-        Event::Resign
+        Event::Resign {
+            rejoin_after: delay,
+        }
     }
 
     fn update_child(&self, f: impl FnOnce(&mut crate::status::ChildStatus)) {
@@ -587,13 +584,7 @@ impl Owner {
                             });
                         }
                     }
-                    Action::Release(after) => {
-                        let after = match (after, self.rejoin_delay.take()) {
-                            (After::Rejoin, Some(delay)) => After::RejoinAfter(delay),
-                            (after, _) => after,
-                        };
-                        self.driver.release(after).await
-                    }
+                    Action::Release(after) => self.driver.release(after).await,
                     Action::ResumeElection => self.driver.resume().await,
                     Action::Exit => exit = true,
                 }
@@ -602,11 +593,6 @@ impl Owner {
                 return true;
             }
             next_event = self.pending_event.take();
-            // A rejoin delay belongs to the resignation it was set with, which may be the event
-            // just raised (a command that could not start).
-            if !matches!(next_event, Some(Event::Resign)) {
-                self.rejoin_delay = None;
-            }
         }
         false
     }
@@ -647,7 +633,7 @@ fn event_name(e: &Event) -> &'static str {
             (Position::Paused, _) => "paused",
             (Position::Stopped, _) => "stopped",
         },
-        Event::Resign => "resign",
+        Event::Resign { .. } => "resign",
         Event::Pause => "pause",
         Event::Resume => "resume",
         Event::Shutdown => "shutdown",

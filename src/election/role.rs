@@ -137,11 +137,21 @@ pub struct Observed {
 pub enum Event {
     /// The driver's current view (also sent when a deadline timer fires).
     Observed(Box<Observed>),
-    /// Hand leadership off now (operator, or the child's exit policy).
-    Resign,
+    /// Hand leadership off now (operator, or the child's exit policy), and stay out of the
+    /// election `rejoin_after` before campaigning again.
+    Resign {
+        rejoin_after: Duration,
+    },
     Pause,
     Resume,
     Shutdown,
+}
+
+impl Event {
+    /// An operator's resignation: rejoin at once, at the back of the queue.
+    pub const RESIGN: Event = Event::Resign {
+        rejoin_after: Duration::ZERO,
+    };
 }
 
 /// Side effects, carried out by the owner in order; each finishes before the next starts.
@@ -214,12 +224,20 @@ impl Machine {
                 a
             }
 
-            (Role::Leader { lease, .. } | Role::Suspect { lease, .. }, Event::Resign) => {
+            (
+                Role::Leader { lease, .. } | Role::Suspect { lease, .. },
+                Event::Resign { rejoin_after },
+            ) => {
                 next.role = Role::Candidate;
                 next.abandoned = Some(*lease);
-                vec![Action::StopChild, Action::Release(After::Rejoin)]
+                let after = if rejoin_after.is_zero() {
+                    After::Rejoin
+                } else {
+                    After::RejoinAfter(*rejoin_after)
+                };
+                vec![Action::StopChild, Action::Release(after)]
             }
-            (_, Event::Resign) => vec![],
+            (_, Event::Resign { .. }) => vec![],
 
             (
                 Role::Leader {
@@ -443,7 +461,7 @@ mod tests {
             (
                 "cand resign",
                 Role::Candidate,
-                Event::Resign,
+                Event::RESIGN,
                 now,
                 K::Candidate,
                 vec![],
@@ -500,7 +518,7 @@ mod tests {
             (
                 "fol resign",
                 follower.clone(),
-                Event::Resign,
+                Event::RESIGN,
                 now,
                 K::Follower,
                 vec![],
@@ -581,7 +599,7 @@ mod tests {
             (
                 "lead resign",
                 leader_role(t0),
-                Event::Resign,
+                Event::RESIGN,
                 now,
                 K::Candidate,
                 vec![StopChild, Release(After::Rejoin)],
@@ -646,7 +664,7 @@ mod tests {
             (
                 "susp resign",
                 suspect_role(t0),
-                Event::Resign,
+                Event::RESIGN,
                 now,
                 K::Candidate,
                 vec![StopChild, Release(After::Rejoin)],
@@ -687,7 +705,7 @@ mod tests {
             (
                 "paused resign",
                 Role::Paused,
-                Event::Resign,
+                Event::RESIGN,
                 now,
                 K::Paused,
                 vec![],
@@ -728,7 +746,7 @@ mod tests {
             (
                 "stop resign",
                 Role::Stopping,
-                Event::Resign,
+                Event::RESIGN,
                 now,
                 K::Stopping,
                 vec![],
@@ -794,9 +812,27 @@ mod tests {
     }
 
     #[test]
+    fn a_resignation_with_a_rejoin_delay_releases_for_that_long() {
+        let t0 = Instant::now();
+        let delay = Duration::from_secs(2);
+        let resign = Event::Resign {
+            rejoin_after: delay,
+        };
+        let (next, actions) = machine(leader_role(t0)).step(&resign, t0);
+        assert_eq!(next.role.kind(), RoleKind::Candidate);
+        assert_eq!(
+            actions,
+            vec![
+                Action::StopChild,
+                Action::Release(After::RejoinAfter(delay))
+            ]
+        );
+    }
+
+    #[test]
     fn abandoned_lease_does_not_lead_again() {
         let t0 = Instant::now();
-        let (after_resign, _) = machine(leader_role(t0)).step(&Event::Resign, t0);
+        let (after_resign, _) = machine(leader_role(t0)).step(&Event::RESIGN, t0);
         assert_eq!(after_resign.abandoned, Some(7));
         // The driver has not released yet and still reports Leading on lease 7.
         let (next, actions) = after_resign.step(&leading(7, 10, t0, true), t0);
