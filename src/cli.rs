@@ -1,99 +1,188 @@
-//! Command-line flags shared by `electd` and `elect-run`, and logging set-up. Flags are turned
-//! into a [`Settings`] layer; [`crate::config`] merges and validates.
+//! The command lines of both binaries (clap definitions, also used to generate the man pages and
+//! shell completions) and logging set-up. Setting flags are generated from
+//! [`crate::config::table`], so each setting is declared once; [`crate::config`] merges and
+//! validates the layers.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use clap::Args;
+use clap::{ArgMatches, Args, Parser, Subcommand};
 
-use crate::config::{self, ConfigError, Endpoints, Layers, LogFormat, Settings};
+use crate::config::table::{SETTINGS, Scope, Spec};
+use crate::config::{self, ConfigError, Layers, LogFormat, Raw, Settings};
+use crate::exit;
 
-/// Flags that mean the same in both binaries.
+/// The setting flags of one binary: every table setting (`DAEMON`) or only the shared ones.
+#[derive(Debug, Clone, Default)]
+pub struct Flags<const DAEMON: bool> {
+    pub settings: Settings,
+}
+
+/// `electd`'s setting flags.
+pub type DaemonFlags = Flags<true>;
+/// The setting flags `elect-run` and `electd status` share with `electd`.
+pub type SharedFlags = Flags<false>;
+
+impl<const DAEMON: bool> Flags<DAEMON> {
+    fn specs() -> impl Iterator<Item = &'static Spec> {
+        SETTINGS.iter().filter(|s| DAEMON || s.scope == Scope::Both)
+    }
+}
+
+impl<const DAEMON: bool> clap::FromArgMatches for Flags<DAEMON> {
+    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut settings = Settings::default();
+        for spec in Self::specs() {
+            if let Some(v) = m.get_one::<String>(spec.key) {
+                settings.insert(spec.key, Raw::One(v.clone()));
+            }
+        }
+        Ok(Flags { settings })
+    }
+
+    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(m)?;
+        Ok(())
+    }
+}
+
+impl<const DAEMON: bool> Args for Flags<DAEMON> {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        Self::specs().fold(cmd, |cmd, spec| {
+            cmd.arg(
+                clap::Arg::new(spec.key)
+                    .long(spec.key.replace('_', "-"))
+                    .value_name(spec.value_name)
+                    .help(spec.help_with_default())
+                    .action(clap::ArgAction::Set),
+            )
+        })
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
+}
+
+/// The config file flag, shared by every command that reads settings.
 #[derive(Debug, Clone, Args)]
-pub struct CommonArgs {
+pub struct ConfigFile {
     /// TOML config file; flags and ELECTD_* variables override its values.
     #[arg(long, value_name = "PATH", env = "ELECTD_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Comma-separated etcd URLs [default: http://127.0.0.1:2379].
-    #[arg(long, value_name = "URLS")]
-    pub endpoints: Option<String>,
-    /// Election name: the etcd key prefix every replica shares (required).
-    #[arg(long, value_name = "NAME")]
-    pub election: Option<String>,
-    /// This member's id [default: the host name].
-    #[arg(long, value_name = "ID")]
-    pub id: Option<String>,
-    /// Lease TTL, whole seconds, at least 2s [default: 10s].
-    #[arg(long, value_name = "DURATION")]
-    pub ttl: Option<String>,
-    /// Signal that asks the command to stop [default: SIGTERM].
-    #[arg(long, value_name = "SIGNAL")]
-    pub stop_signal: Option<String>,
-    /// How long the command may take to stop before its process group is killed [default: 3s].
-    #[arg(long, value_name = "DURATION")]
-    pub stop_grace: Option<String>,
-    /// CA certificate (PEM) to verify etcd's TLS certificate.
-    #[arg(long, value_name = "PATH")]
-    pub etcd_ca: Option<String>,
-    /// Client certificate (PEM) for mutual TLS with etcd.
-    #[arg(long, value_name = "PATH")]
-    pub etcd_cert: Option<String>,
-    /// Client private key (PEM) for mutual TLS with etcd.
-    #[arg(long, value_name = "PATH")]
-    pub etcd_key: Option<String>,
-    /// etcd user name; the password comes from --etcd-password-file or ELECTD_ETCD_PASSWORD.
-    #[arg(long, value_name = "USER")]
-    pub etcd_user: Option<String>,
-    /// File holding the etcd password (never pass passwords as flag values).
-    #[arg(long, value_name = "PATH")]
-    pub etcd_password_file: Option<String>,
-    /// Log level: error, warn, info, debug, trace [default: info].
-    #[arg(long, value_name = "LEVEL")]
-    pub log_level: Option<String>,
-    /// Log format: text or json [default: text].
-    #[arg(long, value_name = "FORMAT")]
-    pub log_format: Option<String>,
 }
 
-impl CommonArgs {
-    /// This flag layer as settings.
-    pub fn settings(&self) -> Settings {
-        Settings {
-            endpoints: self.endpoints.clone().map(Endpoints::One),
-            election: self.election.clone(),
-            id: self.id.clone(),
-            ttl: self.ttl.clone(),
-            stop_signal: self.stop_signal.clone(),
-            stop_grace: self.stop_grace.clone(),
-            etcd_ca: self.etcd_ca.clone(),
-            etcd_cert: self.etcd_cert.clone(),
-            etcd_key: self.etcd_key.clone(),
-            etcd_user: self.etcd_user.clone(),
-            etcd_password_file: self.etcd_password_file.clone(),
-            log_level: self.log_level.clone(),
-            log_format: self.log_format.clone(),
-            ..Settings::default()
-        }
+impl ConfigFile {
+    /// The three layers: `flags`, the environment, the config file.
+    pub fn layers(&self, flags: Settings) -> Result<Layers, ConfigError> {
+        layers(self.config.as_deref(), flags)
     }
+}
 
-    /// Build the three layers: these flags (plus `extra`), the environment, the config file.
-    pub fn layers(&self, extra: impl FnOnce(&mut Settings)) -> Result<Layers, ConfigError> {
-        let mut flags = self.settings();
-        extra(&mut flags);
-        let file = match &self.config {
-            Some(path) => Some((path.clone(), config::load_file(path)?)),
-            None => None,
-        };
-        Ok(Layers {
-            flags,
-            env: config::from_env(|k| std::env::var(k).ok()),
-            file,
-        })
-    }
+/// The layers for `flags`, the process environment and the config file at `file`.
+pub fn layers(file: Option<&Path>, flags: Settings) -> Result<Layers, ConfigError> {
+    let file = match file {
+        Some(path) => Some((path.to_path_buf(), config::load_file(path)?)),
+        None => None,
+    };
+    Ok(Layers {
+        flags,
+        env: config::from_env(|k| std::env::var(k).ok()),
+        file,
+    })
+}
+
+/// Elect exactly one leader among replicas through etcd; optionally run CMD only while leader.
+#[derive(Debug, Parser)]
+#[command(
+    name = "electd",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_help = "Exit codes: 0 after a clean shutdown; the command's code with --on-exit exit; \
+                  64 usage error; 69 etcd refused us (credentials, permissions); 71 cannot \
+                  listen or start the watchdog; 78 configuration error."
+)]
+pub struct ElectdCli {
+    #[command(subcommand)]
+    pub sub: Option<Sub>,
+    #[command(flatten)]
+    pub config: ConfigFile,
+    #[command(flatten)]
+    pub flags: DaemonFlags,
+    /// The command to run while this replica leads.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Sub {
+    /// Show the election: leader, fencing token, every member in queue order, this replica.
+    Status(Box<StatusArgs>),
+    /// Hand leadership off now (stop the command first); a no-op on a follower.
+    Resign(SocketArg),
+    /// Leave the election (stopping the command if leading) until resumed.
+    Pause(SocketArg),
+    /// Rejoin the election after a pause.
+    Resume(SocketArg),
+}
+
+#[derive(Debug, Args)]
+pub struct SocketArg {
+    /// The local electd's socket.
+    #[arg(long, value_name = "PATH", env = "ELECTD_SOCKET")]
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Ask the local electd over its socket; without it, read the election from etcd
+    /// (--endpoints/--election, ELECTD_* or --config).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Print the status document as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub config: ConfigFile,
+    #[command(flatten)]
+    pub flags: SharedFlags,
+}
+
+/// Run CMD on exactly one replica: campaign in the etcd election, run CMD if elected, resign
+/// when it ends. Every replica's cron can fire `elect-run --election nightly -- ./job`.
+#[derive(Debug, Parser)]
+#[command(name = "elect-run", version, after_help = crate::run::EXIT_CODES_HELP)]
+pub struct ElectRunCli {
+    #[command(flatten)]
+    pub config: ConfigFile,
+    #[command(flatten)]
+    pub flags: SharedFlags,
+    /// How long to wait to become leader. 0 (default): decide at the first election read; if
+    /// another replica leads, exit 75 at once. etcd counts as unreachable (69) when no
+    /// election read succeeds within max(--wait, 5s).
+    #[arg(long, value_name = "DURATION")]
+    pub wait: Option<String>,
+    /// Run at most once per schedule slot (wall-clock time floored to DURATION, e.g. 1m, 1h,
+    /// 24h), recorded in etcd at `<election>.slots/<slot start, unix seconds>`. A replica that
+    /// finds its slot taken (running or done) exits 75.
+    #[arg(long, value_name = "DURATION")]
+    pub once_per: Option<String>,
+    /// Instead of campaigning, ask the local electd on this Unix socket and run CMD only if it
+    /// leads right now (stopped, exit 76, when it stops leading). No lease is held by
+    /// elect-run: the guarantee is electd's.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Log what was decided and why, to stderr (at info; without -v or --log-level only
+    /// warnings and errors are printed).
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// The command to run on the elected replica.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 /// The start of both binaries' `main`: become the freeze watchdog when asked to (the hidden
 /// first argument), else parse the arguments, exiting 64 on a usage error (0 for --help).
-pub fn watchdog_or_parse<P: clap::Parser>() -> P {
+pub fn watchdog_or_parse<P: Parser>() -> P {
     use crate::supervisor::watchdog::{WATCHDOG_ARG, run_watchdog};
     if std::env::args().nth(1).as_deref() == Some(WATCHDOG_ARG) {
         std::process::exit(run_watchdog());
@@ -101,11 +190,7 @@ pub fn watchdog_or_parse<P: clap::Parser>() -> P {
     match P::try_parse() {
         Ok(p) => p,
         Err(e) => {
-            let code = if e.use_stderr() {
-                crate::config::EXIT_USAGE
-            } else {
-                0
-            };
+            let code = if e.use_stderr() { exit::USAGE } else { 0 };
             let _ = e.print();
             std::process::exit(code);
         }
@@ -127,5 +212,48 @@ pub fn init_logging(level: &str, format: LogFormat) {
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_setting_is_a_flag_of_the_binaries_in_its_scope() {
+        let electd = ElectdCli::command();
+        let run = ElectRunCli::command();
+        for spec in SETTINGS {
+            let long = spec.key.replace('_', "-");
+            // By flag and help text: elect-run's own --socket means something else.
+            let help = spec.help_with_default();
+            let has = |c: &clap::Command| {
+                c.get_arguments().any(|a| {
+                    a.get_long() == Some(&long)
+                        && a.get_help().map(|h| h.to_string()) == Some(help.clone())
+                })
+            };
+            assert!(has(&electd), "electd lacks {}", spec.flag());
+            assert_eq!(
+                has(&run),
+                spec.scope == Scope::Both,
+                "elect-run and {}",
+                spec.flag()
+            );
+        }
+        ElectdCli::command().debug_assert();
+        ElectRunCli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_become_the_top_layer() {
+        let cli = ElectdCli::try_parse_from(["electd", "--ttl", "5s", "--election", "e"]).unwrap();
+        assert_eq!(cli.flags.settings.get("ttl"), Some(&Raw::One("5s".into())));
+        assert_eq!(
+            cli.flags.settings.get("election"),
+            Some(&Raw::One("e".into()))
+        );
+        assert!(!cli.flags.settings.contains("id"));
     }
 }

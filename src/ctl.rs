@@ -6,11 +6,10 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use crate::api::client;
+use crate::cli::{StatusArgs, Sub};
 use crate::config::Config;
 use crate::election::{etcd, keys};
-
-/// Exit code when electd or etcd cannot be reached (sysexits `EX_UNAVAILABLE`).
-pub const EXIT_UNAVAILABLE: i32 = 69;
+use crate::exit;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CtlError {
@@ -26,9 +25,73 @@ impl CtlError {
     /// 1 when electd answered but refused; 69 when electd or etcd could not be reached.
     pub fn exit_code(&self) -> i32 {
         match self {
-            CtlError::Refused { .. } => 1,
-            _ => EXIT_UNAVAILABLE,
+            CtlError::Refused { .. } => exit::REFUSED,
+            _ => exit::UNAVAILABLE,
         }
+    }
+}
+
+/// Run a subcommand of `electd`; returns its exit code.
+pub fn run(sub: Sub) -> i32 {
+    match sub {
+        Sub::Status(a) => status(&a),
+        Sub::Resign(a) => action(&a.socket, "resign"),
+        Sub::Pause(a) => action(&a.socket, "pause"),
+        Sub::Resume(a) => action(&a.socket, "resume"),
+    }
+}
+
+fn fail(e: CtlError) -> i32 {
+    eprintln!("electd: {e}");
+    e.exit_code()
+}
+
+fn status(a: &StatusArgs) -> i32 {
+    let doc = match &a.socket {
+        Some(path) => status_from_socket(path),
+        None => {
+            let config = match a
+                .config
+                .layers(a.flags.settings.clone())
+                .and_then(|l| l.resolve(false))
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("electd: configuration error: {e}");
+                    return exit::CONFIG;
+                }
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("invariant: a current-thread runtime can be built");
+            rt.block_on(status_from_etcd(&config))
+        }
+    };
+    match doc {
+        Ok(doc) if a.json => {
+            println!("{doc:#}");
+            0
+        }
+        Ok(doc) => {
+            print!("{}", render_status(&doc));
+            0
+        }
+        Err(e) => fail(e),
+    }
+}
+
+/// Send a control action; exit 0 when it took effect, 1 when it changed nothing.
+fn action(socket: &Path, name: &str) -> i32 {
+    match control(socket, name) {
+        Ok(doc) => {
+            println!("{doc}");
+            let acted = ["resigned", "paused", "resumed"]
+                .iter()
+                .any(|k| doc[*k] == true);
+            if acted { 0 } else { exit::REFUSED }
+        }
+        Err(e) => fail(e),
     }
 }
 

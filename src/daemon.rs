@@ -19,12 +19,10 @@ use crate::election::role::{Action, Event, Machine, Observed, Role};
 use crate::election::{
     Driver, DriverConfig, DriverHandle, ElectionView, MemberInfo, Position, etcd,
 };
+use crate::exit;
 use crate::metrics::Metrics;
 use crate::status::Status;
 use crate::supervisor::{ChildSpec, ExitInfo, Supervisor, watchdog::Watchdog};
-
-/// Exit code when etcd refuses us for good (bad credentials, denied permission).
-pub const EXIT_UNAVAILABLE: i32 = 69;
 
 /// Restart policy for a command that exits on its own while we lead.
 const RESTART_FIRST_DELAY: Duration = Duration::from_millis(200);
@@ -68,8 +66,8 @@ impl DaemonError {
 
     pub fn exit_code(&self) -> i32 {
         match self {
-            DaemonError::Etcd(_) => EXIT_UNAVAILABLE,
-            _ => 71, // EX_OSERR
+            DaemonError::Etcd(_) => exit::UNAVAILABLE,
+            _ => exit::OSERR,
         }
     }
 }
@@ -317,7 +315,7 @@ impl Owner {
             }
             if exit {
                 return Ok(if driver_failed && self.exit_code == 0 {
-                    EXIT_UNAVAILABLE
+                    exit::UNAVAILABLE
                 } else {
                     self.exit_code
                 });

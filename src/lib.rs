@@ -22,6 +22,7 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod election;
+pub mod exit;
 pub mod metrics;
 pub mod run;
 pub mod status;

@@ -3,11 +3,11 @@
 //! [`Supervisor`] with its freeze [`Watchdog`]).
 //!
 //! Flow with its own election: campaign; if another replica leads (at the first election read,
-//! or when `--wait` runs out) exit [`EXIT_NOT_ELECTED`]; once elected, optionally claim the
+//! or when `--wait` runs out) exit [`exit::NOT_ELECTED`](crate::exit::NOT_ELECTED); once elected, optionally claim the
 //! `--once-per` schedule slot; run CMD while the role machine says we lead; when CMD ends,
 //! record the result, resign at once and exit with CMD's code. If the machine says leadership
 //! is lost, CMD's process group is stopped first, then the lease released, and the exit code is
-//! [`EXIT_LOST`].
+//! [`exit::LOST`](crate::exit::LOST).
 //!
 //! Invariants:
 //! - CMD runs only after the machine emitted `StartChild` (and, with `--once-per`, after the
@@ -36,17 +36,8 @@ use crate::election::role::{Action, Event, Machine, Observed};
 use crate::election::{
     After, Driver, DriverConfig, DriverHandle, ElectionView, LeaderInfo, MemberInfo, Position, keys,
 };
+use crate::exit;
 use crate::supervisor::{ChildSpec, Supervisor, SupervisorError, watchdog::Watchdog};
-
-/// etcd (or the local electd) could not be reached; CMD did not run (sysexits `EX_UNAVAILABLE`).
-pub const EXIT_UNAVAILABLE: i32 = 69;
-/// The OS refused something elect-run needs (the freeze watchdog, signal handlers).
-pub const EXIT_OSERR: i32 = 71;
-/// Not elected, `--wait` ran out, or the `--once-per` slot was taken; CMD did not run
-/// (sysexits `EX_TEMPFAIL`).
-pub const EXIT_NOT_ELECTED: i32 = 75;
-/// Leadership was lost while CMD ran; CMD was stopped.
-pub const EXIT_LOST: i32 = 76;
 
 /// The least time etcd gets to answer before elect-run calls it unreachable.
 pub const CONTACT_WAIT: Duration = Duration::from_secs(5);
@@ -102,10 +93,10 @@ impl RunError {
             RunError::Unreachable { .. }
             | RunError::Etcd(_)
             | RunError::SlotClaim { .. }
-            | RunError::Socket { .. } => EXIT_UNAVAILABLE,
-            RunError::Lost { .. } => EXIT_LOST,
-            RunError::Config(_) => crate::config::EXIT_CONFIG,
-            RunError::Watchdog(_) | RunError::Signals(_) => EXIT_OSERR,
+            | RunError::Socket { .. } => exit::UNAVAILABLE,
+            RunError::Lost { .. } => exit::LOST,
+            RunError::Config(_) => exit::CONFIG,
+            RunError::Watchdog(_) | RunError::Signals(_) => exit::OSERR,
         }
     }
 }
@@ -137,7 +128,7 @@ impl RunOptions {
             ConfigError::Invalid {
                 field,
                 value: value.to_string(),
-                origin: Origin::Flag(flag),
+                origin: Origin::Flag(flag.to_string()),
                 expected: expected.to_string(),
             }
         };
@@ -393,12 +384,12 @@ impl EtcdRun<'_> {
     async fn go(&mut self, started: Instant, signals: &mut Signals) -> Result<i32, RunError> {
         let (token, leader) = match self.campaign(started, signals).await? {
             Campaign::Elected { token, leader } => (token, leader),
-            Campaign::NotElected => return Ok(EXIT_NOT_ELECTED),
+            Campaign::NotElected => return Ok(exit::NOT_ELECTED),
         };
         let claimed = match self.slot {
             Some(slot) => match self.claim(slot, token, &leader).await? {
                 Some(c) => Some(c),
-                None => return Ok(EXIT_NOT_ELECTED),
+                None => return Ok(exit::NOT_ELECTED),
             },
             None => None,
         };
@@ -841,13 +832,13 @@ async fn via_socket(
                 role = %doc["role"], leader = %doc["leader"]["id"],
                 "local electd is not the leader; command not run"
             );
-            return Ok(EXIT_NOT_ELECTED);
+            return Ok(exit::NOT_ELECTED);
         }
         tokio::select! {
             _ = sleep(SOCKET_POLL) => {}
             sig = signals.recv() => {
                 info!(signal = %sig, "signal received before the command started; giving up");
-                return Ok(EXIT_NOT_ELECTED);
+                return Ok(exit::NOT_ELECTED);
             }
         }
         doc = ask_role(path).await.map_err(socket_err)?;

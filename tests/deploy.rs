@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use electd::config::{EXIT_CONFIG, EXIT_USAGE, Layers, Settings, Timing, load_file};
+use electd::config::{Layers, Settings, Timing, load_file};
+use electd::exit::{CONFIG as EXIT_CONFIG, USAGE as EXIT_USAGE};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Container, PodSpec, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -290,10 +291,7 @@ fn pod_spec(d: &Deployment) -> &PodSpec {
 /// The config as electd resolves it (with a command, so the stop grace counts).
 fn resolved(toml_path: &Path) -> electd::config::Config {
     Layers {
-        flags: Settings {
-            id: Some(POD_NAME.into()),
-            ..Settings::default()
-        },
+        flags: Settings::default().set("id", POD_NAME),
         env: Settings::default(),
         file: Some((
             toml_path.to_path_buf(),

@@ -1,49 +1,15 @@
 //! `elect-run`: run a cron-style job on exactly one replica. Parses arguments and hands over to
 //! [`electd::run`].
 
-use std::path::PathBuf;
-
-use clap::Parser;
-use electd::cli::{CommonArgs, init_logging};
-use electd::config::EXIT_CONFIG;
-use electd::run::{EXIT_CODES_HELP, RunOptions};
-
-/// Run CMD on exactly one replica: campaign in the etcd election, run CMD if elected, resign
-/// when it ends. Every replica's cron can fire `elect-run --election nightly -- ./job`.
-#[derive(Debug, Parser)]
-#[command(name = "elect-run", version, after_help = EXIT_CODES_HELP)]
-struct Cli {
-    #[command(flatten)]
-    common: CommonArgs,
-    /// How long to wait to become leader. 0 (default): decide at the first election read; if
-    /// another replica leads, exit 75 at once. etcd counts as unreachable (69) when no
-    /// election read succeeds within max(--wait, 5s).
-    #[arg(long, value_name = "DURATION")]
-    wait: Option<String>,
-    /// Run at most once per schedule slot (wall-clock time floored to DURATION, e.g. 1m, 1h,
-    /// 24h), recorded in etcd at `<election>.slots/<slot start, unix seconds>`. A replica that
-    /// finds its slot taken (running or done) exits 75.
-    #[arg(long, value_name = "DURATION")]
-    once_per: Option<String>,
-    /// Instead of campaigning, ask the local electd on this Unix socket and run CMD only if it
-    /// leads right now (stopped, exit 76, when it stops leading). No lease is held by
-    /// elect-run: the guarantee is electd's.
-    #[arg(long, value_name = "PATH")]
-    socket: Option<PathBuf>,
-    /// Log what was decided and why, to stderr (at info; without -v or --log-level only
-    /// warnings and errors are printed).
-    #[arg(short, long)]
-    verbose: bool,
-    /// The command to run on the elected replica.
-    #[arg(last = true, required = true, value_name = "CMD")]
-    command: Vec<String>,
-}
+use electd::cli::{ElectRunCli, init_logging};
+use electd::exit;
+use electd::run::RunOptions;
 
 fn main() {
-    let cli: Cli = electd::cli::watchdog_or_parse();
+    let cli: ElectRunCli = electd::cli::watchdog_or_parse();
     let config_error = |e: &dyn std::fmt::Display| -> ! {
         eprintln!("elect-run: configuration error: {e}");
-        std::process::exit(EXIT_CONFIG);
+        std::process::exit(exit::CONFIG);
     };
     let mut opts = RunOptions::from_flags(
         cli.wait.as_deref(),
@@ -53,17 +19,16 @@ fn main() {
     )
     .unwrap_or_else(|e| config_error(&e));
     let mut layers = cli
-        .common
-        .layers(|_| {})
+        .config
+        .layers(cli.flags.settings)
         .unwrap_or_else(|e| config_error(&e));
-    let given = |get: fn(&electd::config::Settings) -> bool| {
-        get(&layers.flags) || get(&layers.env) || layers.file.as_ref().is_some_and(|(_, f)| get(f))
-    };
-    let level_given = given(|s| s.log_level.is_some());
-    opts.election_given = given(|s| s.election.is_some());
+    let level_given = layers.given("log_level");
+    opts.election_given = layers.given("election");
     if opts.socket.is_some() && !opts.election_given {
         // With --socket the election is electd's; this placeholder only satisfies validation.
-        layers.flags.election = Some("electd".into());
+        layers
+            .flags
+            .insert("election", electd::config::Raw::One("electd".into()));
     }
     let config = layers.resolve(true).unwrap_or_else(|e| config_error(&e));
     let level = match (level_given, cli.verbose) {

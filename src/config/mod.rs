@@ -1,0 +1,606 @@
+//! Configuration: a TOML file, `ELECTD_*` environment variables and command-line flags merged
+//! into one validated [`Config`] (flags win over the environment, which wins over the file).
+//!
+//! Every setting is declared once, in [`table::SETTINGS`] (key, flag, variable, help, default);
+//! each layer is a [`Settings`] map keyed by it, and [`Layers::resolve`] parses every value with
+//! its parser from [`parse`] through one helper, [`Layers::get`].
+//!
+//! Invariants of a `Config` that left [`Layers::resolve`]:
+//! - the TTL is a whole number of seconds, at least 2 s (etcd's minimum);
+//! - with a wrapped command, stop grace + keepalive interval + safety margin fit inside the TTL,
+//!   so a leader that loses etcd can have its child dead before its lease can expire;
+//! - every endpoint is an `http://` or `https://` URL with a host and a port.
+//!
+//! Every rejected value is reported with where it came from (`--ttl`, `ELECTD_TTL`, or
+//! `ttl in electd.toml`) and what would be accepted. Durations are written `5s`, `500ms`, `1m`.
+
+pub mod parse;
+pub mod table;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use parse::{Pem, parse_duration, pem_problem};
+use table::{Shape, spec_of};
+
+/// Etcd's smallest lease TTL.
+pub const MIN_TTL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid {field} {value:?} in {origin}: {expected}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        origin: Origin,
+        expected: String,
+    },
+    #[error("missing {field}: set {flag}, {env} or `{field}` in the config file")]
+    Missing {
+        field: &'static str,
+        flag: String,
+        env: String,
+    },
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Inconsistent(String),
+}
+
+/// Where a setting came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Flag(String),
+    Env(String),
+    /// A key of the config file.
+    File {
+        path: PathBuf,
+        key: &'static str,
+    },
+    Default,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Flag(flag) => write!(f, "flag {flag}"),
+            Origin::Env(var) => write!(f, "environment variable {var}"),
+            Origin::File { path, key } => write!(f, "{} (key `{key}`)", path.display()),
+            Origin::Default => write!(f, "the built-in default"),
+        }
+    }
+}
+
+/// What to do when the wrapped command exits on its own while this replica leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExit {
+    /// Restart with exponential backoff; resign after too many quick failures.
+    Restart,
+    /// Give up leadership and rejoin at the back of the queue.
+    Resign,
+    /// Exit electd with the command's exit code.
+    Exit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// One value as given: a single string, or a list (TOML arrays). Single strings of list
+/// settings are split at commas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Raw {
+    One(String),
+    List(Vec<String>),
+}
+
+impl Raw {
+    /// The items of a list setting.
+    fn items(&self) -> Vec<String> {
+        match self {
+            Raw::List(list) => list.clone(),
+            Raw::One(s) => s.split(',').map(|e| e.trim().to_string()).collect(),
+        }
+    }
+
+    fn text(&self) -> String {
+        match self {
+            Raw::One(s) => s.clone(),
+            Raw::List(l) => l.join(","),
+        }
+    }
+}
+
+/// One layer of settings as given, before validation, keyed by [`table::Spec::key`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Settings(BTreeMap<&'static str, Raw>);
+
+impl Settings {
+    /// Set `key` (which must be in the table) to a single value.
+    pub fn set(mut self, key: &str, value: &str) -> Settings {
+        self.insert(key, Raw::One(value.to_string()));
+        self
+    }
+
+    pub fn insert(&mut self, key: &str, value: Raw) {
+        self.0.insert(spec_of(key).key, value);
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Raw> {
+        self.0.get(key)
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.0.contains_key(key)
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub endpoints: Vec<String>,
+    pub election: String,
+    pub id: String,
+    pub ttl: Duration,
+    pub http: Option<SocketAddr>,
+    pub socket: Option<PathBuf>,
+    pub socket_mode: u32,
+    /// Group that owns the socket file (so its members can connect with mode 0660).
+    pub socket_group: Option<u32>,
+    /// Time an API client (TCP or socket) has to send a request's headers; also how long an
+    /// idle keep-alive connection stays open.
+    pub read_header_timeout: Duration,
+    /// Peers (by SO_PEERCRED) allowed to send control requests over the socket, besides
+    /// electd's own uid and root.
+    pub control_uids: Vec<u32>,
+    pub control_gids: Vec<u32>,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub stop_signal: nix::sys::signal::Signal,
+    pub stop_grace: Duration,
+    pub on_exit: OnExit,
+    pub etcd_tls: Option<TlsFiles>,
+    pub etcd_auth: Option<Auth>,
+    /// Whether a command is wrapped (`-- CMD`); tightens the timing checks.
+    pub has_command: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Clone)]
+pub struct Auth {
+    pub user: String,
+    pub password: String,
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Auth")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Timings derived from the TTL and stop grace; see [`Config::timing`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub ttl: Duration,
+    /// How often a keepalive is sent.
+    pub keepalive_interval: Duration,
+    /// Per-request deadline for every etcd call.
+    pub request_timeout: Duration,
+    /// Held back from the lease's expiry for clock-rate drift and scheduling delay.
+    pub safety_margin: Duration,
+    pub stop_grace: Duration,
+}
+
+impl Timing {
+    /// Compute the timings for a TTL and stop grace. Keepalives go out six times per TTL (at
+    /// most every 2 s) so one lost reply costs a small part of the flap budget; each request
+    /// may take one keepalive interval.
+    pub fn new(ttl: Duration, stop_grace: Duration) -> Timing {
+        let keepalive_interval = (ttl / 6).min(Duration::from_secs(2));
+        let safety_margin = (ttl / 10).max(Duration::from_millis(250));
+        Timing {
+            ttl,
+            keepalive_interval,
+            request_timeout: keepalive_interval.max(Duration::from_millis(500)),
+            safety_margin,
+            stop_grace,
+        }
+    }
+
+    /// How long after the last successful keepalive was *sent* a leader may keep its role
+    /// before it must begin stopping its child: `ttl − margin − stop grace`.
+    pub fn leader_budget(&self) -> Duration {
+        self.ttl
+            .saturating_sub(self.safety_margin)
+            .saturating_sub(self.stop_grace)
+    }
+
+    /// When the child must be dead at the latest, after the last successful keepalive was sent.
+    pub fn kill_budget(&self) -> Duration {
+        self.ttl.saturating_sub(self.safety_margin)
+    }
+}
+
+impl Config {
+    /// The timings in force: the stop grace counts only when a command is wrapped.
+    pub fn timing(&self) -> Timing {
+        let grace = if self.has_command {
+            self.stop_grace
+        } else {
+            Duration::ZERO
+        };
+        Timing::new(self.ttl, grace)
+    }
+}
+
+/// Read the TOML config file into [`Settings`]. Syntax errors carry line and column.
+pub fn load_file(path: &Path) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_file(path, &text)
+}
+
+/// Parse the config file's text: only keys of the table, each a string, a number, a boolean
+/// or (for list settings) an array of those.
+pub fn parse_file(path: &Path, text: &str) -> Result<Settings, ConfigError> {
+    let err = |message: String| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message,
+    };
+    let at = |span: std::ops::Range<usize>| {
+        let (line, col) = line_col(text, span.start);
+        format!("line {line}, column {col}")
+    };
+    let table: BTreeMap<toml::Spanned<String>, toml::Spanned<toml::Value>> = toml::from_str(text)
+        .map_err(|e| {
+        let mut message = e.message().to_string();
+        if let Some(span) = e.span() {
+            message = format!("{}: {message}", at(span));
+        }
+        err(message)
+    })?;
+    let mut settings = Settings::default();
+    for (key, value) in table {
+        let Some(spec) = table::SETTINGS.iter().find(|s| s.key == key.get_ref()) else {
+            return Err(err(format!(
+                "{}: unknown key `{}`; known keys: {}",
+                at(key.span()),
+                key.get_ref(),
+                table::known_keys().join(", ")
+            )));
+        };
+        let scalar = |v: &toml::Value| match v {
+            toml::Value::String(s) => Some(s.clone()),
+            toml::Value::Integer(i) => Some(i.to_string()),
+            toml::Value::Float(f) => Some(f.to_string()),
+            toml::Value::Boolean(b) => Some(b.to_string()),
+            _ => None,
+        };
+        let span = value.span();
+        let raw = match (value.into_inner(), spec.shape) {
+            (toml::Value::Array(items), Shape::List) => Raw::List(
+                items
+                    .iter()
+                    .map(&scalar)
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| {
+                        err(format!(
+                            "{}: `{}` must be a list of strings or numbers",
+                            at(span.clone()),
+                            spec.key
+                        ))
+                    })?,
+            ),
+            (v, _) => Raw::One(scalar(&v).ok_or_else(|| {
+                err(format!(
+                    "{}: `{}` must be a string such as \"{}\"",
+                    at(span.clone()),
+                    spec.key,
+                    match spec.default {
+                        table::Default::Value(d) => d,
+                        _ => "…",
+                    }
+                ))
+            })?),
+        };
+        settings.0.insert(spec.key, raw);
+    }
+    Ok(settings)
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// Settings from `ELECTD_*` environment variables, read through `lookup` (tests pass a map).
+/// Empty variables count as unset.
+pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Settings {
+    let mut s = Settings::default();
+    for spec in table::SETTINGS {
+        if let Some(v) = lookup(&spec.env()).filter(|v| !v.is_empty()) {
+            s.0.insert(spec.key, Raw::One(v));
+        }
+    }
+    s
+}
+
+/// The three layers, highest precedence first.
+pub struct Layers {
+    pub flags: Settings,
+    pub env: Settings,
+    pub file: Option<(PathBuf, Settings)>,
+}
+
+/// A value and where it came from.
+#[derive(Debug, Clone)]
+pub struct Got<T> {
+    pub value: T,
+    pub origin: Origin,
+}
+
+impl Layers {
+    /// The raw value of `key` from the highest layer that sets it.
+    fn pick(&self, key: &'static str) -> Option<(Raw, Origin)> {
+        let spec = spec_of(key);
+        #[cfg(test)]
+        tests::READ.with(|r| r.borrow_mut().insert(spec.key));
+        if let Some(v) = self.flags.get(key) {
+            return Some((v.clone(), Origin::Flag(spec.flag())));
+        }
+        if let Some(v) = self.env.get(key) {
+            return Some((v.clone(), Origin::Env(spec.env())));
+        }
+        let (path, file) = self.file.as_ref()?;
+        file.get(key).map(|v| {
+            (
+                v.clone(),
+                Origin::File {
+                    path: path.clone(),
+                    key: spec.key,
+                },
+            )
+        })
+    }
+
+    /// Whether any layer sets `key`.
+    pub fn given(&self, key: &'static str) -> bool {
+        self.pick(key).is_some()
+    }
+
+    /// The value of `key` parsed by `parse`, from the highest layer that sets it, else from the
+    /// table's default (parsed the same way); `None` when unset and without a default. A list
+    /// setting is parsed item by item into a `Vec` by [`Layers::get_list`] instead.
+    pub fn get<T>(
+        &self,
+        key: &'static str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<Got<T>>, ConfigError> {
+        let spec = spec_of(key);
+        debug_assert_eq!(spec.shape, Shape::One, "{key} is a list: use get_list");
+        let (text, origin) = match self.pick(key) {
+            Some((raw, origin)) => (raw.text(), origin),
+            None => match spec.default {
+                table::Default::Value(v) => (v.to_string(), Origin::Default),
+                table::Default::Required => {
+                    return Err(ConfigError::Missing {
+                        field: spec.key,
+                        flag: spec.flag(),
+                        env: spec.env(),
+                    });
+                }
+                _ => return Ok(None),
+            },
+        };
+        match parse(&text) {
+            Ok(value) => Ok(Some(Got { value, origin })),
+            Err(expected) => Err(ConfigError::Invalid {
+                field: spec.key,
+                value: text,
+                origin,
+                expected,
+            }),
+        }
+    }
+
+    /// [`Layers::get`] for a setting with a default or required: always a value.
+    pub fn value<T>(
+        &self,
+        key: &'static str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Got<T>, ConfigError> {
+        Ok(self
+            .get(key, parse)?
+            .unwrap_or_else(|| panic!("invariant: `{key}` has a default or is required")))
+    }
+
+    /// [`Layers::get`] without the origin.
+    pub fn optional<T>(
+        &self,
+        key: &'static str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        Ok(self.get(key, parse)?.map(|g| g.value))
+    }
+
+    /// A list setting, every item parsed by `parse`; an error names the bad item. Empty items
+    /// are skipped; an empty list falls back to the default.
+    pub fn get_list<T>(
+        &self,
+        key: &'static str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Vec<T>, ConfigError> {
+        let spec = spec_of(key);
+        debug_assert_eq!(spec.shape, Shape::List, "{key} is not a list: use get");
+        let (items, origin) = match self.pick(key) {
+            Some((raw, origin)) => (raw.items(), origin),
+            None => match spec.default {
+                table::Default::Value(v) => (Raw::One(v.into()).items(), Origin::Default),
+                _ => return Ok(Vec::new()),
+            },
+        };
+        items
+            .iter()
+            .filter(|i| !i.is_empty())
+            .map(|i| {
+                parse(i).map_err(|expected| ConfigError::Invalid {
+                    field: spec.key,
+                    value: i.clone(),
+                    origin: origin.clone(),
+                    expected,
+                })
+            })
+            .collect()
+    }
+
+    /// Merge and validate into a [`Config`]. `has_command` says whether `-- CMD` was given.
+    pub fn resolve(&self, has_command: bool) -> Result<Config, ConfigError> {
+        let endpoints = self.get_list("endpoints", parse::endpoint)?;
+        if endpoints.is_empty() {
+            let origin = self.pick("endpoints").map_or(Origin::Default, |p| p.1);
+            return Err(ConfigError::Invalid {
+                field: "endpoints",
+                value: String::new(),
+                origin,
+                expected: "give at least one etcd URL such as http://127.0.0.1:2379".into(),
+            });
+        }
+        let election = self.value("election", parse::election)?.value;
+        let ttl = self.value("ttl", parse::ttl)?;
+        let stop_grace = self.value("stop_grace", parse::duration)?;
+        if has_command {
+            check_grace_fits(&ttl, &stop_grace)?;
+        }
+        Ok(Config {
+            endpoints,
+            election,
+            id: match self.optional("id", parse::id)? {
+                Some(id) => id,
+                None => host_name().ok_or_else(|| {
+                    ConfigError::Inconsistent(
+                        "cannot determine the host name for the member id; set --id".into(),
+                    )
+                })?,
+            },
+            ttl: ttl.value,
+            http: self.value("http", parse::listen_addr_or_off)?.value,
+            socket: self.optional("socket", parse::path)?,
+            socket_mode: self.value("socket_mode", parse::file_mode)?.value,
+            socket_group: self.optional("socket_group", parse::group)?,
+            read_header_timeout: self
+                .value(
+                    "read_header_timeout",
+                    parse::duration_between("100ms", "10m"),
+                )?
+                .value,
+            control_uids: self.get_list("control_uids", parse::numeric_id)?,
+            control_gids: self.get_list("control_gids", parse::numeric_id)?,
+            log_level: self.value("log_level", parse::log_level)?.value,
+            log_format: self.value("log_format", parse::log_format)?.value,
+            stop_signal: self.value("stop_signal", parse::stop_signal)?.value,
+            stop_grace: stop_grace.value,
+            on_exit: self.value("on_exit", parse::on_exit)?.value,
+            etcd_tls: self.tls()?,
+            etcd_auth: self.auth()?,
+            has_command,
+        })
+    }
+
+    fn tls(&self) -> Result<Option<TlsFiles>, ConfigError> {
+        let ca = self.optional("etcd_ca", parse::pem_file(Pem::Certificate))?;
+        let cert = self.optional("etcd_cert", parse::pem_file(Pem::Certificate))?;
+        let key = self.optional("etcd_key", parse::pem_file(Pem::PrivateKey))?;
+        if cert.is_some() != key.is_some() {
+            return Err(ConfigError::Inconsistent(
+                "--etcd-cert and --etcd-key must be given together (client certificate and its key)"
+                    .into(),
+            ));
+        }
+        Ok((ca.is_some() || cert.is_some()).then_some(TlsFiles { ca, cert, key }))
+    }
+
+    fn auth(&self) -> Result<Option<Auth>, ConfigError> {
+        let Some(user) = self.optional("etcd_user", parse::text)? else {
+            return Ok(None);
+        };
+        let password = match self.optional("etcd_password_file", parse::password_file)? {
+            Some(p) => p,
+            None => std::env::var("ELECTD_ETCD_PASSWORD").map_err(|_| {
+                ConfigError::Inconsistent(
+                    "--etcd-user is set but no password: give --etcd-password-file PATH or the \
+                     ELECTD_ETCD_PASSWORD environment variable"
+                        .into(),
+                )
+            })?,
+        };
+        Ok(Some(Auth { user, password }))
+    }
+}
+
+/// With a wrapped command, a leader that loses etcd must have its command dead before the lease
+/// can expire: keepalive interval + safety margin + stop grace must be less than the TTL.
+fn check_grace_fits(ttl: &Got<Duration>, grace: &Got<Duration>) -> Result<(), ConfigError> {
+    let t = Timing::new(ttl.value, grace.value);
+    let needed = t.keepalive_interval + t.safety_margin + grace.value;
+    if needed < ttl.value {
+        return Ok(());
+    }
+    let show = |d: Duration| humantime::format_duration(d).to_string();
+    Err(ConfigError::Inconsistent(format!(
+        "stop grace {} (from {}) does not fit inside the lease TTL {} (from {}): a leader that \
+         loses etcd must have its command dead before the lease can expire, so keepalive \
+         interval ({}) + safety margin ({}) + stop grace must be less than the TTL; lower \
+         --stop-grace or raise --ttl (e.g. --ttl 3s with --stop-grace 1s)",
+        show(grace.value),
+        grace.origin,
+        show(ttl.value),
+        ttl.origin,
+        show(t.keepalive_interval),
+        show(t.safety_margin),
+    )))
+}
+
+fn host_name() -> Option<String> {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+}
+
+/// Parse `SIGTERM`, `TERM`, `term` or `15`.
+pub fn parse_signal(s: &str) -> Option<nix::sys::signal::Signal> {
+    parse::signal(s)
+}
+
+/// Every known TOML key, for documentation checks.
+pub fn known_keys() -> Vec<&'static str> {
+    table::known_keys()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,251 @@
+//! One parser per kind of value. Each takes the text as given and returns the value or what
+//! would be accepted; [`super::Layers`] adds the setting's name, the value and where it came
+//! from to the message.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{LogFormat, MIN_TTL, OnExit};
+
+/// Parse a duration like `5s`, `500ms`, `1m30s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("empty duration".into());
+    }
+    humantime::parse_duration(t).map_err(|e| e.to_string())
+}
+
+pub fn duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|_| "expected a duration such as `5s`, `500ms` or `1m`".into())
+}
+
+/// A duration within `lo..=hi`.
+pub fn duration_between(lo: &str, hi: &str) -> impl Fn(&str) -> Result<Duration, String> {
+    let (lo_d, hi_d) = (
+        parse_duration(lo).expect("invariant: a valid bound"),
+        parse_duration(hi).expect("invariant: a valid bound"),
+    );
+    let (lo, hi) = (lo.to_string(), hi.to_string());
+    move |s| {
+        let d = duration(s)?;
+        if (lo_d..=hi_d).contains(&d) {
+            Ok(d)
+        } else {
+            Err(format!("must be between {lo} and {hi}"))
+        }
+    }
+}
+
+/// The lease TTL: whole seconds, at least etcd's minimum.
+pub fn ttl(s: &str) -> Result<Duration, String> {
+    let d = duration(s)?;
+    if d < MIN_TTL {
+        return Err("must be at least 2s (etcd's minimum lease TTL)".into());
+    }
+    if d.subsec_nanos() != 0 {
+        return Err(
+            "must be a whole number of seconds (etcd leases count in seconds), e.g. `3s`".into(),
+        );
+    }
+    Ok(d)
+}
+
+pub fn endpoint(e: &str) -> Result<String, String> {
+    let expected = "expected a URL such as http://127.0.0.1:2379 or https://etcd-0:2379";
+    let rest = e
+        .strip_prefix("http://")
+        .or_else(|| e.strip_prefix("https://"))
+        .ok_or_else(|| format!("{expected} (scheme must be http or https)"))?;
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{expected} (missing port)"))?;
+    if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {
+        return Err(format!("{expected} (bad host)"));
+    }
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{expected} (bad port {port:?})"))?;
+    Ok(e.to_string())
+}
+
+pub fn election(v: &str) -> Result<String, String> {
+    if v.trim().is_empty() {
+        return Err("must be a non-empty name such as `my-service`".into());
+    }
+    if v.ends_with('/') || v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not end with `/` or contain whitespace or control characters".into());
+    }
+    Ok(v.to_string())
+}
+
+pub fn id(v: &str) -> Result<String, String> {
+    if v.trim().is_empty() {
+        return Err("must be non-empty (default: the host name)".into());
+    }
+    Ok(v.to_string())
+}
+
+/// `HOST:PORT`, or `off`/`none` for no listener.
+pub fn listen_addr_or_off(v: &str) -> Result<Option<SocketAddr>, String> {
+    let v = v.trim();
+    if v == "off" || v == "none" {
+        return Ok(None);
+    }
+    v.parse::<SocketAddr>().map(Some).map_err(|_| {
+        "expected HOST:PORT with a numeric address such as 127.0.0.1:4040, or `off`".into()
+    })
+}
+
+pub fn path(v: &str) -> Result<PathBuf, String> {
+    if v.trim().is_empty() {
+        return Err("expected a file path such as /run/electd/electd.sock".into());
+    }
+    Ok(PathBuf::from(v))
+}
+
+pub fn file_mode(v: &str) -> Result<u32, String> {
+    u32::from_str_radix(v.trim().trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| "expected an octal file mode such as 0660 or 0600".into())
+}
+
+pub fn group(v: &str) -> Result<u32, String> {
+    let v = v.trim();
+    let gid = match v.parse::<u32>() {
+        Ok(gid) => Some(gid),
+        Err(_) => nix::unistd::Group::from_name(v)
+            .ok()
+            .flatten()
+            .map(|g| g.gid.as_raw()),
+    };
+    gid.ok_or_else(|| "expected an existing group name or a numeric gid".into())
+}
+
+pub fn numeric_id(v: &str) -> Result<u32, String> {
+    v.trim()
+        .parse::<u32>()
+        .map_err(|_| "expected numeric ids, comma-separated, e.g. `1000,1001`".into())
+}
+
+pub fn log_level(v: &str) -> Result<String, String> {
+    let l = v.trim().to_ascii_lowercase();
+    if ["error", "warn", "info", "debug", "trace"].contains(&l.as_str()) {
+        Ok(l)
+    } else {
+        Err("expected one of error, warn, info, debug, trace".into())
+    }
+}
+
+pub fn log_format(v: &str) -> Result<LogFormat, String> {
+    match v.trim() {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err("expected `text` or `json`".into()),
+    }
+}
+
+pub fn stop_signal(v: &str) -> Result<nix::sys::signal::Signal, String> {
+    signal(v).ok_or_else(|| {
+        "expected a signal name such as SIGTERM, TERM, SIGINT, SIGQUIT or a number".into()
+    })
+}
+
+pub fn on_exit(v: &str) -> Result<OnExit, String> {
+    match v.trim() {
+        "restart" => Ok(OnExit::Restart),
+        "resign" => Ok(OnExit::Resign),
+        "exit" => Ok(OnExit::Exit),
+        _ => Err("expected `restart`, `resign` or `exit`".into()),
+    }
+}
+
+pub fn text(v: &str) -> Result<String, String> {
+    Ok(v.to_string())
+}
+
+/// Parse `SIGTERM`, `TERM`, `term` or `15`.
+pub fn signal(s: &str) -> Option<nix::sys::signal::Signal> {
+    use std::str::FromStr;
+    let t = s.trim();
+    if let Ok(n) = t.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n).ok();
+    }
+    let upper = t.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    nix::sys::signal::Signal::from_str(&name).ok()
+}
+
+/// What a PEM file given for TLS must hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pem {
+    Certificate,
+    PrivateKey,
+}
+
+/// Why `bytes` is not the PEM `want`ed, if it is not: a wrong or garbage file is reported by
+/// field and path at start (tonic would only say "transport error", and only when the first
+/// connection is made).
+pub fn pem_problem(bytes: &[u8], want: Pem) -> Option<&'static str> {
+    let text = String::from_utf8_lossy(bytes);
+    let labels: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("-----BEGIN "))
+        .filter_map(|l| l.strip_suffix("-----"))
+        .collect();
+    match want {
+        Pem::Certificate if labels.contains(&"CERTIFICATE") => None,
+        Pem::Certificate => Some("no PEM certificate (-----BEGIN CERTIFICATE-----) found"),
+        Pem::PrivateKey if labels.contains(&"ENCRYPTED PRIVATE KEY") => {
+            Some("the PEM private key is encrypted; give an unencrypted key")
+        }
+        Pem::PrivateKey if labels.iter().any(|l| l.ends_with("PRIVATE KEY")) => None,
+        Pem::PrivateKey => {
+            Some("no PEM private key (-----BEGIN PRIVATE KEY-----, RSA or EC PRIVATE KEY) found")
+        }
+    }
+}
+
+/// A readable PEM file of the wanted kind.
+pub fn pem_file(want: Pem) -> impl Fn(&str) -> Result<PathBuf, String> {
+    move |v| {
+        let path = PathBuf::from(v);
+        if !path.is_file() {
+            return Err("file does not exist or is not a regular file".into());
+        }
+        let bytes = std::fs::read(&path).map_err(|e| format!("cannot read it: {e}"))?;
+        match pem_problem(&bytes, want) {
+            Some(problem) => Err(problem.into()),
+            None => Ok(path),
+        }
+    }
+}
+
+/// The first line of a password file (a trailing newline is not part of the password).
+pub fn password_file(v: &str) -> Result<String, String> {
+    std::fs::read_to_string(v)
+        .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+        .map_err(|e| format!("cannot read the password file: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_in_every_spelling() {
+        use nix::sys::signal::Signal;
+        assert_eq!(signal("SIGTERM"), Some(Signal::SIGTERM));
+        assert_eq!(signal("int"), Some(Signal::SIGINT));
+        assert_eq!(signal("9"), Some(Signal::SIGKILL));
+        assert_eq!(signal("nope"), None);
+    }
+}

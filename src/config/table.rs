@@ -1,0 +1,295 @@
+//! The settings table: every setting declared once — its file key, from which its flag
+//! (`--read-header-timeout`) and variable (`ELECTD_READ_HEADER_TIMEOUT`) are derived, which
+//! binaries take it as a flag, its help text and its default. Flags, the environment, the TOML
+//! file, `--help`, the man pages and the example file's check all read this table;
+//! [`super::Layers::resolve`] parses each value with its parser in one line.
+
+/// Which binaries take a setting as a flag. The file and the environment accept every key in
+/// both binaries, so one `electd.toml` and one environment file serve both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// `electd` and `elect-run` (and `electd status`, which reads etcd directly).
+    Both,
+    /// `electd` only.
+    Daemon,
+}
+
+/// Whether a setting holds one value or a list (comma-separated on the command line and in
+/// the environment; either form in TOML).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    One,
+    List,
+}
+
+/// What happens when no layer sets a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Default {
+    /// This text, parsed by the setting's own parser (so the default is valid by the same rules).
+    Value(&'static str),
+    /// Computed at resolution; the text says what it is (for `--help`).
+    Computed(&'static str),
+    /// Unset: the feature is off.
+    Unset,
+    /// Must be given.
+    Required,
+}
+
+/// One setting.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    /// The TOML key; the flag and the environment variable are derived from it.
+    pub key: &'static str,
+    pub value_name: &'static str,
+    pub help: &'static str,
+    pub default: Default,
+    pub scope: Scope,
+    pub shape: Shape,
+}
+
+impl Spec {
+    /// `--read-header-timeout` for `read_header_timeout`.
+    pub fn flag(&self) -> String {
+        format!("--{}", self.key.replace('_', "-"))
+    }
+
+    /// `ELECTD_READ_HEADER_TIMEOUT` for `read_header_timeout`.
+    pub fn env(&self) -> String {
+        format!("ELECTD_{}", self.key.to_ascii_uppercase())
+    }
+
+    /// The help line with its default, as `--help` and the man pages show it.
+    pub fn help_with_default(&self) -> String {
+        match self.default {
+            Default::Value(v) | Default::Computed(v) => format!("{} [default: {v}]", self.help),
+            Default::Required => format!("{} (required)", self.help),
+            Default::Unset => self.help.to_string(),
+        }
+    }
+}
+
+const fn spec(
+    key: &'static str,
+    value_name: &'static str,
+    default: Default,
+    scope: Scope,
+    help: &'static str,
+) -> Spec {
+    Spec {
+        key,
+        value_name,
+        help,
+        default,
+        scope,
+        shape: Shape::One,
+    }
+}
+
+const fn list(
+    key: &'static str,
+    value_name: &'static str,
+    default: Default,
+    scope: Scope,
+    help: &'static str,
+) -> Spec {
+    Spec {
+        shape: Shape::List,
+        ..spec(key, value_name, default, scope, help)
+    }
+}
+
+use self::Default::{Computed, Required, Unset, Value};
+use Scope::{Both, Daemon};
+
+/// Every setting, in the order `--help` lists them.
+pub const SETTINGS: &[Spec] = &[
+    list(
+        "endpoints",
+        "URLS",
+        Value("http://127.0.0.1:2379"),
+        Both,
+        "Comma-separated etcd URLs (http:// or https://)",
+    ),
+    spec(
+        "election",
+        "NAME",
+        Required,
+        Both,
+        "Election name: the etcd key prefix every replica shares",
+    ),
+    spec(
+        "id",
+        "ID",
+        Computed("the host name"),
+        Both,
+        "This member's id",
+    ),
+    spec(
+        "ttl",
+        "DURATION",
+        Value("10s"),
+        Both,
+        "Lease TTL, whole seconds, at least 2s",
+    ),
+    spec(
+        "http",
+        "ADDR",
+        Value("127.0.0.1:4040"),
+        Daemon,
+        "HTTP API address HOST:PORT, or `off`",
+    ),
+    spec(
+        "socket",
+        "PATH",
+        Unset,
+        Daemon,
+        "Unix socket for the API, including control actions (resign, pause, resume)",
+    ),
+    spec(
+        "socket_mode",
+        "MODE",
+        Value("0660"),
+        Daemon,
+        "File mode of the socket, octal",
+    ),
+    spec(
+        "socket_group",
+        "GROUP",
+        Unset,
+        Daemon,
+        "Group that owns the socket file (name or gid)",
+    ),
+    spec(
+        "read_header_timeout",
+        "DURATION",
+        Value("10s"),
+        Daemon,
+        "Time an API client has to send a request's headers; also closes idle connections (100ms to 10m)",
+    ),
+    list(
+        "control_uids",
+        "UIDS",
+        Unset,
+        Daemon,
+        "Extra uids allowed to send control requests over the socket (own uid and root always may)",
+    ),
+    list(
+        "control_gids",
+        "GIDS",
+        Unset,
+        Daemon,
+        "Gids allowed to send control requests over the socket",
+    ),
+    spec(
+        "stop_signal",
+        "SIGNAL",
+        Value("SIGTERM"),
+        Both,
+        "Signal that asks the command to stop",
+    ),
+    spec(
+        "stop_grace",
+        "DURATION",
+        Value("3s"),
+        Both,
+        "How long the command may take to stop before its process group is killed",
+    ),
+    spec(
+        "on_exit",
+        "POLICY",
+        Value("restart"),
+        Daemon,
+        "When the command exits while leader: restart, resign or exit",
+    ),
+    spec(
+        "etcd_ca",
+        "PATH",
+        Unset,
+        Both,
+        "CA certificate (PEM) to verify etcd's TLS certificate",
+    ),
+    spec(
+        "etcd_cert",
+        "PATH",
+        Unset,
+        Both,
+        "Client certificate (PEM) for mutual TLS with etcd",
+    ),
+    spec(
+        "etcd_key",
+        "PATH",
+        Unset,
+        Both,
+        "Client private key (PEM) for mutual TLS with etcd",
+    ),
+    spec(
+        "etcd_user",
+        "USER",
+        Unset,
+        Both,
+        "etcd user name; the password comes from --etcd-password-file or ELECTD_ETCD_PASSWORD",
+    ),
+    spec(
+        "etcd_password_file",
+        "PATH",
+        Unset,
+        Both,
+        "File holding the etcd password (never pass passwords as flag values)",
+    ),
+    spec(
+        "log_level",
+        "LEVEL",
+        Value("info"),
+        Both,
+        "Log level: error, warn, info, debug, trace",
+    ),
+    spec(
+        "log_format",
+        "FORMAT",
+        Value("text"),
+        Both,
+        "Log format: text or json",
+    ),
+];
+
+/// The spec of `key`. Every key [`super::Layers::resolve`] reads is in the table (a unit test
+/// checks both directions), so a miss is a programming error.
+pub fn spec_of(key: &str) -> &'static Spec {
+    SETTINGS
+        .iter()
+        .find(|s| s.key == key)
+        .unwrap_or_else(|| panic!("invariant: setting `{key}` is in config::table::SETTINGS"))
+}
+
+/// Every TOML key, in table order.
+pub fn known_keys() -> Vec<&'static str> {
+    SETTINGS.iter().map(|s| s.key).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_and_variables_follow_the_key() {
+        let s = spec_of("read_header_timeout");
+        assert_eq!(s.flag(), "--read-header-timeout");
+        assert_eq!(s.env(), "ELECTD_READ_HEADER_TIMEOUT");
+        assert_eq!(spec_of("etcd_password_file").flag(), "--etcd-password-file");
+    }
+
+    #[test]
+    fn keys_are_unique_and_snake_case() {
+        let mut seen = std::collections::BTreeSet::new();
+        for s in SETTINGS {
+            assert!(seen.insert(s.key), "duplicate key {}", s.key);
+            assert!(
+                s.key
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "{}",
+                s.key
+            );
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! The configuration's table tests: defaults, every rejected value naming its field, origin and
+//! what is accepted, precedence, the file's errors, and the table against [`Layers::resolve`].
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+
+use super::*;
+
+thread_local! {
+    /// The keys [`Layers::pick`] was asked for on this thread (tests only).
+    pub(super) static READ: RefCell<BTreeSet<&'static str>> = const { RefCell::new(BTreeSet::new()) };
+}
+
+fn flags(pairs: &[(&str, &str)]) -> Settings {
+    pairs
+        .iter()
+        .fold(Settings::default(), |s, (k, v)| s.set(k, v))
+}
+
+fn resolve(pairs: &[(&str, &str)], has_command: bool) -> Result<Config, ConfigError> {
+    Layers {
+        flags: flags(pairs),
+        env: Settings::default(),
+        file: None,
+    }
+    .resolve(has_command)
+}
+
+fn error(pairs: &[(&str, &str)], has_command: bool) -> String {
+    resolve(pairs, has_command)
+        .expect_err("configuration should be rejected")
+        .to_string()
+}
+
+#[test]
+fn defaults() {
+    let c = resolve(&[("election", "svc"), ("id", "a")], false).unwrap();
+    assert_eq!(c.endpoints, vec!["http://127.0.0.1:2379"]);
+    assert_eq!(c.ttl, Duration::from_secs(10));
+    assert_eq!(c.http, Some("127.0.0.1:4040".parse().unwrap()));
+    assert_eq!(c.socket, None);
+    assert_eq!(c.socket_mode, 0o660);
+    assert_eq!(c.read_header_timeout, Duration::from_secs(10));
+    assert_eq!(c.on_exit, OnExit::Restart);
+    assert_eq!(c.stop_signal, nix::sys::signal::Signal::SIGTERM);
+}
+
+#[test]
+fn bad_values_name_the_field_source_and_accepted_values() {
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str]);
+    let cases: &[Case] = &[
+        (
+            &[("ttl", "0s")],
+            &["invalid ttl", "flag --ttl", "at least 2s"],
+        ),
+        (&[("ttl", "1s")], &["invalid ttl", "at least 2s"]),
+        (
+            &[("ttl", "2500ms")],
+            &["invalid ttl", "whole number of seconds"],
+        ),
+        (
+            &[("ttl", "five")],
+            &["invalid ttl \"five\"", "duration such as `5s`"],
+        ),
+        (&[("election", "")], &["invalid election", "non-empty"]),
+        (&[("election", "a b")], &["invalid election", "whitespace"]),
+        (
+            &[("endpoints", "127.0.0.1:2379")],
+            &["invalid endpoints", "scheme must be http or https"],
+        ),
+        (
+            &[("endpoints", "http://host")],
+            &["invalid endpoints", "missing port"],
+        ),
+        (
+            &[("endpoints", "http://h:99999")],
+            &["invalid endpoints", "bad port"],
+        ),
+        (&[("http", "localhost")], &["invalid http", "HOST:PORT"]),
+        (&[("socket_mode", "999")], &["invalid socket_mode", "octal"]),
+        (
+            &[("read_header_timeout", "0s")],
+            &[
+                "invalid read_header_timeout",
+                "flag --read-header-timeout",
+                "between 100ms and 10m",
+            ],
+        ),
+        (
+            &[("read_header_timeout", "1h")],
+            &["invalid read_header_timeout", "between 100ms and 10m"],
+        ),
+        (
+            &[("read_header_timeout", "later")],
+            &["invalid read_header_timeout", "duration such as `5s`"],
+        ),
+        (
+            &[("log_level", "loud")],
+            &["invalid log_level", "error, warn, info, debug, trace"],
+        ),
+        (
+            &[("log_format", "xml")],
+            &["invalid log_format", "`text` or `json`"],
+        ),
+        (
+            &[("stop_signal", "SIGNOPE")],
+            &["invalid stop_signal", "SIGTERM"],
+        ),
+        (
+            &[("stop_grace", "soon")],
+            &["invalid stop_grace", "duration"],
+        ),
+        (
+            &[("on_exit", "panic")],
+            &["invalid on_exit", "`restart`, `resign` or `exit`"],
+        ),
+    ];
+    for (pairs, needles) in cases {
+        let mut all = vec![("election", "svc"), ("id", "a")];
+        all.extend_from_slice(pairs);
+        let msg = error(&all, false);
+        for n in *needles {
+            assert!(msg.contains(n), "{pairs:?}: {msg:?} lacks {n:?}");
+        }
+    }
+}
+
+#[test]
+fn missing_election_says_how_to_set_it() {
+    let msg = error(&[("id", "a")], false);
+    assert!(
+        msg.contains("--election") && msg.contains("ELECTD_ELECTION"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn stop_grace_must_fit_inside_ttl_with_a_command() {
+    // Without a command the grace is irrelevant.
+    resolve(
+        &[
+            ("election", "e"),
+            ("id", "a"),
+            ("ttl", "3s"),
+            ("stop_grace", "5s"),
+        ],
+        false,
+    )
+    .unwrap();
+    let msg = error(
+        &[
+            ("election", "e"),
+            ("id", "a"),
+            ("ttl", "3s"),
+            ("stop_grace", "5s"),
+        ],
+        true,
+    );
+    assert!(msg.contains("does not fit inside the lease TTL"), "{msg}");
+    assert!(msg.contains("keepalive interval"), "{msg}");
+    // The fast-failover setup stays valid.
+    let c = resolve(
+        &[
+            ("election", "e"),
+            ("id", "a"),
+            ("ttl", "3s"),
+            ("stop_grace", "1s"),
+        ],
+        true,
+    )
+    .unwrap();
+    let t = c.timing();
+    assert!(t.leader_budget() > Duration::from_secs(1), "{t:?}");
+    assert!(t.keepalive_interval * 3 <= t.leader_budget(), "{t:?}");
+}
+
+#[test]
+fn precedence_flags_over_env_over_file() {
+    let path = PathBuf::from("electd.toml");
+    let file = parse_file(
+        &path,
+        "election = \"from-file\"\nttl = \"7s\"\nid = \"f\"\n",
+    )
+    .unwrap();
+    let env = from_env(|k| match k {
+        "ELECTD_TTL" => Some("5s".into()),
+        "ELECTD_ID" => Some("e".into()),
+        _ => None,
+    });
+    let layers = Layers {
+        flags: flags(&[("id", "flag")]),
+        env,
+        file: Some((path, file)),
+    };
+    let c = layers.resolve(false).unwrap();
+    assert_eq!(c.election, "from-file");
+    assert_eq!(c.ttl, Duration::from_secs(5));
+    assert_eq!(c.id, "flag");
+}
+
+#[test]
+fn file_errors_have_line_and_column_and_known_keys() {
+    let path = PathBuf::from("electd.toml");
+    let err = parse_file(&path, "election = \"a\"\nttl = 5s\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("electd.toml") && err.contains("line 2"),
+        "{err}"
+    );
+    let err = parse_file(&path, "election = \"a\"\ntll = \"5s\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("tll") && err.contains("ttl"), "{err}");
+    let bad = parse_file(&path, "ttl = \"1s\"\nelection = \"a\"\n").unwrap();
+    let err = Layers {
+        flags: Settings::default(),
+        env: Settings::default(),
+        file: Some((path, bad)),
+    }
+    .resolve(false)
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("electd.toml (key `ttl`)"), "{err}");
+}
+
+#[test]
+fn example_config_documents_every_key_and_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/electd.example.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let settings = parse_file(&path, &text).unwrap();
+    for key in known_keys() {
+        assert!(
+            text.contains(&format!("{key} =")),
+            "config/electd.example.toml does not document `{key}`"
+        );
+    }
+    let c = Layers {
+        flags: Settings::default(),
+        env: Settings::default(),
+        file: Some((path, settings)),
+    }
+    .resolve(true)
+    .unwrap();
+    assert_eq!(c.election, "my-service");
+}
+
+#[test]
+fn resolve_reads_every_setting_of_the_table_and_only_those() {
+    READ.with(|r| r.borrow_mut().clear());
+    resolve(&[("election", "svc"), ("id", "a")], true).unwrap();
+    let read = READ.with(|r| r.borrow().clone());
+    let table: BTreeSet<&str> = table::known_keys().into_iter().collect();
+    // etcd_password_file is read only when etcd_user is set.
+    let missing: Vec<_> = table
+        .difference(&read)
+        .filter(|k| **k != "etcd_password_file")
+        .collect();
+    assert!(missing.is_empty(), "settings never resolved: {missing:?}");
+}
+
+#[test]
+fn file_values_may_be_numbers_and_lists_and_other_types_are_named() {
+    let path = PathBuf::from("electd.toml");
+    let s = parse_file(
+        &path,
+        "election = \"a\"\ncontrol_uids = [1000, \"1001\"]\nendpoints = \"http://a:1,http://b:2\"\n",
+    )
+    .unwrap();
+    let c = Layers {
+        flags: Settings::default(),
+        env: Settings::default(),
+        file: Some((path.clone(), s)),
+    }
+    .resolve(false)
+    .unwrap();
+    assert_eq!(c.control_uids, vec![1000, 1001]);
+    assert_eq!(c.endpoints, vec!["http://a:1", "http://b:2"]);
+    let err = parse_file(&path, "election = \"a\"\nttl = { s = 1 }\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("line 2") && err.contains("`ttl` must be a string"),
+        "{err}"
+    );
+    // A number where a duration is expected is parsed, and refused with the duration hint.
+    let s = parse_file(&path, "election = \"a\"\nttl = 5\n").unwrap();
+    let err = Layers {
+        flags: Settings::default(),
+        env: Settings::default(),
+        file: Some((path, s)),
+    }
+    .resolve(false)
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("invalid ttl \"5\"") && err.contains("(key `ttl`)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn environment_names_follow_the_table() {
+    let env = from_env(|k| (k == "ELECTD_READ_HEADER_TIMEOUT").then(|| "1s".to_string()));
+    assert_eq!(env.get("read_header_timeout"), Some(&Raw::One("1s".into())));
+    let err = Layers {
+        flags: Settings::default().set("election", "e"),
+        env: from_env(|k| (k == "ELECTD_SOCKET_MODE").then(|| "9".to_string())),
+        file: None,
+    }
+    .resolve(false)
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("environment variable ELECTD_SOCKET_MODE"),
+        "{err}"
+    );
+}
