@@ -1,14 +1,18 @@
 //! `electd status`, `electd resign|pause|resume`: the operator's client side, talking to the
-//! local daemon's socket or straight to etcd.
+//! local daemon's socket or straight to etcd. Every answer is read into the typed documents of
+//! [`crate::api::doc`].
 
+use std::io::Write;
 use std::path::Path;
 
-use serde_json::{Value, json};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::api::client;
+use crate::api::doc::{ControlReply, ErrorDoc, MembersDoc, RoleDoc};
 use crate::cli::{StatusArgs, Sub};
 use crate::config::Config;
-use crate::election::{etcd, keys};
+use crate::election::etcd::{EtcdBackend, EtcdError};
 use crate::exit;
 
 #[derive(Debug, thiserror::Error)]
@@ -16,7 +20,7 @@ pub enum CtlError {
     #[error(transparent)]
     Client(#[from] client::ClientError),
     #[error(transparent)]
-    Etcd(#[from] etcd::EtcdError),
+    Etcd(#[from] EtcdError),
     #[error("electd answered {code}: {body}")]
     Refused { code: u16, body: String },
 }
@@ -29,6 +33,24 @@ impl CtlError {
             _ => exit::UNAVAILABLE,
         }
     }
+}
+
+/// What `electd status` shows: this replica (when asked over its socket) and every member.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusDoc {
+    pub this: Option<RoleDoc<'static>>,
+    pub members: Members,
+    /// Set when read straight from etcd (there is no "this replica" then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etcd_reachable: Option<bool>,
+}
+
+/// The members, or why they could not be read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Members {
+    List(MembersDoc),
+    Error(ErrorDoc),
 }
 
 /// Run a subcommand of `electd`; returns its exit code.
@@ -44,6 +66,12 @@ pub fn run(sub: Sub) -> i32 {
 fn fail(e: CtlError) -> i32 {
     eprintln!("electd: {e}");
     e.exit_code()
+}
+
+/// Print `text` to stdout; a closed pipe (`electd status | head`) is not an error.
+fn print(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
 }
 
 fn status(a: &StatusArgs) -> i32 {
@@ -70,11 +98,12 @@ fn status(a: &StatusArgs) -> i32 {
     };
     match doc {
         Ok(doc) if a.json => {
-            println!("{doc:#}");
+            let text = serde_json::to_string_pretty(&doc).expect("invariant: StatusDoc serialises");
+            print(&format!("{text}\n"));
             0
         }
         Ok(doc) => {
-            print!("{}", render_status(&doc));
+            print(&render_status(&doc));
             0
         }
         Err(e) => fail(e),
@@ -84,154 +113,171 @@ fn status(a: &StatusArgs) -> i32 {
 /// Send a control action; exit 0 when it took effect, 1 when it changed nothing.
 fn action(socket: &Path, name: &str) -> i32 {
     match control(socket, name) {
-        Ok(doc) => {
-            println!("{doc}");
-            let acted = ["resigned", "paused", "resumed"]
-                .iter()
-                .any(|k| doc[*k] == true);
-            if acted { 0 } else { exit::REFUSED }
+        Ok(reply) => {
+            let text = serde_json::to_string(&reply).expect("invariant: ControlReply serialises");
+            print(&format!("{text}\n"));
+            if reply.acted() { 0 } else { exit::REFUSED }
         }
         Err(e) => fail(e),
     }
 }
 
-fn get_json(socket: &Path, uri: &str) -> Result<Value, CtlError> {
-    let (code, body) = client::request(socket, "GET", uri)?;
+fn get<T: DeserializeOwned>(socket: &Path, method: &str, uri: &str) -> Result<T, CtlError> {
+    let (code, body) = client::request(socket, method, uri)?;
     if code != 200 {
         return Err(CtlError::Refused { code, body });
     }
     serde_json::from_str(&body).map_err(|e| CtlError::Refused {
         code,
-        body: format!("not JSON ({e}): {body}"),
+        body: format!("unexpected answer ({e}): {body}"),
     })
 }
 
-/// The status document from the local daemon: `{"this": /role, "members": /members}`.
-pub fn status_from_socket(socket: &Path) -> Result<Value, CtlError> {
-    let this = get_json(socket, "/role")?;
-    let members = get_json(socket, "/members").unwrap_or_else(|e| json!({"error": e.to_string()}));
-    Ok(json!({"this": this, "members": members}))
+/// The status document from the local daemon: this replica's `/role` and `/members`.
+pub fn status_from_socket(socket: &Path) -> Result<StatusDoc, CtlError> {
+    let this: RoleDoc<'static> = get(socket, "GET", "/role")?;
+    let members = match get::<MembersDoc>(socket, "GET", "/members") {
+        Ok(m) => Members::List(m),
+        Err(e) => Members::Error(ErrorDoc {
+            error: e.to_string(),
+        }),
+    };
+    Ok(StatusDoc {
+        this: Some(this),
+        members,
+        etcd_reachable: None,
+    })
 }
 
 /// The status document read straight from etcd (no "this replica").
-pub async fn status_from_etcd(config: &Config) -> Result<Value, CtlError> {
-    let client = etcd::connect(config).await?;
+pub async fn status_from_etcd(config: &Config) -> Result<StatusDoc, CtlError> {
+    let backend = EtcdBackend::connect(config).await?;
     let t = config
         .timing()
         .request_timeout
         .max(std::time::Duration::from_secs(2));
-    let (revision, list) =
-        etcd::candidates(&client, &keys::election_prefix(&config.election), t).await?;
-    Ok(json!({
-        "this": null,
-        "members": crate::api::members_doc(&config.election, revision, &list),
-        "etcd_reachable": true,
-    }))
+    let list = backend.members(&config.election, t).await?;
+    Ok(StatusDoc {
+        this: None,
+        members: Members::List(MembersDoc::new(&config.election, &list)),
+        etcd_reachable: Some(true),
+    })
+}
+
+/// POST a control action to the local daemon; returns its answer.
+pub fn control(socket: &Path, action: &str) -> Result<ControlReply, CtlError> {
+    get(socket, "POST", &format!("/{action}"))
 }
 
 /// The human-readable table for a status document.
-pub fn render_status(doc: &Value) -> String {
-    let this = &doc["this"];
-    let members = &doc["members"];
-    let list = members["members"].as_array().cloned().unwrap_or_default();
-    let election = this["election"]
-        .as_str()
-        .or(members["election"].as_str())
-        .unwrap_or("?");
+pub fn render_status(doc: &StatusDoc) -> String {
+    let this = doc.this.as_ref();
+    let list = match &doc.members {
+        Members::List(m) => m.members.as_slice(),
+        Members::Error(_) => &[],
+    };
+    let election = match (this, &doc.members) {
+        (Some(t), _) => t.election.as_ref(),
+        (None, Members::List(m)) => m.election.as_str(),
+        (None, Members::Error(_)) => "?",
+    };
     let mut out = String::new();
     out.push_str(&format!("election:      {election}\n"));
-    let leader = list.iter().find(|m| m["leader"] == true);
-    match leader {
-        Some(l) => out.push_str(&format!(
+    match (
+        list.iter().find(|m| m.leader),
+        this.and_then(|t| t.leader.as_ref()),
+    ) {
+        (Some(l), _) => out.push_str(&format!(
             "leader:        {} (fencing token {})\n",
-            l["id"].as_str().unwrap_or("?"),
-            l["create_revision"]
+            l.id, l.create_revision
         )),
-        None => match this["leader"]["id"].as_str() {
-            Some(id) => out.push_str(&format!(
-                "leader:        {id} (fencing token {}, as last seen)\n",
-                this["fencing_token"]
-            )),
-            None => out.push_str("leader:        none\n"),
-        },
+        (None, Some(l)) => out.push_str(&format!(
+            "leader:        {} (fencing token {}, as last seen)\n",
+            l.id, l.create_revision
+        )),
+        (None, None) => out.push_str("leader:        none\n"),
     }
-    if this.is_object() {
-        let reach = if this["etcd_reachable"] == true {
-            format!(
-                "reachable (last contact {} ms ago)",
-                this["last_contact_ms"]
-            )
-        } else {
-            format!(
-                "UNREACHABLE (last contact {} ms ago)",
-                this["last_contact_ms"]
-            )
-        };
-        out.push_str(&format!("etcd:          {reach}\n"));
-        out.push_str(&format!(
-            "this replica:  {} is {} since {}\n",
-            this["id"].as_str().unwrap_or("?"),
-            this["role"].as_str().unwrap_or("?"),
-            this["since"].as_str().unwrap_or("?")
-        ));
-        if let Some(child) = this.get("child") {
-            let state = if child["running"] == true {
-                format!("running (pid {})", child["pid"])
+    match this {
+        Some(this) => {
+            let ago = this
+                .last_contact_ms
+                .map_or("never".to_string(), |ms| format!("{ms} ms ago"));
+            let reach = if this.etcd_reachable {
+                format!("reachable (last contact {ago})")
             } else {
-                "not running".to_string()
+                format!("UNREACHABLE (last contact {ago})")
             };
+            out.push_str(&format!("etcd:          {reach}\n"));
             out.push_str(&format!(
-                "command:       {state}, {} restarts, last exit {}\n",
-                child["restarts"], child["last_exit"]["code"]
+                "this replica:  {} is {} since {}\n",
+                this.id, this.role, this.since
             ));
+            if let Some(child) = &this.child {
+                let state = match (child.running, child.pid) {
+                    (true, Some(pid)) => format!("running (pid {pid})"),
+                    _ => "not running".to_string(),
+                };
+                let last = child
+                    .last_exit
+                    .map_or("none".to_string(), |e| e.code.to_string());
+                out.push_str(&format!(
+                    "command:       {state}, {} restarts, last exit {last}\n",
+                    child.restarts
+                ));
+            }
         }
-    } else {
-        out.push_str(&format!(
+        None => out.push_str(&format!(
             "etcd:          {}\n",
-            if doc["etcd_reachable"] == true {
+            if doc.etcd_reachable == Some(true) {
                 "reachable"
             } else {
                 "unknown"
             }
-        ));
+        )),
     }
-    if let Some(err) = members["error"].as_str() {
-        out.push_str(&format!("members:       unavailable: {err}\n"));
+    if let Members::Error(e) = &doc.members {
+        out.push_str(&format!("members:       unavailable: {}\n", e.error));
         return out;
     }
-    let this_id = this["id"].as_str();
+    let this_id = this.map(|t| t.id.as_ref());
     let rows: Vec<[String; 6]> = list
         .iter()
         .map(|m| {
-            let id = m["id"].as_str().unwrap_or("?").to_string();
-            let role = if m["leader"] == true {
-                "leader"
-            } else {
-                "follower"
-            };
-            let mark = if Some(id.as_str()) == this_id {
+            let role = if m.leader { "leader" } else { "follower" };
+            let mark = if Some(m.id.as_str()) == this_id {
                 "*"
             } else {
                 ""
             };
             [
-                format!("{}{mark}", m["position"]),
-                id,
+                format!("{}{mark}", m.position),
+                m.id.clone(),
                 role.to_string(),
-                m["create_revision"].to_string(),
-                m["lease"].as_str().unwrap_or("").to_string(),
-                m["member"]["http"].as_str().unwrap_or("-").to_string(),
+                m.create_revision.to_string(),
+                m.lease.clone(),
+                m.member
+                    .as_ref()
+                    .and_then(|i| i.http.clone())
+                    .unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    let header = ["#", "ID", "ROLE", "CREATE REV", "LEASE", "HTTP"];
+    out.push('\n');
+    out.push_str(&table(
+        &["#", "ID", "ROLE", "CREATE REV", "LEASE", "HTTP"],
+        &rows,
+    ));
+    out
+}
+
+/// Columns padded to their widest cell, two spaces apart; the last column unpadded.
+fn table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) -> String {
     let mut widths = header.map(str::len);
-    for r in &rows {
+    for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.len());
         }
     }
-    out.push('\n');
     let line = |cells: &[String]| {
         let mut l = String::new();
         for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
@@ -243,20 +289,11 @@ pub fn render_status(doc: &Value) -> String {
         }
         l.trim_end().to_string() + "\n"
     };
-    out.push_str(&line(&header.map(String::from)));
-    for r in &rows {
+    let mut out = line(&header.map(String::from));
+    for r in rows {
         out.push_str(&line(r));
     }
     out
-}
-
-/// POST a control action to the local daemon; returns the answer document.
-pub fn control(socket: &Path, action: &str) -> Result<Value, CtlError> {
-    let (code, body) = client::request(socket, "POST", &format!("/{action}"))?;
-    if code != 200 {
-        return Err(CtlError::Refused { code, body });
-    }
-    Ok(serde_json::from_str(&body).unwrap_or(Value::String(body)))
 }
 
 #[cfg(test)]
@@ -265,22 +302,24 @@ mod tests {
 
     #[test]
     fn status_table_layout() {
-        let doc = json!({
+        let doc: StatusDoc = serde_json::from_value(serde_json::json!({
             "this": {
                 "role": "follower", "id": "r2", "election": "svc",
-                "leader": {"id": "r1"}, "fencing_token": 7,
+                "leader": {"id": "r1", "key": "svc/1a", "create_revision": 7, "member": null},
+                "fencing_token": 7,
                 "since": "2026-11-22T05:00:00.000Z", "etcd_reachable": true,
                 "last_contact_ms": 120, "version": 3
             },
             "members": {"election": "svc", "revision": 9, "members": [
-                {"position": 1, "id": "r1", "create_revision": 7, "lease": "1a", "leader": true,
-                 "member": {"http": "127.0.0.1:4041"}},
-                {"position": 2, "id": "r2", "create_revision": 8, "lease": "1b", "leader": false,
-                 "member": {"http": "127.0.0.1:4042"}},
-                {"position": 3, "id": "replica-three", "create_revision": 9, "lease": "1c",
-                 "leader": false, "member": null}
+                {"position": 1, "id": "r1", "key": "svc/1a", "create_revision": 7, "lease": "1a",
+                 "leader": true, "member": {"id": "r1", "http": "127.0.0.1:4041"}},
+                {"position": 2, "id": "r2", "key": "svc/1b", "create_revision": 8, "lease": "1b",
+                 "leader": false, "member": {"id": "r2", "http": "127.0.0.1:4042"}},
+                {"position": 3, "id": "replica-three", "key": "svc/1c", "create_revision": 9,
+                 "lease": "1c", "leader": false, "member": null}
             ]}
-        });
+        }))
+        .unwrap();
         let expected = "\
 election:      svc
 leader:        r1 (fencing token 7)

@@ -1,46 +1,35 @@
-//! The daemon's owner task: the only writer of the role. It turns the election driver's view,
-//! operator commands, signals and child exits into [`Event`]s, runs the pure state machine and
-//! carries out the resulting actions in order (stop the child before giving up the lease,
-//! always), then publishes a [`Status`] snapshot for the API.
+//! The daemon: listeners, the election, the supervisor, and the owner task — the only writer of
+//! the role. The owner gathers what the leadership loop does not know about (signals, control
+//! requests) and dispatches: everything else, from deadlines to the command's exits, is the
+//! [`Leadership`] loop's. A `Publisher` observer turns every step into the [`Status`] snapshot
+//! the API reads, and into metrics.
 
-use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use nix::sys::signal::Signal;
-use serde_json::json;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{mpsc, watch};
-use tokio::time::{Instant, sleep_until};
-use tracing::{error, info, warn};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info};
 
+use crate::api::doc::ControlReply;
 use crate::api::{self, ApiState, Control, Transport};
-use crate::config::{Config, OnExit, Timing};
-use crate::election::role::{Action, Event, Machine, Observed, Role};
-use crate::election::{
-    Driver, DriverConfig, DriverHandle, ElectionView, MemberInfo, Position, etcd,
-};
+use crate::config::Config;
+use crate::election::etcd::{EtcdBackend, EtcdError};
+use crate::election::role::{Event, Role};
+use crate::election::{DriverConfig, ElectionView, MemberInfo};
 use crate::exit;
+use crate::leadership::{
+    CommandChange, ElectionSource, ExitPolicy, Identity, Leadership, Next, Observer, Step,
+};
 use crate::metrics::Metrics;
-use crate::status::Status;
-use crate::supervisor::{ChildSpec, ExitInfo, Supervisor, watchdog::Watchdog};
-
-/// Restart policy for a command that exits on its own while we lead.
-const RESTART_FIRST_DELAY: Duration = Duration::from_millis(200);
-const RESTART_MAX_DELAY: Duration = Duration::from_secs(10);
-/// This many exits within [`RESTART_WINDOW`] make the replica resign.
-const RESTART_LIMIT: usize = 5;
-const RESTART_WINDOW: Duration = Duration::from_secs(60);
-/// After resigning because its command exited, a replica stays out of the election this long
-/// before it rejoins, doubling for each such resignation within [`RESTART_WINDOW`] of the last:
-/// a command that fails everywhere must not spin leadership around (or, alone, re-elect itself
-/// in a tight loop).
-const REJOIN_FIRST_DELAY: Duration = Duration::from_secs(1);
-const REJOIN_MAX_DELAY: Duration = Duration::from_secs(30);
+use crate::status::{ChildStatus, Status};
+use crate::supervisor::{ChildSpec, Supervisor, watchdog::Watchdog};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
-    Etcd(#[from] etcd::EtcdError),
+    Etcd(#[from] EtcdError),
     #[error("cannot listen on HTTP address {addr}: {source}")]
     Http {
         addr: std::net::SocketAddr,
@@ -76,85 +65,43 @@ impl DaemonError {
 pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonError> {
     let timing = config.timing();
     let metrics = Metrics::new();
-    let client = etcd::connect_and_probe(&config).await?;
-
+    let backend = EtcdBackend::connect_and_probe(&config).await?;
     // Listeners first, so a bad address fails before we campaign.
-    let http_listener = match config.http {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| DaemonError::Http { addr, source })?,
-        ),
-        None => None,
-    };
-    let socket = match &config.socket {
-        Some(path) => Some(api::socket::bind(
-            path,
-            config.socket_mode,
-            config.socket_group,
-        )?),
-        None => None,
-    };
-
-    let http_addr = http_listener
-        .as_ref()
-        .and_then(|l| l.local_addr().ok())
-        .map(|a| a.to_string());
-    let member = MemberInfo::new(&config.id, http_addr);
-    let (driver, handle, view_rx) = Driver::new(
-        client.clone(),
+    let listeners = Listeners::bind(&config).await?;
+    let source = ElectionSource::start(
+        &backend,
         DriverConfig {
             election: config.election.clone(),
-            member,
+            member: MemberInfo::new(&config.id, listeners.http_addr()),
             timing,
         },
+        Arc::new(metrics.clone()),
     );
-    let driver_task = tokio::spawn(driver.with_metrics(metrics.clone()).run());
-
     let (status_tx, status_rx) = watch::channel(Status::new(
         &config.id,
         &config.election,
         !command.is_empty(),
     ));
     let (control_tx, control_rx) = mpsc::channel(8);
-    let api_state = ApiState {
-        status: status_rx,
-        control: control_tx,
-        metrics: metrics.clone(),
-        etcd: Some(api::EtcdSource {
-            client: client.clone(),
-            election: config.election.clone(),
-            timeout: timing.request_timeout.max(Duration::from_secs(2)),
-        }),
-        allow: api::socket::AllowList {
-            uids: config.control_uids.clone(),
-            gids: config.control_gids.clone(),
+    let api = listeners.serve(
+        ApiState {
+            status: status_rx,
+            control: control_tx,
+            metrics: metrics.clone(),
+            members: Some(backend.member_source(
+                &config.election,
+                timing.request_timeout.max(Duration::from_secs(2)),
+            )),
+            allow: api::socket::AllowList {
+                uids: config.control_uids.clone(),
+                gids: config.control_gids.clone(),
+            },
         },
-    };
-    let (api_stop_tx, api_stop_rx) = watch::channel(false);
-    let limits = api::serve::Limits {
-        read_header_timeout: config.read_header_timeout,
-        max_connections: api::serve::MAX_CONNECTIONS,
-    };
-    let stopped = |mut stop: watch::Receiver<bool>| async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    let mut servers = Vec::new();
-    if let Some(listener) = http_listener {
-        info!(addr = ?listener.local_addr().ok(), "HTTP API listening");
-        let app = api::router(api_state.clone(), Transport::Tcp);
-        let stop = stopped(api_stop_rx.clone());
-        servers.push(tokio::spawn(api::serve::serve(listener, app, limits, stop)));
-    }
-    let mut socket_guard = None;
-    if let Some((listener, guard)) = socket {
-        info!(path = ?config.socket, "socket API listening");
-        let app = api::router(api_state.clone(), Transport::Unix);
-        let stop = stopped(api_stop_rx.clone());
-        servers.push(tokio::spawn(api::serve::serve(listener, app, limits, stop)));
-        socket_guard = Some(guard);
-    }
-    drop(api_state);
+        api::serve::Limits {
+            read_header_timeout: config.read_header_timeout,
+            max_connections: api::serve::MAX_CONNECTIONS,
+        },
+    );
 
     let supervisor = if command.is_empty() {
         None
@@ -169,152 +116,227 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonErro
             Some(watchdog),
         ))
     };
-
-    let owner = Owner {
-        config,
-        timing,
-        machine: Machine::new(timing.leader_budget()),
-        view_rx,
-        driver: handle,
+    let publisher = Publisher {
         status: status_tx,
         metrics,
+        view: source.view(),
+    };
+    let identity = Identity {
+        id: config.id.clone(),
+        election: config.election.clone(),
+    };
+    let lead = Leadership::new(
+        source,
         supervisor,
-        restart_at: None,
-        recent_exits: VecDeque::new(),
-        restarts: 0,
-        exit_resigns: 0,
-        last_exit_resign: None,
+        ExitPolicy::new(config.on_exit),
+        identity,
+    )
+    .observe(Box::new(publisher));
+    let mut owner = Owner {
+        lead,
         exit_code: 0,
-        pending_replies: Vec::new(),
-        pending_event: None,
+        driver_failed: false,
     };
     let result = owner.run(control_rx).await;
 
-    // Stop order: the child is already stopped and the lease released; now the API.
-    let _ = api_stop_tx.send(true);
-    for s in servers {
-        let _ = tokio::time::timeout(Duration::from_secs(2), s).await;
-    }
-    drop(socket_guard);
-    let driver_result = match tokio::time::timeout(Duration::from_secs(2), driver_task).await {
-        Ok(Ok(r)) => r,
-        _ => Ok(()),
-    };
+    // Stop order: the command is already stopped and the lease released; now the API.
+    api.stop().await;
+    let driver_result = owner.lead.into_source().shutdown().await;
     let code = result?;
     driver_result?;
     Ok(code)
 }
 
-struct Owner {
-    config: Config,
-    timing: Timing,
-    machine: Machine,
-    view_rx: watch::Receiver<ElectionView>,
-    driver: DriverHandle,
-    status: watch::Sender<Status>,
-    metrics: Metrics,
-    supervisor: Option<Supervisor>,
-    /// When the child is due to be restarted after exiting on its own.
-    restart_at: Option<Instant>,
-    recent_exits: VecDeque<Instant>,
-    restarts: u64,
-    /// Resignations because the command exited, in a row, and when the last one was.
-    exit_resigns: u32,
-    last_exit_resign: Option<Instant>,
-    exit_code: i32,
-    /// Control replies to send once the actions they caused are done.
-    pending_replies: Vec<(
-        tokio::sync::oneshot::Sender<serde_json::Value>,
-        serde_json::Value,
-    )>,
-    /// An event raised while carrying out actions (a command that could not start).
-    pending_event: Option<Event>,
+/// The API's listeners, bound before the campaign starts.
+struct Listeners {
+    http: Option<tokio::net::TcpListener>,
+    socket: Option<(tokio::net::UnixListener, api::socket::SocketGuard)>,
 }
 
-fn observed(v: &ElectionView) -> Box<Observed> {
-    Box::new(Observed {
-        lease: v.lease,
-        position: v.position.clone(),
-        last_ok_sent: v.last_ok_sent,
-        reachable: v.reachable,
-    })
+impl Listeners {
+    async fn bind(config: &Config) -> Result<Listeners, DaemonError> {
+        let http = match config.http {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| DaemonError::Http { addr, source })?,
+            ),
+            None => None,
+        };
+        let socket = match &config.socket {
+            Some(path) => Some(api::socket::bind(
+                path,
+                config.socket_mode,
+                config.socket_group,
+            )?),
+            None => None,
+        };
+        Ok(Listeners { http, socket })
+    }
+
+    /// The HTTP API's address, published in the member info.
+    fn http_addr(&self) -> Option<String> {
+        self.http
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.to_string())
+    }
+
+    /// Serve one router per listener until [`Api::stop`].
+    fn serve(self, state: ApiState, limits: api::serve::Limits) -> Api {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = |mut stop: watch::Receiver<bool>| async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let mut servers = Vec::new();
+        if let Some(listener) = self.http {
+            info!(addr = ?listener.local_addr().ok(), "HTTP API listening");
+            let app = api::router(state.clone(), Transport::Tcp);
+            let stop = stopped(stop_rx.clone());
+            servers.push(tokio::spawn(api::serve::serve(listener, app, limits, stop)));
+        }
+        let mut guard = None;
+        if let Some((listener, g)) = self.socket {
+            info!(path = ?listener.local_addr().ok(), "socket API listening");
+            let app = api::router(state, Transport::Unix);
+            let stop = stopped(stop_rx.clone());
+            servers.push(tokio::spawn(api::serve::serve(listener, app, limits, stop)));
+            guard = Some(g);
+        }
+        Api {
+            stop: stop_tx,
+            servers,
+            _socket: guard,
+        }
+    }
+}
+
+/// The running API servers; the socket file is removed when this is dropped.
+struct Api {
+    stop: watch::Sender<bool>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+    _socket: Option<api::socket::SocketGuard>,
+}
+
+impl Api {
+    /// Stop accepting, let in-flight requests finish (bounded), remove the socket file.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for s in self.servers {
+            let _ = tokio::time::timeout(Duration::from_secs(2), s).await;
+        }
+    }
+}
+
+/// What the owner waits for besides the leadership loop's own events.
+enum Input {
+    Shutdown(&'static str),
+    Forward(Signal),
+    Control(Control),
+    /// No API listener holds a control sender (HTTP off, no socket).
+    ControlClosed,
+}
+
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, DaemonError> {
+        let mk = |k| signal(k).map_err(DaemonError::Signals);
+        Ok(Signals {
+            term: mk(SignalKind::terminate())?,
+            int: mk(SignalKind::interrupt())?,
+            hup: mk(SignalKind::hangup())?,
+            usr1: mk(SignalKind::user_defined1())?,
+            usr2: mk(SignalKind::user_defined2())?,
+        })
+    }
+}
+
+/// Signals and control requests, whichever comes first.
+async fn input(
+    signals: &mut Signals,
+    control: &mut mpsc::Receiver<Control>,
+    control_open: bool,
+) -> Input {
+    tokio::select! {
+        _ = signals.term.recv() => Input::Shutdown("SIGTERM"),
+        _ = signals.int.recv() => Input::Shutdown("SIGINT"),
+        _ = signals.hup.recv() => Input::Forward(Signal::SIGHUP),
+        _ = signals.usr1.recv() => Input::Forward(Signal::SIGUSR1),
+        _ = signals.usr2.recv() => Input::Forward(Signal::SIGUSR2),
+        c = control.recv(), if control_open => match c {
+            Some(c) => Input::Control(c),
+            None => Input::ControlClosed,
+        },
+    }
+}
+
+struct Owner {
+    lead: Leadership<ElectionSource, Supervisor>,
+    exit_code: i32,
+    driver_failed: bool,
 }
 
 impl Owner {
-    async fn run(mut self, mut control: mpsc::Receiver<Control>) -> Result<i32, DaemonError> {
-        let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
-        let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
-        let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
-        let mut usr1 = signal(SignalKind::user_defined1()).map_err(DaemonError::Signals)?;
-        let mut usr2 = signal(SignalKind::user_defined2()).map_err(DaemonError::Signals)?;
-        let mut driver_failed = false;
+    async fn run(&mut self, mut control: mpsc::Receiver<Control>) -> Result<i32, DaemonError> {
+        let mut signals = Signals::install()?;
         let mut control_open = true;
-
         loop {
-            let deadline = self.machine.role.deadline();
-            let child_running = self.supervisor.as_ref().is_some_and(|s| s.is_running());
-            // Biased: a passed leadership deadline is handled before anything else (a child
-            // exit or restart must never be acted on by a leader whose time is up).
-            let event = tokio::select! {
-                biased;
-                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                    Event::Observed(observed(&self.view_rx.borrow()))
+            let next = self
+                .lead
+                .next(input(&mut signals, &mut control, control_open))
+                .await;
+            let mut reply = None;
+            let event = match next {
+                Next::Event(e) => e,
+                Next::CommandEnded(exit) => {
+                    self.exit_code = exit.code;
+                    Event::Shutdown
                 }
-                _ = term.recv() => { info!("SIGTERM received; shutting down"); Event::Shutdown }
-                _ = int.recv() => { info!("SIGINT received; shutting down"); Event::Shutdown }
-                _ = hup.recv() => { self.forward(Signal::SIGHUP); continue; }
-                _ = usr1.recv() => { self.forward(Signal::SIGUSR1); continue; }
-                _ = usr2.recv() => { self.forward(Signal::SIGUSR2); continue; }
-                changed = self.view_rx.changed() => {
-                    if changed.is_err() {
-                        // The driver ended on its own: an unrecoverable etcd error.
-                        error!("election driver stopped; shutting down");
-                        driver_failed = true;
-                        Event::Shutdown
-                    } else {
-                        let v = self.view_rx.borrow_and_update().clone();
-                        self.note_view(&v);
-                        Event::Observed(observed(&v))
-                    }
+                Next::SourceEnded(e) => {
+                    // The driver ended on its own: an unrecoverable etcd error.
+                    error!(error = %e, "election driver stopped; shutting down");
+                    self.driver_failed = true;
+                    Event::Shutdown
                 }
-                exit = async { self.supervisor.as_mut().expect("invariant: guarded").wait().await }, if child_running => {
-                    match self.child_exited(exit.0, exit.1) {
-                        Some(ev) => ev,
-                        None => continue,
-                    }
+                Next::Input(Input::Shutdown(name)) => {
+                    info!("{name} received; shutting down");
+                    Event::Shutdown
                 }
-                _ = sleep_until(self.restart_at.unwrap_or_else(Instant::now)), if self.restart_at.is_some() => {
-                    self.restart_at = None;
-                    if let Some(token) = self.leading_token() {
-                        self.restarts += 1;
-                        self.metrics.child_restarts.inc();
-                        info!(restarts = self.restarts, "restarting child");
-                        self.start_child(token);
-                    }
-                    // A command that could not start raises its own event (the policy's).
-                    match self.pending_event.take() {
-                        Some(ev) => ev,
-                        None => continue,
-                    }
+                Next::Input(Input::Forward(sig)) => {
+                    self.lead.forward(sig);
+                    continue;
                 }
-                cmd = control.recv(), if control_open => match cmd {
-                    Some(c) => match self.control_event(c) {
-                        Some(ev) => ev,
-                        None => continue,
-                    },
-                    // No API listener holds a sender (HTTP off, no socket).
-                    None => {
-                        control_open = false;
-                        continue;
+                Next::Input(Input::ControlClosed) => {
+                    control_open = false;
+                    continue;
+                }
+                Next::Input(Input::Control(c)) => match self.control_event(c) {
+                    Some((event, r)) => {
+                        reply = Some(r);
+                        event
                     }
+                    None => continue,
                 },
             };
-            let exit = self.apply(event).await;
-            for (reply, doc) in self.pending_replies.drain(..) {
-                let _ = reply.send(doc);
+            let mut applied = self.lead.apply(event).await;
+            if let Some(exit) = applied.ended {
+                // The command could not start and the policy says stop.
+                self.exit_code = exit.code;
+                applied = self.lead.apply(Event::Shutdown).await;
             }
-            if exit {
-                return Ok(if driver_failed && self.exit_code == 0 {
+            // Replies go out once the actions they caused are done.
+            if let Some((tx, doc)) = reply {
+                let _ = tx.send(doc);
+            }
+            if applied.exit {
+                return Ok(if self.driver_failed && self.exit_code == 0 {
                     exit::UNAVAILABLE
                 } else {
                     self.exit_code
@@ -323,142 +345,91 @@ impl Owner {
         }
     }
 
-    fn leading_token(&self) -> Option<i64> {
-        match &self.machine.role {
-            Role::Leader { token, .. } | Role::Suspect { token, .. } => Some(*token),
-            _ => None,
-        }
-    }
-
-    fn forward(&self, sig: Signal) {
-        match &self.supervisor {
-            Some(s) => s.forward(sig),
-            None => {
-                info!(signal = %sig, "signal received with no command to forward it to; ignored")
-            }
-        }
-    }
-
-    fn note_view(&mut self, v: &ElectionView) {
-        self.metrics.etcd_reachable.set(v.reachable as i64);
-        let seen = self.metrics.predecessor_wakeups.get();
-        if v.wakeups > seen {
-            self.metrics.predecessor_wakeups.inc_by(v.wakeups - seen);
-        }
-    }
-
-    /// Map an operator request to an event, or answer it at once when it changes nothing.
-    fn control_event(&mut self, c: Control) -> Option<Event> {
-        let role = self.machine.role.kind();
-        let (reply, event, doc) = match c {
-            Control::Resign(r) if self.machine.role.leads() => (
-                r,
+    /// Map an operator request to an event (with the reply to send once it is carried out),
+    /// or answer it at once when it changes nothing.
+    #[allow(clippy::type_complexity)]
+    fn control_event(
+        &mut self,
+        c: Control,
+    ) -> Option<(Event, (oneshot::Sender<ControlReply>, ControlReply))> {
+        let role = self.lead.role();
+        let kind = role.kind();
+        let (tx, event, reply) = match c {
+            Control::Resign(tx) if role.leads() => (
+                tx,
                 Some(Event::RESIGN),
-                json!({"resigned": true, "previous_role": role}),
+                ControlReply {
+                    resigned: Some(true),
+                    previous_role: Some(kind),
+                    ..ControlReply::default()
+                },
             ),
-            Control::Resign(r) => (
-                r,
+            Control::Resign(tx) => (
+                tx,
                 None,
-                json!({"resigned": false, "reason": "not the leader; nothing to resign", "role": role}),
+                ControlReply {
+                    resigned: Some(false),
+                    reason: Some("not the leader; nothing to resign".into()),
+                    role: Some(kind),
+                    ..ControlReply::default()
+                },
             ),
-            Control::Pause(r) if matches!(self.machine.role, Role::Paused | Role::Stopping) => (
-                r,
+            Control::Pause(tx) if matches!(role, Role::Paused | Role::Stopping) => (
+                tx,
                 None,
-                json!({"paused": matches!(self.machine.role, Role::Paused), "reason": format!("already {role}")}),
+                ControlReply {
+                    paused: Some(matches!(role, Role::Paused)),
+                    reason: Some(format!("already {kind}")),
+                    ..ControlReply::default()
+                },
             ),
-            Control::Pause(r) => (
-                r,
+            Control::Pause(tx) => (
+                tx,
                 Some(Event::Pause),
-                json!({"paused": true, "previous_role": role}),
+                ControlReply {
+                    paused: Some(true),
+                    previous_role: Some(kind),
+                    ..ControlReply::default()
+                },
             ),
-            Control::Resume(r) if matches!(self.machine.role, Role::Paused) => {
-                (r, Some(Event::Resume), json!({"resumed": true}))
-            }
-            Control::Resume(r) => (
-                r,
+            Control::Resume(tx) if matches!(role, Role::Paused) => (
+                tx,
+                Some(Event::Resume),
+                ControlReply {
+                    resumed: Some(true),
+                    ..ControlReply::default()
+                },
+            ),
+            Control::Resume(tx) => (
+                tx,
                 None,
-                json!({"resumed": false, "reason": "not paused", "role": role}),
+                ControlReply {
+                    resumed: Some(false),
+                    reason: Some("not paused".into()),
+                    role: Some(kind),
+                    ..ControlReply::default()
+                },
             ),
         };
         match event {
-            Some(ev) => {
-                self.pending_replies.push((reply, doc));
-                Some(ev)
-            }
+            Some(ev) => Some((ev, (tx, reply))),
             None => {
-                let _ = reply.send(doc);
+                let _ = tx.send(reply);
                 None
             }
         }
     }
+}
 
-    /// Decide what a child's own exit means under the `--on-exit` policy.
-    fn child_exited(&mut self, exit: ExitInfo, ran: Duration) -> Option<Event> {
-        let reason = if exit.success() { "exited" } else { "failed" };
-        self.metrics.child_exits.with_label_values(&[reason]).inc();
-        self.metrics.child_running.set(0);
-        self.update_child(|c| {
-            c.running = false;
-            c.pid = None;
-            c.last_exit = Some(exit);
-        });
-        warn!(status = %exit, ran = ?ran, policy = ?self.config.on_exit, "child exited while this replica leads");
-        if !self.machine.role.leads() {
-            return None;
-        }
-        match self.config.on_exit {
-            OnExit::Exit => {
-                self.exit_code = exit.code;
-                Some(Event::Shutdown)
-            }
-            OnExit::Resign => Some(self.resign_for_exit()),
-            OnExit::Restart => {
-                let now = Instant::now();
-                self.recent_exits.push_back(now);
-                while self
-                    .recent_exits
-                    .front()
-                    .is_some_and(|t| now.duration_since(*t) > RESTART_WINDOW)
-                {
-                    self.recent_exits.pop_front();
-                }
-                if self.recent_exits.len() >= RESTART_LIMIT {
-                    warn!(
-                        exits = self.recent_exits.len(),
-                        window = ?RESTART_WINDOW,
-                        "child keeps failing; resigning so another replica can try"
-                    );
-                    self.recent_exits.clear();
-                    return Some(self.resign_for_exit());
-                }
-                let n = self.recent_exits.len() as u32;
-                let delay =
-                    (RESTART_FIRST_DELAY * 2u32.pow(n.saturating_sub(1))).min(RESTART_MAX_DELAY);
-                info!(delay = ?delay, "child will be restarted");
-                self.restart_at = Some(now + delay);
-                None
-            }
-        }
-    }
+/// Publishes every step as the [`Status`] snapshot the API reads, and as metrics.
+struct Publisher {
+    status: watch::Sender<Status>,
+    metrics: Metrics,
+    view: watch::Receiver<ElectionView>,
+}
 
-    /// Resign because the command exited; the rejoin waits a growing delay (see
-    /// [`REJOIN_FIRST_DELAY`]).
-    fn resign_for_exit(&mut self) -> Event {
-        let now = Instant::now();
-        let streak = match self.last_exit_resign {
-            Some(t) if now.duration_since(t) < RESTART_WINDOW => self.exit_resigns + 1,
-            _ => 1,
-        };
-        self.exit_resigns = streak;
-        self.last_exit_resign = Some(now);
-        let delay = (REJOIN_FIRST_DELAY * 2u32.pow(streak.min(16) - 1)).min(REJOIN_MAX_DELAY);
-        info!(rejoin_in = ?delay, "resigning; rejoining the election after a delay");
-        Event::Resign {
-            rejoin_after: delay,
-        }
-    }
-
-    fn update_child(&self, f: impl FnOnce(&mut crate::status::ChildStatus)) {
+impl Publisher {
+    fn update_child(&self, f: impl FnOnce(&mut ChildStatus)) {
         self.status.send_modify(|s| {
             if let Some(c) = s.child.as_mut() {
                 f(c);
@@ -467,137 +438,8 @@ impl Owner {
         });
     }
 
-    fn start_child(&mut self, token: i64) {
-        let Some(sup) = self.supervisor.as_mut() else {
-            return;
-        };
-        let leader_key = self
-            .machine
-            .role
-            .leader()
-            .map(|l| l.key.clone())
-            .unwrap_or_default();
-        let env = vec![
-            ("ELECTD_ID".to_string(), self.config.id.clone()),
-            ("ELECTD_ELECTION".to_string(), self.config.election.clone()),
-            ("ELECTD_LEADER_KEY".to_string(), leader_key),
-            ("ELECTD_FENCING_TOKEN".to_string(), token.to_string()),
-        ];
-        match sup.start(&env) {
-            Ok(pid) => {
-                info!(pid, token, "child started");
-                if let Some(sent) = self.view_rx.borrow().last_ok_sent {
-                    sup.set_kill_deadline(sent + self.timing.kill_budget());
-                }
-                self.metrics.child_running.set(1);
-                self.update_child(|c| {
-                    c.running = true;
-                    c.pid = Some(pid);
-                    c.restarts = self.restarts;
-                });
-            }
-            Err(e) => {
-                error!(error = %e, "cannot start the command");
-                let exit = ExitInfo {
-                    code: 127,
-                    signal: None,
-                };
-                self.update_child(|c| c.last_exit = Some(exit));
-                // Treated like an immediate exit: the policy decides (restart backs off, then
-                // resigns).
-                if let Some(ev) = self.child_exited(exit, Duration::ZERO) {
-                    self.pending_event = Some(ev);
-                }
-            }
-        }
-    }
-
-    /// Run one event through the machine and carry out its actions. Returns true on exit.
-    async fn apply(&mut self, event: Event) -> bool {
-        let mut next_event = Some(event);
-        while let Some(event) = next_event.take() {
-            let now = Instant::now();
-            let old_kind = self.machine.role.kind();
-            let (next, actions) = self.machine.step(&event, now);
-            let new_kind = next.role.kind();
-            let old_token = self.machine.role.leader().map(|l| l.create_revision);
-            if let Role::Suspect { since, .. } = &self.machine.role
-                && !matches!(next.role, Role::Suspect { .. })
-            {
-                self.metrics
-                    .suspect_seconds
-                    .inc_by(now.saturating_duration_since(*since).as_secs_f64());
-            }
-            self.machine = next;
-            let token = self.machine.role.leader().map(|l| l.create_revision);
-            let leader = self.machine.role.leader().map(|l| l.id.clone());
-            if old_kind != new_kind {
-                info!(from = %old_kind, to = %new_kind, token, leader, event = event_name(&event), "role changed");
-                self.metrics
-                    .transitions
-                    .with_label_values(&[old_kind.as_str(), new_kind.as_str()])
-                    .inc();
-                self.metrics.set_role(new_kind);
-            } else if token != old_token && token.is_some() {
-                info!(role = %new_kind, token, leader, "leader changed");
-            }
-            if !self.machine.role.leads() {
-                self.restart_at = None;
-            }
-            self.metrics
-                .fencing_token
-                .set(self.machine.role.leader().map_or(0, |l| l.create_revision));
-            self.publish(old_kind != new_kind);
-
-            // Keep the watchdog's kill deadline in step with the lease.
-            if self.machine.role.leads()
-                && let (Some(sup), Some(sent)) =
-                    (self.supervisor.as_mut(), self.view_rx.borrow().last_ok_sent)
-            {
-                sup.set_kill_deadline(sent + self.timing.kill_budget());
-            }
-
-            let mut exit = false;
-            for action in actions {
-                match action {
-                    Action::StartChild { token } => {
-                        self.recent_exits.clear();
-                        self.restarts = 0;
-                        self.start_child(token);
-                    }
-                    Action::StopChild => {
-                        self.restart_at = None;
-                        if let Some(sup) = self.supervisor.as_mut()
-                            && let Some(exit) = sup.stop().await
-                        {
-                            self.metrics
-                                .child_exits
-                                .with_label_values(&["stopped"])
-                                .inc();
-                            self.metrics.child_running.set(0);
-                            self.update_child(|c| {
-                                c.running = false;
-                                c.pid = None;
-                                c.last_exit = Some(exit);
-                            });
-                        }
-                    }
-                    Action::Release(after) => self.driver.release(after).await,
-                    Action::ResumeElection => self.driver.resume().await,
-                    Action::Exit => exit = true,
-                }
-            }
-            if exit {
-                return true;
-            }
-            next_event = self.pending_event.take();
-        }
-        false
-    }
-
-    fn publish(&self, role_changed: bool) {
-        let view = self.view_rx.borrow();
-        let role = self.machine.role.clone();
+    fn publish(&self, role: &Role, role_changed: bool) {
+        let view = self.view.borrow();
         let (reachable, last_contact) = (view.reachable, view.last_contact);
         drop(view);
         // Only what a watcher acts on bumps the version and wakes readers; deadlines and the
@@ -610,7 +452,7 @@ impl Owner {
             if role_changed {
                 s.since = SystemTime::now();
             }
-            s.role = role;
+            s.role = role.clone();
             s.reachable = reachable;
             s.last_contact = last_contact;
             if changed {
@@ -621,19 +463,60 @@ impl Owner {
     }
 }
 
-fn event_name(e: &Event) -> &'static str {
-    match e {
-        Event::Observed(o) => match (&o.position, o.reachable) {
-            (_, false) => "etcd unreachable",
-            (Position::Leading { .. }, _) => "elected",
-            (Position::Waiting { .. }, _) => "election read",
-            (Position::Joining, _) => "session lost",
-            (Position::Paused, _) => "paused",
-            (Position::Stopped, _) => "stopped",
-        },
-        Event::Resign { .. } => "resign",
-        Event::Pause => "pause",
-        Event::Resume => "resume",
-        Event::Shutdown => "shutdown",
+impl Observer for Publisher {
+    fn stepped(&mut self, step: &Step<'_>) {
+        let (from, to) = (step.from.kind(), step.to.kind());
+        if let Role::Suspect { since, .. } = step.from
+            && !matches!(step.to, Role::Suspect { .. })
+        {
+            self.metrics
+                .suspect_seconds
+                .inc_by(step.now.saturating_duration_since(*since).as_secs_f64());
+        }
+        if from != to {
+            self.metrics
+                .transitions
+                .with_label_values(&[from.as_str(), to.as_str()])
+                .inc();
+            self.metrics.set_role(to);
+        }
+        if let Event::Observed(o) = step.event {
+            self.metrics.etcd_reachable.set(o.reachable as i64);
+        }
+        self.metrics
+            .fencing_token
+            .set(step.to.leader().map_or(0, |l| l.create_revision));
+        self.publish(step.to, from != to);
+    }
+
+    fn command(&mut self, change: &CommandChange) {
+        let ended = |exit: &crate::supervisor::ExitInfo, reason: &str| {
+            self.metrics.child_exits.with_label_values(&[reason]).inc();
+            self.metrics.child_running.set(0);
+            let exit = *exit;
+            self.update_child(|c| {
+                c.running = false;
+                c.pid = None;
+                c.last_exit = Some(exit);
+            });
+        };
+        match change {
+            CommandChange::Restarting { .. } => self.metrics.child_restarts.inc(),
+            CommandChange::Started { pid, restarts } => {
+                self.metrics.child_running.set(1);
+                let (pid, restarts) = (*pid, *restarts);
+                self.update_child(|c| {
+                    c.running = true;
+                    c.pid = Some(pid);
+                    c.restarts = restarts;
+                });
+            }
+            CommandChange::StartFailed { exit } => ended(exit, "failed"),
+            CommandChange::Exited { exit, .. } => {
+                ended(exit, if exit.success() { "exited" } else { "failed" })
+            }
+            CommandChange::Stopped { exit: Some(exit) } => ended(exit, "stopped"),
+            CommandChange::Stopped { exit: None } => {}
+        }
     }
 }

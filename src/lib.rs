@@ -1,20 +1,29 @@
 //! electd: a leader-election sidecar on etcd.
 //!
 //! # Layout
-//! - [`config`] — TOML + `ELECTD_*` env + flags merged into one validated `Config`.
-//! - [`cli`] — flags shared by both binaries; logging set-up.
-//! - [`election`] — the algorithm on etcd (lease, candidate key, predecessor watch) in
-//!   [`election::Driver`]; the pure role state machine in [`election::role`]; key layout in
-//!   [`election::keys`].
+//! Data flows etcd → backend → view → role machine → actions → command / API / metrics; see
+//! `docs/architecture.md`.
+//! - [`config`] — TOML + `ELECTD_*` env + flags into one validated `Config`; every setting
+//!   declared once in [`config::table`], each value parsed by [`config::parse`].
+//! - [`cli`] — both binaries' command lines (setting flags generated from the table); logging.
+//! - [`election`] — the backend-neutral contract (view, position, leader and member info,
+//!   driver commands, telemetry), the pure role state machine ([`election::role`]), the key
+//!   layout ([`election::keys`]), and the etcd backend ([`election::etcd`]: session, campaign,
+//!   driver, transactions — the only importer of `etcd_client`).
+//! - [`leadership`] — the one loop that runs a command only while this replica leads, for
+//!   electd and both elect-run modes: sources of leadership ([`leadership::source`]), the
+//!   `--on-exit` policy as a pure value ([`leadership::policy`]), observers of role changes.
 //! - [`supervisor`] — the wrapped command: own process group, graceful stop, reap; the freeze
 //!   watchdog process.
-//! - [`daemon`] — the owner task that holds the role and carries out transitions.
+//! - [`daemon`] — electd: listeners, the owner task (signals and control requests into the
+//!   loop), the publisher of status and metrics.
 //! - [`status`] — the published snapshot the API reads.
 //! - [`api`] — one router served on TCP and on the Unix socket ([`api::serve`]: time and size
-//!   limits per connection).
-//! - [`metrics`] — Prometheus metrics.
+//!   limits per connection); the typed documents both sides (de)serialise ([`api::doc`]).
+//! - [`metrics`] — Prometheus metrics, fed by the election's telemetry and the publisher.
 //! - [`ctl`] — `electd status|resign|pause|resume`: the operator's client.
 //! - [`run`] — `elect-run`: one command on exactly one replica, optionally once per slot.
+//! - [`exit`] — every exit code, defined once.
 
 pub mod api;
 pub mod cli;
@@ -23,6 +32,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod election;
 pub mod exit;
+pub mod leadership;
 pub mod metrics;
 pub mod run;
 pub mod status;

@@ -6,6 +6,9 @@ use prometheus::{
     IntGaugeVec, Opts, Registry,
 };
 
+use std::time::Duration;
+
+use crate::election::Telemetry;
 use crate::election::role::RoleKind;
 
 #[derive(Clone)]
@@ -140,8 +143,7 @@ impl Metrics {
                 .with_label_values(&[k.as_str()])
                 .set((k == kind) as i64);
         }
-        self.is_leader
-            .set(matches!(kind, RoleKind::Leader | RoleKind::Suspect) as i64);
+        self.is_leader.set(kind.leads() as i64);
     }
 
     /// The text exposition format.
@@ -151,6 +153,25 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buf)
             .expect("invariant: text encoding into a Vec cannot fail");
         String::from_utf8(buf).expect("invariant: the text format is UTF-8")
+    }
+}
+
+/// The election driver's reports, fed into the metrics (the election does not know metrics).
+impl Telemetry for Metrics {
+    fn keepalive_ok(&self, rtt: Duration) {
+        self.keepalive_rtt.observe(rtt.as_secs_f64());
+    }
+
+    fn keepalive_failed(&self) {
+        self.keepalive_failures.inc();
+    }
+
+    fn backend_error(&self, kind: &'static str) {
+        self.etcd_errors.with_label_values(&[kind]).inc();
+    }
+
+    fn predecessor_woken(&self) {
+        self.predecessor_wakeups.inc();
     }
 }
 

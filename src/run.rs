@@ -1,13 +1,14 @@
-//! `elect-run`: run one command on exactly one replica — a single-shot version of the daemon's
-//! owner task, built from the same pieces (election [`Driver`], role [`Machine`],
-//! [`Supervisor`] with its freeze [`Watchdog`]).
+//! `elect-run`: run one command on exactly one replica, through the same [`Leadership`] loop
+//! as the daemon, in its once mode: being elected is reported instead of starting the command,
+//! and losing leadership ends the run.
 //!
 //! Flow with its own election: campaign; if another replica leads (at the first election read,
-//! or when `--wait` runs out) exit [`exit::NOT_ELECTED`](crate::exit::NOT_ELECTED); once elected, optionally claim the
-//! `--once-per` schedule slot; run CMD while the role machine says we lead; when CMD ends,
-//! record the result, resign at once and exit with CMD's code. If the machine says leadership
-//! is lost, CMD's process group is stopped first, then the lease released, and the exit code is
-//! [`exit::LOST`](crate::exit::LOST).
+//! or when `--wait` runs out) exit [`exit::NOT_ELECTED`]; once
+//! elected, optionally claim the `--once-per` schedule slot; run CMD while the role machine
+//! says we lead; when CMD ends, record the result, resign at once and exit with CMD's code. If
+//! the machine says leadership is lost, CMD's process group is stopped first, then the lease
+//! released, and the exit code is [`exit::LOST`]. With `--socket` the
+//! source of leadership is the local electd ([`SocketSource`]) instead.
 //!
 //! Invariants:
 //! - CMD runs only after the machine emitted `StartChild` (and, with `--once-per`, after the
@@ -19,32 +20,25 @@
 //!   `max(--wait, 5s)` ([`CONTACT_WAIT`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tokio::time::{Instant, sleep, sleep_until, timeout};
+use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, info, warn};
 
-use crate::config::{Config, ConfigError, Origin, Timing, parse_duration};
-use crate::election::etcd::{self, Backoff, EtcdError, PutIfAbsent};
-use crate::election::role::{Action, Event, Machine, Observed};
-use crate::election::{
-    After, Driver, DriverConfig, DriverHandle, ElectionView, LeaderInfo, MemberInfo, Position, keys,
-};
+use crate::config::{Config, ConfigError, OnExit, Origin, Timing, parse_duration};
+use crate::election::etcd::{Backoff, EtcdBackend, EtcdError, SlotClaim};
+use crate::election::{DriverConfig, LeaderInfo, MemberInfo, NoTelemetry, Position, keys};
 use crate::exit;
-use crate::supervisor::{ChildSpec, Supervisor, SupervisorError, watchdog::Watchdog};
+use crate::leadership::source::Source;
+use crate::leadership::{ElectionSource, ExitPolicy, Identity, Leadership, Next, SocketSource};
+use crate::supervisor::{ChildSpec, Supervisor, watchdog::Watchdog};
 
 /// The least time etcd gets to answer before elect-run calls it unreachable.
 pub const CONTACT_WAIT: Duration = Duration::from_secs(5);
-/// How often `--socket` mode re-asks electd while waiting or while CMD runs.
-pub const SOCKET_POLL: Duration = Duration::from_millis(500);
-/// Deadline of one request to electd's socket.
-const SOCKET_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The exit-code table, for `--help` and the README.
 pub const EXIT_CODES_HELP: &str = "\
@@ -284,15 +278,28 @@ impl Signals {
             _ = self.hup.recv() => Signal::SIGHUP,
         }
     }
+
+    /// A signal, or `None` when `until` comes first.
+    async fn until(&mut self, until: Instant) -> Option<Signal> {
+        tokio::select! {
+            sig = self.recv() => Some(sig),
+            _ = sleep_until(until) => None,
+        }
+    }
 }
 
-fn observed(v: &ElectionView) -> Event {
-    Event::Observed(Box::new(Observed {
-        lease: v.lease,
-        position: v.position.clone(),
-        last_ok_sent: v.last_ok_sent,
-        reachable: v.reachable,
-    }))
+fn child_spec(config: &Config, opts: &RunOptions) -> ChildSpec {
+    ChildSpec {
+        argv: opts.command.clone(),
+        stop_signal: config.stop_signal,
+        stop_grace: config.stop_grace,
+    }
+}
+
+/// The command's supervisor, with its freeze watchdog (started only once elected).
+fn supervisor(config: &Config, opts: &RunOptions) -> Result<Supervisor, RunError> {
+    let watchdog = Watchdog::spawn().map_err(RunError::Watchdog)?;
+    Ok(Supervisor::new(child_spec(config, opts), Some(watchdog)))
 }
 
 /// How the campaign ended.
@@ -301,7 +308,7 @@ enum Campaign {
     NotElected,
 }
 
-/// Campaigns with its own lease; the driver is always released before returning.
+/// Campaigns with its own lease; the election is always left before returning.
 async fn via_etcd(
     config: &Config,
     opts: &RunOptions,
@@ -312,8 +319,8 @@ async fn via_etcd(
         .once_per
         .map(|p| Slot::containing(SystemTime::now(), p));
     let timing = config.timing();
-    let client = match etcd::connect(config).await {
-        Ok(c) => c,
+    let backend = match EtcdBackend::connect(config).await {
+        Ok(b) => b,
         Err(e) if e.is_fatal() => return Err(RunError::Etcd(e)),
         Err(e) => {
             debug!(error = %e, "etcd connect failed");
@@ -323,50 +330,43 @@ async fn via_etcd(
             });
         }
     };
-    let (driver, handle, view_rx) = Driver::new(
-        client.clone(),
+    let source = ElectionSource::start(
+        &backend,
         DriverConfig {
             election: config.election.clone(),
             member: MemberInfo::new(&config.id, None),
             timing,
         },
+        Arc::new(NoTelemetry),
     );
-    let driver_task = tokio::spawn(driver.run());
+    let identity = Identity {
+        id: config.id.clone(),
+        election: config.election.clone(),
+    };
+    let lead = Leadership::new(source, None, ExitPolicy::new(OnExit::Exit), identity).once();
     let mut run = EtcdRun {
         config,
         opts,
         timing,
-        client,
-        machine: Machine::new(timing.leader_budget()),
-        view_rx,
-        driver_task: Some(driver_task),
+        backend,
+        lead,
         slot,
     };
     let result = run.go(started, signals).await;
     // Resign at once (CMD is already stopped or done): the next replica need not wait a TTL.
-    release(&handle, run.driver_task).await;
-    result
-}
-
-async fn release(handle: &DriverHandle, driver_task: Option<JoinHandle<Result<(), EtcdError>>>) {
-    handle.release(After::Stop).await;
-    let Some(task) = driver_task else { return };
-    match timeout(Duration::from_secs(2), task).await {
-        Ok(Ok(Err(e))) => debug!(error = %e, "election driver ended with an error"),
-        Ok(_) => debug!("election released"),
-        Err(_) => warn!("election driver did not stop within 2s"),
+    match run.lead.into_source().shutdown().await {
+        Ok(()) => debug!("election released"),
+        Err(e) => debug!(error = %e, "election driver ended with an error"),
     }
+    result
 }
 
 struct EtcdRun<'a> {
     config: &'a Config,
     opts: &'a RunOptions,
     timing: Timing,
-    client: Client,
-    machine: Machine,
-    view_rx: watch::Receiver<ElectionView>,
-    /// Taken once the driver has ended on its own.
-    driver_task: Option<JoinHandle<Result<(), EtcdError>>>,
+    backend: EtcdBackend,
+    lead: Leadership<ElectionSource, Supervisor>,
     slot: Option<Slot>,
 }
 
@@ -393,7 +393,7 @@ impl EtcdRun<'_> {
             },
             None => None,
         };
-        self.supervise(token, &leader, claimed, signals).await
+        self.supervise(token, claimed, signals).await
     }
 
     /// Wait until elected, or until it is clear we will not be.
@@ -406,29 +406,15 @@ impl EtcdRun<'_> {
         let unreachable_at = started + self.opts.wait.max(CONTACT_WAIT);
         let mut read_once = false;
         loop {
-            let view = self.view_rx.borrow_and_update().clone();
+            let position = self.lead.source().observed().position;
             if matches!(
-                view.position,
+                position,
                 Position::Waiting { .. } | Position::Leading { .. }
             ) {
                 read_once = true;
             }
-            let (next, actions) = self.machine.step(&observed(&view), Instant::now());
-            self.machine = next;
-            for action in actions {
-                if let Action::StartChild { token } = action {
-                    let leader = self
-                        .machine
-                        .role
-                        .leader()
-                        .cloned()
-                        .expect("invariant: a leader role knows its leader");
-                    info!(token, key = %leader.key, "elected");
-                    return Ok(Campaign::Elected { token, leader });
-                }
-            }
             if read_once && Instant::now() >= give_up_at {
-                not_elected(&view.position, self.opts.wait);
+                not_elected(&position, self.opts.wait);
                 return Ok(Campaign::NotElected);
             }
             let timer = if read_once {
@@ -436,39 +422,26 @@ impl EtcdRun<'_> {
             } else {
                 unreachable_at
             };
-            tokio::select! {
-                changed = self.view_rx.changed() => {
-                    if changed.is_err() {
-                        return Err(self.driver_error().await);
+            match self.lead.next(signals.until(timer)).await {
+                Next::Event(event) => {
+                    if let Some((token, leader)) = self.lead.apply(event).await.elected {
+                        return Ok(Campaign::Elected { token, leader });
                     }
                 }
-                _ = sleep_until(timer) => {
-                    if !read_once {
-                        return Err(RunError::Unreachable {
-                            endpoints: self.config.endpoints.join(","),
-                            within: self.opts.wait.max(CONTACT_WAIT),
-                        });
-                    }
-                    not_elected(&self.view_rx.borrow().position, self.opts.wait);
-                    return Ok(Campaign::NotElected);
-                }
-                sig = signals.recv() => {
+                Next::Input(Some(sig)) => {
                     info!(signal = %sig, "signal received before the command started; giving up");
                     return Ok(Campaign::NotElected);
                 }
+                Next::Input(None) if !read_once => {
+                    return Err(RunError::Unreachable {
+                        endpoints: self.config.endpoints.join(","),
+                        within: self.opts.wait.max(CONTACT_WAIT),
+                    });
+                }
+                Next::Input(None) => {}
+                Next::SourceEnded(e) => return Err(RunError::Etcd(e)),
+                Next::CommandEnded(_) => unreachable!("no command runs before the election"),
             }
-        }
-    }
-
-    /// The driver ended on its own: it returns only unrecoverable errors.
-    async fn driver_error(&mut self) -> RunError {
-        let ended = match self.driver_task.take() {
-            Some(task) => task.await.ok(),
-            None => None,
-        };
-        match ended {
-            Some(Err(e)) => RunError::Etcd(e),
-            _ => RunError::Etcd(EtcdError::Setup("the election driver stopped".into())),
         }
     }
 
@@ -498,48 +471,50 @@ impl EtcdRun<'_> {
         let retention = slot.retention(self.opts.wait);
         let t = self.timing.request_timeout;
         // Retry transient failures only while the role machine still lets us lead.
-        let until = self.machine.role.deadline().unwrap_or_else(Instant::now);
+        let until = self.lead.role().deadline().unwrap_or_else(Instant::now);
         let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
         loop {
             let attempt = async {
-                let lease = etcd::grant(&self.client, retention, t).await?;
-                let r = claim_txn(&self.client, &key, &value, &leader.key, token, lease, t).await;
-                if !matches!(r, Ok(ClaimResult::Claimed { .. })) {
-                    let _ = etcd::revoke(&self.client, lease, t).await;
+                let lease = self.backend.grant(retention, t).await?;
+                let r = self
+                    .backend
+                    .claim_slot(&key, &value, &leader.key, token, lease, t)
+                    .await;
+                if !matches!(r, Ok(SlotClaim::Claimed { .. })) {
+                    let _ = self.backend.revoke(lease, t).await;
                 }
                 r.map(|c| (c, lease))
             };
-            match attempt.await {
-                Ok((ClaimResult::Claimed { mod_revision }, lease))
-                | Ok((
-                    ClaimResult::Mine {
+            let (mod_revision, lease) = match attempt.await {
+                Ok((SlotClaim::Claimed { mod_revision }, lease)) => (mod_revision, lease),
+                Ok((
+                    SlotClaim::Exists {
+                        value,
                         mod_revision,
                         lease,
                     },
                     _,
                 )) => {
-                    info!(key, slot = slot.start_unix, token, "slot claimed");
-                    return Ok(Some(Claimed {
-                        key,
-                        leader_key: leader.key.clone(),
-                        record,
-                        mod_revision,
-                        lease,
-                    }));
-                }
-                Ok((ClaimResult::Taken(existing), _)) => {
-                    match serde_json::from_str::<SlotRecord>(&existing) {
-                        Ok(r) => info!(
-                            key, by = %r.id, state = ?r.state, started = %r.started,
-                            exit_code = r.exit_code, "slot already taken; command not run"
-                        ),
+                    // An earlier attempt of ours that committed, its reply lost?
+                    let existing = serde_json::from_str::<SlotRecord>(&value);
+                    match existing {
+                        Ok(r) if r.token == token && r.state == SlotState::Running => {
+                            (mod_revision, lease)
+                        }
+                        Ok(r) => {
+                            info!(
+                                key, by = %r.id, state = ?r.state, started = %r.started,
+                                exit_code = r.exit_code, "slot already taken; command not run"
+                            );
+                            return Ok(None);
+                        }
                         Err(_) => {
-                            info!(key, value = %existing, "slot already taken; command not run")
+                            info!(key, value = %value, "slot already taken; command not run");
+                            return Ok(None);
                         }
                     }
-                    return Ok(None);
                 }
-                Ok((ClaimResult::NotLeader, _)) => {
+                Ok((SlotClaim::NotLeader, _)) => {
                     info!(
                         key,
                         token, "leadership gone before the slot was claimed; command not run"
@@ -552,8 +527,17 @@ impl EtcdRun<'_> {
                 Err(e) => {
                     debug!(error = %e, "slot claim failed; retrying");
                     sleep(backoff.delay()).await;
+                    continue;
                 }
-            }
+            };
+            info!(key, slot = slot.start_unix, token, "slot claimed");
+            return Ok(Some(Claimed {
+                key,
+                leader_key: leader.key.clone(),
+                record,
+                mod_revision,
+                lease,
+            }));
         }
     }
 
@@ -561,65 +545,55 @@ impl EtcdRun<'_> {
     async fn supervise(
         &mut self,
         token: i64,
-        leader: &LeaderInfo,
         mut claimed: Option<Claimed>,
         signals: &mut Signals,
     ) -> Result<i32, RunError> {
-        let watchdog = Watchdog::spawn().map_err(RunError::Watchdog)?;
-        let mut sup = Supervisor::new(child_spec(self.config, self.opts), Some(watchdog));
-        let mut env = child_env(&self.config.id, &self.config.election, &leader.key, token);
-        if let Some(slot) = self.slot {
-            env.push(("ELECTD_SLOT".into(), slot.start_unix.to_string()));
-        }
-        if let Err(code) = start(&mut sup, &env) {
+        self.lead.set_command(supervisor(self.config, self.opts)?);
+        let extra = match self.slot {
+            Some(slot) => vec![("ELECTD_SLOT".into(), slot.start_unix.to_string())],
+            None => Vec::new(),
+        };
+        if let Err((code, why)) = self.lead.start_command(token, extra) {
+            eprintln!("elect-run: {why}");
             self.finish(&mut claimed, token, SlotState::Done, Some(code), None)
                 .await;
             return Ok(code);
         }
         loop {
-            if self.machine.role.leads()
-                && let Some(sent) = self.view_rx.borrow().last_ok_sent
-            {
-                sup.set_kill_deadline(sent + self.timing.kill_budget());
-            }
-            let deadline = self.machine.role.deadline();
-            let event = tokio::select! {
-                (exit, ran) = sup.wait() => {
-                    info!(status = %exit, ran = ?ran, "command ended");
-                    self.finish(&mut claimed, token, SlotState::Done, Some(exit.code), exit.signal).await;
+            match self.lead.next(signals.recv()).await {
+                Next::Event(event) => {
+                    if let Some(lost) = self.lead.apply(event).await.lost {
+                        warn!(
+                            reason = lost.reason,
+                            "leadership lost; the command was stopped"
+                        );
+                        let (code, signal) =
+                            (lost.exit.map(|e| e.code), lost.exit.and_then(|e| e.signal));
+                        self.finish(&mut claimed, token, SlotState::Lost, code, signal)
+                            .await;
+                        return Err(RunError::Lost {
+                            reason: lost.reason,
+                        });
+                    }
+                }
+                Next::Input(sig) => self.lead.forward(sig),
+                Next::CommandEnded(exit) => {
+                    self.finish(
+                        &mut claimed,
+                        token,
+                        SlotState::Done,
+                        Some(exit.code),
+                        exit.signal,
+                    )
+                    .await;
                     return Ok(exit.code);
                 }
-                changed = self.view_rx.changed() => {
-                    if changed.is_err() {
-                        let e = self.driver_error().await;
-                        sup.stop().await;
-                        return Err(RunError::Lost { reason: format!("the election driver stopped: {e}") });
-                    }
-                    observed(&self.view_rx.borrow_and_update().clone())
+                Next::SourceEnded(e) => {
+                    self.lead.stop_command().await;
+                    return Err(RunError::Lost {
+                        reason: format!("the election driver stopped: {e}"),
+                    });
                 }
-                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                    observed(&self.view_rx.borrow().clone())
-                }
-                sig = signals.recv() => {
-                    sup.forward(sig);
-                    continue;
-                }
-            };
-            let (next, actions) = self.machine.step(&event, Instant::now());
-            self.machine = next;
-            if actions.contains(&Action::StopChild) {
-                let reason = lost_reason(&event);
-                warn!(reason, "leadership lost; stopping the command");
-                let exit = sup.stop().await;
-                self.finish(
-                    &mut claimed,
-                    token,
-                    SlotState::Lost,
-                    exit.map(|e| e.code),
-                    exit.and_then(|e| e.signal),
-                )
-                .await;
-                return Err(RunError::Lost { reason });
             }
         }
     }
@@ -648,35 +622,36 @@ impl EtcdRun<'_> {
         // A finished record gets a fresh lease, so it is kept `retention` after the end of the
         // run; a lost run's record keeps the claim's lease (etcd is likely unreachable anyway).
         let lease = match state {
-            SlotState::Done => etcd::grant(&self.client, retention, t).await.ok(),
+            SlotState::Done => self.backend.grant(retention, t).await.ok(),
             _ => None,
         };
-        let put = match lease {
-            Some(l) => PutOptions::new().with_lease(l),
-            None => PutOptions::new().with_ignore_lease(),
-        };
-        let txn = Txn::new()
-            .when([
-                Compare::create_revision(c.leader_key.as_str(), CompareOp::Equal, token),
-                Compare::mod_revision(c.key.as_str(), CompareOp::Equal, c.mod_revision),
-            ])
-            .and_then([TxnOp::put(c.key.as_str(), value, Some(put))]);
-        let mut client = self.client.clone();
-        let done = match etcd::bounded("slot record update", t, c.lease, client.txn(txn)).await {
-            Ok(r) if r.succeeded() => Ok(()),
-            Ok(_) => Err("the fencing token or the record changed".to_string()),
+        let done = match self
+            .backend
+            .update_slot(
+                &c.key,
+                &value,
+                &c.leader_key,
+                token,
+                c.mod_revision,
+                lease,
+                t,
+            )
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("the fencing token or the record changed".to_string()),
             Err(e) => Err(e.to_string()),
         };
         match done {
             Ok(()) => {
                 info!(key = c.key, state = ?state, exit_code, "slot record updated");
                 if lease.is_some() {
-                    let _ = etcd::revoke(&self.client, c.lease, t).await;
+                    let _ = self.backend.revoke(c.lease, t).await;
                 }
             }
             Err(why) => {
                 if let Some(l) = lease {
-                    let _ = etcd::revoke(&self.client, l, t).await;
+                    let _ = self.backend.revoke(l, t).await;
                 }
                 warn!(key = c.key, reason = %why, "could not record the end of the run; the slot stays taken")
             }
@@ -697,215 +672,99 @@ fn not_elected(position: &Position, wait: Duration) {
     }
 }
 
-fn lost_reason(event: &Event) -> String {
-    let Event::Observed(o) = event else {
-        return "resigned".into();
-    };
-    match (&o.position, o.reachable) {
-        (Position::Waiting { leader: Some(l) }, _) => format!("{} leads now", l.id),
-        (_, false) => "no keepalive succeeded within the leader budget; etcd unreachable".into(),
-        (Position::Leading { .. }, true) => "keepalive deadline passed".into(),
-        _ => "the lease expired or was revoked at etcd".into(),
-    }
-}
-
-enum ClaimResult {
-    Claimed {
-        mod_revision: i64,
-    },
-    /// An earlier attempt of ours committed but its reply was lost.
-    Mine {
-        mod_revision: i64,
-        lease: i64,
-    },
-    Taken(String),
-    NotLeader,
-}
-
-/// The claim: put the record iff our leader key still has create revision `token` and the
-/// slot key does not exist; otherwise read the slot key to tell "taken" from "not leader".
-async fn claim_txn(
-    client: &Client,
-    key: &str,
-    value: &str,
-    leader_key: &str,
-    token: i64,
-    lease: i64,
-    after: Duration,
-) -> Result<ClaimResult, EtcdError> {
-    let fenced = [Compare::create_revision(
-        leader_key,
-        CompareOp::Equal,
-        token,
-    )];
-    let found =
-        etcd::put_if_absent(client, "slot claim txn", key, value, lease, fenced, after).await?;
-    match found {
-        PutIfAbsent::Created(rev) => Ok(ClaimResult::Claimed { mod_revision: rev }),
-        PutIfAbsent::Exists(kv) => {
-            let existing = String::from_utf8_lossy(kv.value()).into_owned();
-            let ours = serde_json::from_str::<SlotRecord>(&existing)
-                .is_ok_and(|r| r.token == token && r.state == SlotState::Running);
-            if ours {
-                Ok(ClaimResult::Mine {
-                    mod_revision: kv.mod_revision(),
-                    lease: kv.lease(),
-                })
-            } else {
-                Ok(ClaimResult::Taken(existing))
-            }
-        }
-        PutIfAbsent::ConditionFailed => Ok(ClaimResult::NotLeader),
-    }
-}
-
-fn child_spec(config: &Config, opts: &RunOptions) -> ChildSpec {
-    ChildSpec {
-        argv: opts.command.clone(),
-        stop_signal: config.stop_signal,
-        stop_grace: config.stop_grace,
-    }
-}
-
-fn child_env(id: &str, election: &str, leader_key: &str, token: i64) -> Vec<(String, String)> {
-    vec![
-        ("ELECTD_ID".into(), id.into()),
-        ("ELECTD_ELECTION".into(), election.into()),
-        ("ELECTD_LEADER_KEY".into(), leader_key.into()),
-        ("ELECTD_FENCING_TOKEN".into(), token.to_string()),
-    ]
-}
-
-/// Start CMD; on failure print why and return the shell's code (127 not found, 126 otherwise).
-fn start(sup: &mut Supervisor, env: &[(String, String)]) -> Result<u32, i32> {
-    match sup.start(env) {
-        Ok(pid) => {
-            info!(pid, "command started");
-            Ok(pid)
-        }
-        Err(e) => {
-            let code = match &e {
-                SupervisorError::Spawn { source, .. }
-                    if source.kind() == std::io::ErrorKind::NotFound =>
-                {
-                    127
-                }
-                _ => 126,
-            };
-            eprintln!("elect-run: {e}");
-            Err(code)
-        }
-    }
-}
-
 /// Ask the local electd and run CMD only while it leads. No lease is held here: the
-/// guarantee is electd's; elect-run re-asks every [`SOCKET_POLL`] and stops CMD when electd
-/// no longer leads under the same fencing token.
+/// guarantee is electd's; the [`SocketSource`] re-asks every half second and the command is
+/// stopped when electd no longer leads under the same fencing token.
 async fn via_socket(
     config: &Config,
     opts: &RunOptions,
     path: &Path,
     signals: &mut Signals,
 ) -> Result<i32, RunError> {
-    let started = Instant::now();
-    let give_up_at = started + opts.wait;
+    let give_up_at = Instant::now() + opts.wait;
     let socket_err = |reason: String| RunError::Socket {
         path: path.to_path_buf(),
         reason,
     };
-    let mut doc = ask_role(path).await.map_err(socket_err)?;
-    let election = doc["election"].as_str().unwrap_or_default().to_string();
-    if opts.election_given && config.election != election {
+    let source = SocketSource::connect(path).await.map_err(socket_err)?;
+    let first = source.last().expect("invariant: connect read an answer");
+    let identity = Identity {
+        id: first.id.to_string(),
+        election: first.election.to_string(),
+    };
+    if opts.election_given && config.election != identity.election {
         return Err(RunError::Config(format!(
-            "the electd at {} serves election {election:?}, not {:?} (from --election); \
+            "the electd at {} serves election {:?}, not {:?} (from --election); \
              point --socket at the right electd or drop --election",
             path.display(),
+            identity.election,
             config.election
         )));
     }
-    loop {
-        if doc["role"] == "leader" {
-            break;
-        }
-        if Instant::now() >= give_up_at {
-            info!(
-                role = %doc["role"], leader = %doc["leader"]["id"],
-                "local electd is not the leader; command not run"
-            );
-            return Ok(exit::NOT_ELECTED);
-        }
-        tokio::select! {
-            _ = sleep(SOCKET_POLL) => {}
-            sig = signals.recv() => {
+    let mut lead = Leadership::new(source, None, ExitPolicy::new(OnExit::Exit), identity).once();
+    let token = loop {
+        match lead.next(signals.until(give_up_at)).await {
+            Next::Event(event) => {
+                if let Err(e) = lead.source().last() {
+                    return Err(socket_err(e.to_string()));
+                }
+                if let Some((token, leader)) = lead.apply(event).await.elected {
+                    info!(token, key = %leader.key, "local electd leads");
+                    break token;
+                }
+                if Instant::now() >= give_up_at {
+                    socket_not_leading(lead.source());
+                    return Ok(exit::NOT_ELECTED);
+                }
+            }
+            Next::Input(Some(sig)) => {
                 info!(signal = %sig, "signal received before the command started; giving up");
                 return Ok(exit::NOT_ELECTED);
             }
+            Next::Input(None) => {
+                socket_not_leading(lead.source());
+                return Ok(exit::NOT_ELECTED);
+            }
+            Next::SourceEnded(never) => match never {},
+            Next::CommandEnded(_) => unreachable!("no command runs before electd leads"),
         }
-        doc = ask_role(path).await.map_err(socket_err)?;
-    }
-    let Some(token) = doc["fencing_token"].as_i64() else {
-        return Err(socket_err(format!("/role has no fencing_token: {doc}")));
     };
-    let leader_key = doc["leader"]["key"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let id = doc["id"].as_str().unwrap_or(&config.id).to_string();
-    info!(token, key = %leader_key, "local electd leads");
-
-    let watchdog = Watchdog::spawn().map_err(RunError::Watchdog)?;
-    let mut sup = Supervisor::new(child_spec(config, opts), Some(watchdog));
-    let env = child_env(&id, &election, &leader_key, token);
-    if let Err(code) = start(&mut sup, &env) {
+    lead.set_command(supervisor(config, opts)?);
+    if let Err((code, why)) = lead.start_command(token, Vec::new()) {
+        eprintln!("elect-run: {why}");
         return Ok(code);
     }
-    let mut next_poll = Instant::now() + SOCKET_POLL;
     loop {
-        // The watchdog here only covers elect-run's own death; the lease is electd's.
-        sup.set_kill_deadline(Instant::now() + Duration::from_secs(86_400));
-        let poll = async {
-            sleep_until(next_poll).await;
-            ask_role(path).await
-        };
-        let lost = tokio::select! {
-            (exit, ran) = sup.wait() => {
-                info!(status = %exit, ran = ?ran, "command ended");
-                return Ok(exit.code);
-            }
-            answer = poll => {
-                next_poll = Instant::now() + SOCKET_POLL;
-                match answer {
-                    Ok(d) if matches!(d["role"].as_str(), Some("leader" | "suspect"))
-                        && d["fencing_token"].as_i64() == Some(token) => None,
-                    Ok(d) => Some(format!("the local electd is now {} (leader: {})", d["role"], d["leader"]["id"])),
-                    Err(e) => Some(format!("the local electd stopped answering: {e}")),
+        match lead.next(signals.recv()).await {
+            Next::Event(event) => {
+                if lead.apply(event).await.lost.is_some() {
+                    let reason = match lead.source().last() {
+                        Ok(doc) => format!(
+                            "the local electd is now {} (leader: {})",
+                            doc.role,
+                            doc.leader.as_ref().map_or("none", |l| &l.id)
+                        ),
+                        Err(e) => format!("the local electd stopped answering: {e}"),
+                    };
+                    warn!(reason, "leadership lost; the command was stopped");
+                    return Err(RunError::Lost { reason });
                 }
             }
-            sig = signals.recv() => {
-                sup.forward(sig);
-                None
+            Next::Input(sig) => lead.forward(sig),
+            Next::CommandEnded(exit) => {
+                return Ok(exit.code);
             }
-        };
-        if let Some(reason) = lost {
-            warn!(reason, "leadership lost; stopping the command");
-            sup.stop().await;
-            return Err(RunError::Lost { reason });
+            Next::SourceEnded(never) => match never {},
         }
     }
 }
 
-/// `GET /role` from the local electd over its socket (blocking I/O off the runtime, bounded).
-pub async fn ask_role(path: &Path) -> Result<serde_json::Value, String> {
-    let path = path.to_path_buf();
-    let answer = tokio::task::spawn_blocking(move || {
-        crate::api::client::request_within(&path, "GET", "/role", SOCKET_TIMEOUT)
-    })
-    .await
-    .map_err(|e| format!("socket client task failed: {e}"))?
-    .map_err(|e| e.to_string())?;
-    match answer {
-        (200, body) => serde_json::from_str(&body).map_err(|e| format!("/role is not JSON: {e}")),
-        (code, _) => Err(format!("GET /role answered {code}")),
+fn socket_not_leading(source: &SocketSource) {
+    if let Ok(doc) = source.last() {
+        info!(
+            role = %doc.role, leader = doc.leader.as_ref().map_or("none", |l| &l.id),
+            "local electd is not the leader; command not run"
+        );
     }
 }
 

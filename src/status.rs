@@ -1,19 +1,19 @@
 //! The published snapshot of this replica: written only by the daemon's owner task, read by
-//! everyone else through a `tokio::sync::watch` receiver. Rendered to JSON at read time so
-//! ages (`last_contact_ms`, the suspect deadline) are current.
+//! everyone else through a `tokio::sync::watch` receiver. Rendered to a [`RoleDoc`] at read
+//! time so ages (`last_contact_ms`, the suspect deadline) are current.
 
+use std::borrow::Cow;
 use std::time::SystemTime;
 
-use serde::Serialize;
-use serde_json::Value;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::election::MemberInfo;
+use crate::api::doc::{LeaderDoc, Rfc3339, RoleDoc, SuspectDoc};
 use crate::election::role::{Role, RoleKind};
 use crate::supervisor::ExitInfo;
 
 /// The wrapped command's state, when there is one.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChildStatus {
     pub running: bool,
     pub pid: Option<u32>,
@@ -63,14 +63,9 @@ impl Status {
         let ms = |d: std::time::Duration| d.as_millis() as u64;
         RoleDoc {
             role: self.kind(),
-            id: &self.id,
-            election: &self.election,
-            leader: self.role.leader().map(|l| LeaderDoc {
-                id: &l.id,
-                key: &l.key,
-                create_revision: l.create_revision,
-                member: l.member.as_ref(),
-            }),
+            id: Cow::Borrowed(&self.id),
+            election: Cow::Borrowed(&self.election),
+            leader: self.role.leader().map(LeaderDoc::of),
             fencing_token: self.fencing_token(),
             since: Rfc3339(self.since),
             etcd_reachable: self.reachable,
@@ -87,54 +82,7 @@ impl Status {
                 }),
                 _ => None,
             },
-            child: self.child.as_ref(),
+            child: self.child.as_ref().map(Cow::Borrowed),
         }
-    }
-
-    /// The `/role` document as a JSON value.
-    pub fn to_json(&self, now: Instant) -> Value {
-        serde_json::to_value(self.doc(now)).expect("invariant: RoleDoc serialises")
-    }
-}
-
-/// The `/role` document. Serialised straight from the snapshot: `/role` is the hot path.
-#[derive(Debug, Serialize)]
-pub struct RoleDoc<'a> {
-    pub role: RoleKind,
-    pub id: &'a str,
-    pub election: &'a str,
-    pub leader: Option<LeaderDoc<'a>>,
-    pub fencing_token: Option<i64>,
-    pub since: Rfc3339,
-    pub etcd_reachable: bool,
-    pub last_contact_ms: Option<u64>,
-    pub version: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub suspect: Option<SuspectDoc>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub child: Option<&'a ChildStatus>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct LeaderDoc<'a> {
-    pub id: &'a str,
-    pub key: &'a str,
-    pub create_revision: i64,
-    pub member: Option<&'a MemberInfo>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct SuspectDoc {
-    pub contact_lost_ms: u64,
-    pub deadline_in_ms: u64,
-}
-
-/// A wall-clock time written as RFC 3339 with milliseconds, without an intermediate String.
-#[derive(Debug, Clone, Copy)]
-pub struct Rfc3339(pub SystemTime);
-
-impl Serialize for Rfc3339 {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_millis(self.0))
     }
 }

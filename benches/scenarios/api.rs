@@ -262,7 +262,7 @@ impl InProcess {
             status: status_rx,
             control: control_tx,
             metrics: Metrics::new(),
-            etcd: None,
+            members: None,
             allow: AllowList {
                 uids: Vec::new(),
                 gids: Vec::new(),

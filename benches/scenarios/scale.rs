@@ -5,9 +5,8 @@
 use std::time::Duration;
 
 use electd::config::Timing;
-use electd::election::{
-    After, Driver, DriverConfig, DriverHandle, ElectionView, MemberInfo, Position,
-};
+use electd::election::etcd::EtcdBackend;
+use electd::election::{After, DriverConfig, DriverHandle, ElectionView, MemberInfo, Position};
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep, timeout};
 
@@ -22,15 +21,12 @@ struct Candidate {
     task: tokio::task::JoinHandle<()>,
 }
 
-fn spawn(client: &etcd_client::Client, timing: Timing, n: usize) -> Candidate {
-    let (driver, handle, view) = Driver::new(
-        client.clone(),
-        DriverConfig {
-            election: "scale".into(),
-            member: MemberInfo::new(&format!("c{n:04}"), None),
-            timing,
-        },
-    );
+fn spawn(backend: &EtcdBackend, timing: Timing, n: usize) -> Candidate {
+    let (driver, handle, view) = backend.driver(DriverConfig {
+        election: "scale".into(),
+        member: MemberInfo::new(&format!("c{n:04}"), None),
+        timing,
+    });
     let task = tokio::spawn(async move {
         let _ = driver.run().await;
     });
@@ -106,12 +102,12 @@ struct Figures {
 async fn run(cfg: &BenchConfig, etcd: &Etcd) -> Figures {
     let n = cfg.scale_candidates;
     let timing = Timing::new(cfg.scale_ttl, Duration::ZERO);
-    let client = etcd_client::Client::connect([etcd.endpoint()], None)
+    let backend = EtcdBackend::connect_endpoints(&[etcd.endpoint()])
         .await
         .expect("connect to etcd");
     let mut f = Figures::default();
     let t = Instant::now();
-    let mut cands: Vec<Candidate> = (0..n).map(|i| spawn(&client, timing, i)).collect();
+    let mut cands: Vec<Candidate> = (0..n).map(|i| spawn(&backend, timing, i)).collect();
     let mut next = n;
     wait_settled(&cands, Duration::from_secs(60)).await;
     f.settle = t.elapsed().as_secs_f64();
@@ -182,7 +178,7 @@ async fn run(cfg: &BenchConfig, etcd: &Etcd) -> Figures {
             // Replace the one that left, at the back of the queue.
             let gone = cands.remove(l);
             let _ = gone.task.await;
-            cands.push(spawn(&client, timing, next));
+            cands.push(spawn(&backend, timing, next));
             next += 1;
         };
         if let Err(e) = timeout(Duration::from_secs(90), it).await {

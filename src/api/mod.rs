@@ -6,6 +6,7 @@
 //! TCP they answer 403.
 
 pub mod client;
+pub mod doc;
 pub mod serve;
 pub mod socket;
 
@@ -20,18 +21,16 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use etcd_client::Client;
 use serde::Deserialize;
-use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::WatchStream;
 
-use crate::election::role::RoleKind;
-use crate::election::{LeaderInfo, etcd, keys};
+use crate::election::MemberSource;
 use crate::metrics::Metrics;
 use crate::status::Status;
+use doc::{ControlReply, ErrorDoc, MembersDoc};
 use socket::{AllowList, Peer};
 
 /// Which listener a request arrived on.
@@ -41,20 +40,12 @@ pub enum Transport {
     Unix,
 }
 
-/// Operator requests for the owner task; each is answered with a short JSON document.
+/// Operator requests for the owner task; each is answered with a [`ControlReply`].
 #[derive(Debug)]
 pub enum Control {
-    Resign(oneshot::Sender<Value>),
-    Pause(oneshot::Sender<Value>),
-    Resume(oneshot::Sender<Value>),
-}
-
-/// Where `/members` reads the election from.
-#[derive(Clone)]
-pub struct EtcdSource {
-    pub client: Client,
-    pub election: String,
-    pub timeout: Duration,
+    Resign(oneshot::Sender<ControlReply>),
+    Pause(oneshot::Sender<ControlReply>),
+    Resume(oneshot::Sender<ControlReply>),
 }
 
 #[derive(Clone)]
@@ -62,8 +53,20 @@ pub struct ApiState {
     pub status: watch::Receiver<Status>,
     pub control: mpsc::Sender<Control>,
     pub metrics: Metrics,
-    pub etcd: Option<EtcdSource>,
+    /// Where `/members` reads the election from.
+    pub members: Option<Arc<dyn MemberSource>>,
     pub allow: AllowList,
+}
+
+/// An error document with `code`.
+fn error(code: StatusCode, message: impl Into<String>) -> Response {
+    (
+        code,
+        Json(ErrorDoc {
+            error: message.into(),
+        }),
+    )
+        .into_response()
 }
 
 /// The longest `/role?wait=` honoured.
@@ -105,11 +108,10 @@ async fn role(State(s): State<Arc<ApiState>>, Query(q): Query<RoleQuery>) -> Res
     let wait = match crate::config::parse_duration(&wait) {
         Ok(d) => d.min(MAX_WAIT),
         Err(_) => {
-            return (
+            return error(
                 StatusCode::BAD_REQUEST,
-                Json(json!({"error": format!("invalid wait {wait:?}: expected a duration such as 30s")})),
-            )
-                .into_response();
+                format!("invalid wait {wait:?}: expected a duration such as 30s"),
+            );
         }
     };
     let mut rx = s.status.clone();
@@ -129,9 +131,10 @@ fn role_response(st: &Status, code: StatusCode) -> Response {
 
 async fn leader(State(s): State<Arc<ApiState>>) -> Response {
     let st = s.status.borrow();
-    let code = match st.kind() {
-        RoleKind::Leader | RoleKind::Suspect => StatusCode::OK,
-        _ => StatusCode::SERVICE_UNAVAILABLE,
+    let code = if st.kind().leads() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
     role_response(&st, code)
 }
@@ -156,94 +159,60 @@ async fn watch_role(
     State(s): State<Arc<ApiState>>,
 ) -> Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>> {
     let stream = WatchStream::new(s.status.clone()).map(|st| {
-        let doc = st.to_json(Instant::now());
+        let doc =
+            serde_json::to_string(&st.doc(Instant::now())).expect("invariant: RoleDoc serialises");
         Ok(SseEvent::default()
             .event("role")
             .id(st.version.to_string())
-            .data(doc.to_string()))
+            .data(doc))
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
 /// Every candidate in queue order, read from etcd.
 async fn members(State(s): State<Arc<ApiState>>) -> Response {
-    let Some(src) = &s.etcd else {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(json!({"error": "no etcd source"})),
-        )
-            .into_response();
+    let Some(src) = &s.members else {
+        return error(StatusCode::NOT_FOUND, "no etcd source");
     };
-    let prefix = keys::election_prefix(&src.election);
-    match etcd::candidates(&src.client, &prefix, src.timeout).await {
-        Ok((revision, list)) => Json(members_doc(&src.election, revision, &list)).into_response(),
-        Err(e) => (
+    match src.members().await {
+        Ok(list) => Json(MembersDoc::new(src.election(), &list)).into_response(),
+        Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"error": format!("cannot read the election from etcd: {e}")})),
-        )
-            .into_response(),
+            format!("cannot read the election from etcd: {e}"),
+        ),
     }
-}
-
-/// The `/members` document: every candidate in queue order; the first one leads.
-pub fn members_doc(election: &str, revision: i64, list: &[etcd::Candidate]) -> Value {
-    let members: Vec<Value> = list
-        .iter()
-        .enumerate()
-        .map(|(i, c)| {
-            let info = LeaderInfo::from_candidate(c);
-            json!({
-                "position": i + 1,
-                "id": info.id,
-                "key": c.key,
-                "create_revision": c.create_revision,
-                "lease": format!("{:x}", c.lease),
-                "leader": i == 0,
-                "member": info.member,
-            })
-        })
-        .collect();
-    json!({"election": election, "revision": revision, "members": members})
 }
 
 async fn control(
     s: &ApiState,
     req: Request,
-    make: fn(oneshot::Sender<Value>) -> Control,
+    make: fn(oneshot::Sender<ControlReply>) -> Control,
 ) -> Response {
     let transport = req.extensions().get::<Transport>().copied();
     if transport != Some(Transport::Unix) {
-        return (
+        return error(
             StatusCode::FORBIDDEN,
-            Json(json!({"error": "control actions are accepted only over the Unix socket (--socket)"})),
-        )
-            .into_response();
+            "control actions are accepted only over the Unix socket (--socket)",
+        );
     }
     let peer = req.extensions().get::<ConnectInfo<Peer>>().map(|c| c.0);
     match peer {
         Some(p) if s.allow.allows(&p) => {}
         p => {
             tracing::warn!(peer = ?p, path = %req.uri().path(), "control request refused: peer not allowed");
-            return (
+            return error(
                 StatusCode::FORBIDDEN,
-                Json(json!({"error": "this user may not send control actions (see --control-uids / --control-gids)"})),
-            )
-                .into_response();
+                "this user may not send control actions (see --control-uids / --control-gids)",
+            );
         }
     }
     let (tx, rx) = oneshot::channel();
-    let gone = || {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"error": "electd is shutting down"})),
-        )
-            .into_response()
-    };
+    let gone = || error(StatusCode::SERVICE_UNAVAILABLE, "electd is shutting down");
     if s.control.send(make(tx)).await.is_err() {
         return gone();
     }
     match rx.await {
-        Ok(doc) => Json(doc).into_response(),
+        Ok(reply) => Json(reply).into_response(),
         Err(_) => gone(),
     }
 }

@@ -85,7 +85,7 @@ fn body_refusal(req: &hyper::Request<Incoming>) -> Option<Response> {
 }
 
 /// Serve `router` on `listener` until `stop` completes, then let in-flight requests finish for up
-/// to [`SHUTDOWN_GRACE`] and close the rest.
+/// to `SHUTDOWN_GRACE` and close the rest.
 pub async fn serve<L>(
     mut listener: L,
     router: Router,

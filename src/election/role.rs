@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::{After, LeaderInfo, Position};
@@ -49,7 +49,7 @@ pub enum Role {
 }
 
 /// The name of a role, as shown on `/role` and in metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RoleKind {
     Candidate,
@@ -69,6 +69,12 @@ impl RoleKind {
         RoleKind::Paused,
         RoleKind::Stopping,
     ];
+
+    /// Whether a replica in this role leads: its command runs, `/leader` answers 200. The one
+    /// place this is decided.
+    pub fn leads(self) -> bool {
+        matches!(self, RoleKind::Leader | RoleKind::Suspect)
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -102,7 +108,7 @@ impl Role {
 
     /// Whether this replica's work (the child) should be running.
     pub fn leads(&self) -> bool {
-        matches!(self, Role::Leader { .. } | Role::Suspect { .. })
+        self.kind().leads()
     }
 
     /// The leader known to this replica, if any.

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep, timeout};
 use tracing::{info, warn};
@@ -41,7 +41,7 @@ pub struct ChildSpec {
 }
 
 /// How a child ended, as shown on `/role` and logged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExitInfo {
     /// The exit code, or `128 + signal` when killed by a signal (shell convention).
     pub code: i32,

@@ -1,0 +1,159 @@
+//! Connecting to etcd: TLS and authentication from the configuration, and the startup probe
+//! that tells a misconfiguration (refused certificate, bad credentials, denied permission) from
+//! an outage, so the former is reported at start instead of retried for ever.
+
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions};
+
+use super::error::{Backoff, EtcdError, bounded, error_chain};
+use super::txn::candidates;
+use crate::config::{Config, Pem};
+
+/// Build a client for the configured endpoints. The connection is made lazily; HTTP/2 pings go
+/// out every 5 s (etcd refuses clients that ping more often by default).
+pub async fn connect(config: &Config) -> Result<Client, EtcdError> {
+    let timing = config.timing();
+    let mut options = ConnectOptions::new()
+        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+        .with_keep_alive_while_idle(true)
+        .with_connect_timeout(timing.request_timeout.max(Duration::from_secs(1)));
+    if let Some(tls) = &config.etcd_tls {
+        let mut t = etcd_client::TlsOptions::new();
+        if let Some(ca) = &tls.ca {
+            let pem = read_pem("--etcd-ca", ca, Pem::Certificate)?;
+            t = t.ca_certificate(etcd_client::Certificate::from_pem(pem));
+        }
+        if let (Some(cert), Some(key)) = (&tls.cert, &tls.key) {
+            let c = read_pem("--etcd-cert", cert, Pem::Certificate)?;
+            let k = read_pem("--etcd-key", key, Pem::PrivateKey)?;
+            t = t.identity(etcd_client::Identity::from_pem(c, k));
+        }
+        options = options.with_tls(t);
+    }
+    if let Some(auth) = &config.etcd_auth {
+        // Re-authenticate when etcd refuses the token (simple tokens die with an etcd restart,
+        // JWTs expire) instead of failing every call until electd gives up.
+        options = options
+            .with_user(auth.user.clone(), auth.password.clone())
+            .with_auto_token_refresh(true);
+    }
+    let after = timing.request_timeout.max(Duration::from_secs(3));
+    bounded(
+        "connect",
+        after,
+        0,
+        Client::connect(config.endpoints.clone(), Some(options)),
+    )
+    .await
+    .map_err(|e| match e {
+        // Only building an endpoint's TLS settings fails this way (requests fail with a gRPC
+        // status): a configuration problem that no retry fixes. etcd-client's Display hides
+        // tonic's cause, so quote that.
+        EtcdError::Request {
+            source: etcd_client::Error::TransportError(t),
+            ..
+        } => EtcdError::Setup(format!(
+            "invalid TLS settings (--etcd-ca/--etcd-cert/--etcd-key): {}",
+            error_chain(&t)
+        )),
+        e => e,
+    })
+}
+
+/// Read a PEM file given with `flag`. Its content was checked when the configuration was
+/// validated ([`crate::config::pem_problem`]); it is checked again in case it changed since.
+fn read_pem(flag: &str, path: &std::path::Path, want: Pem) -> Result<Vec<u8>, EtcdError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| EtcdError::Setup(format!("cannot read {flag} {}: {e}", path.display())))?;
+    match crate::config::pem_problem(&bytes, want) {
+        Some(p) => Err(EtcdError::Setup(format!("{flag} {}: {p}", path.display()))),
+        None => Ok(bytes),
+    }
+}
+
+/// Connect, retrying with backoff while etcd is unreachable; returns at once on a fatal
+/// error (TLS trust, credentials, permissions), which a startup read of the election's prefix
+/// also checks, so a misconfiguration is reported at start instead of as an endless retry.
+pub async fn connect_and_probe(config: &Config) -> Result<Client, EtcdError> {
+    let t = config.timing().request_timeout.max(Duration::from_secs(2));
+    let prefix = crate::election::keys::election_prefix(&config.election);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut warned = false;
+    loop {
+        let err = match connect(config).await {
+            Ok(client) => match probe(&client, &prefix, t, config.etcd_tls.is_some()).await {
+                Ok(_) => return Ok(client),
+                // Unreachable but well configured so far: the driver keeps retrying.
+                Err(e) if !e.is_fatal() => {
+                    tracing::warn!(error = %e, "etcd is not reachable yet; campaigning once it is");
+                    return Ok(client);
+                }
+                Err(e) => e,
+            },
+            Err(e) => e,
+        };
+        if err.is_fatal() {
+            return Err(err);
+        }
+        if !warned {
+            tracing::warn!(error = %err, "cannot connect to etcd yet; retrying");
+            warned = true;
+        }
+        tokio::time::sleep(backoff.delay()).await;
+    }
+}
+
+/// How long the startup probe keeps retrying TLS connections that etcd drops before
+/// concluding that the drops are a misconfiguration rather than an outage.
+const PROBE_DROPPED_FOR: Duration = Duration::from_secs(3);
+
+/// The startup read of the election's prefix. Over TLS 1.3 the server checks our client
+/// certificate only after our side of the handshake is done, so a refused certificate shows up
+/// either as the server's alert (a fatal "tls" error) or, when the connection dies before our
+/// request is under way, as a dropped connection ("connection closed", "broken pipe") that
+/// tells nothing; an https:// endpoint on a plain-HTTP port ends in "tls handshake eof". Those
+/// are also what an etcd restart looks like, so they are not fatal in themselves: retry them
+/// here until the alert is seen, and if every connection is dropped for [`PROBE_DROPPED_FOR`],
+/// report [`EtcdError::TlsDropped`] rather than letting the driver retry for ever.
+async fn probe(client: &Client, prefix: &str, t: Duration, tls: bool) -> Result<(), EtcdError> {
+    let started = tokio::time::Instant::now();
+    let mut tries = 0;
+    loop {
+        match candidates(client, prefix, t).await {
+            Ok(_) => return Ok(()),
+            Err(e) if tls && dropped_in_tls(&e) => {
+                tries += 1;
+                if started.elapsed() >= PROBE_DROPPED_FOR {
+                    return Err(EtcdError::TlsDropped {
+                        tries,
+                        last: e.to_string(),
+                    });
+                }
+                tracing::debug!(error = %e, "etcd dropped the TLS connection; probing again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A connection that etcd accepted and then dropped, during the TLS handshake or right after
+/// it, before an answer (not one refused or timed out: that is etcd being down).
+fn dropped_in_tls(e: &EtcdError) -> bool {
+    let EtcdError::Request { source, .. } = e else {
+        return false;
+    };
+    if e.is_fatal() {
+        return false;
+    }
+    let text = error_chain(source).to_ascii_lowercase();
+    [
+        "connection closed",
+        "broken pipe",
+        "connection reset",
+        "tls handshake eof",
+    ]
+    .iter()
+    .any(|s| text.contains(s))
+}

@@ -1,0 +1,172 @@
+//! What can go wrong talking to etcd ([`EtcdError`], with a label for logs and metrics and a
+//! hint for the operator), the deadline every call runs under ([`bounded`]: etcd-client has
+//! none per request and does not retry) and the [`Backoff`] callers retry with.
+
+use std::time::Duration;
+
+use tokio::time::timeout;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("etcd {op} timed out after {after:?}")]
+    Timeout { op: &'static str, after: Duration },
+    #[error("etcd {op} failed: {}", error_chain(source))]
+    Request {
+        op: &'static str,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("lease {lease:x} is gone at etcd (expired or revoked)")]
+    LeaseGone { lease: i64 },
+    #[error("etcd {op} stream closed")]
+    StreamClosed { op: &'static str },
+    #[error("cannot set up the etcd client: {0}")]
+    Setup(String),
+    #[error(
+        "etcd closed {tries} TLS connections in a row during or right after the handshake: it \
+         most likely refuses our client certificate, or does not serve TLS on that port (last \
+         error: {last})"
+    )]
+    TlsDropped { tries: u32, last: String },
+}
+
+impl EtcdError {
+    /// A short label for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EtcdError::Timeout { .. } => "timeout",
+            EtcdError::Request { source, .. } => {
+                let text = error_chain(source).to_ascii_lowercase();
+                // A token etcd no longer knows (restarted member, expired TTL) is not a
+                // credentials problem: the client authenticates again, so keep retrying.
+                if text.contains("invalid auth token") {
+                    return "auth_token";
+                }
+                if text.contains("authentication failed") || text.contains("user name is empty") {
+                    return "unauthenticated";
+                }
+                if text.contains("permission denied") {
+                    return "permission_denied";
+                }
+                // Only what a retry cannot fix: a certificate refused either way, a TLS alert
+                // from the server, plain text where TLS was expected, TLS files with an
+                // http:// endpoint. A connection cut mid-TLS (etcd restarting: "peer closed
+                // connection without sending TLS close_notify", "tls handshake eof") is an
+                // outage; the startup probe tells a persistent one apart.
+                if [
+                    "certificate",
+                    "received fatal alert",
+                    "corrupt message",
+                    "peer is incompatible",
+                    "http/2 was not negotiated",
+                    "only supported with https",
+                ]
+                .iter()
+                .any(|s| text.contains(s))
+                {
+                    return "tls";
+                }
+                match source {
+                    etcd_client::Error::GRpcStatus(s) => match s.code() {
+                        tonic::Code::Unavailable => "unavailable",
+                        tonic::Code::DeadlineExceeded => "deadline",
+                        tonic::Code::Unauthenticated => "unauthenticated",
+                        tonic::Code::PermissionDenied => "permission_denied",
+                        _ => "grpc",
+                    },
+                    etcd_client::Error::TransportError(_) => "transport",
+                    _ => "client",
+                }
+            }
+            EtcdError::LeaseGone { .. } => "lease_gone",
+            EtcdError::StreamClosed { .. } => "stream_closed",
+            EtcdError::Setup(_) => "setup",
+            EtcdError::TlsDropped { .. } => "tls",
+        }
+    }
+
+    /// Errors that no amount of retrying fixes (TLS trust, bad credentials, denied permission).
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self.kind(),
+            "unauthenticated" | "permission_denied" | "setup" | "tls"
+        )
+    }
+
+    /// What the operator should check, for fatal errors.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self.kind() {
+            "tls" => Some(
+                "check --etcd-ca (the CA that signed etcd's server certificate) and --etcd-cert/--etcd-key, and that the endpoints use https://",
+            ),
+            "unauthenticated" => Some(
+                "check --etcd-user and its password (--etcd-password-file or ELECTD_ETCD_PASSWORD)",
+            ),
+            "permission_denied" => Some(
+                "the etcd user's role needs readwrite on the election's key prefix `<election>/` (see docs/operations.md)",
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// The error and all its sources, joined: etcd-client's Display hides the cause (a TLS alert,
+/// a refused connection) that tells the operator what is wrong.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        cur = s.source();
+    }
+    text
+}
+
+/// Map an etcd-client error, recognising "lease not found" as [`EtcdError::LeaseGone`].
+pub(crate) fn classify(op: &'static str, lease: i64, source: etcd_client::Error) -> EtcdError {
+    let text = source.to_string();
+    if text.contains("lease not found") {
+        EtcdError::LeaseGone { lease }
+    } else {
+        EtcdError::Request { op, source }
+    }
+}
+
+/// Run one etcd call with a deadline, mapping its error ("lease not found" becomes
+/// [`EtcdError::LeaseGone`]).
+pub async fn bounded<T>(
+    op: &'static str,
+    after: Duration,
+    lease: i64,
+    fut: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, EtcdError> {
+    match timeout(after, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(classify(op, lease, e)),
+        Err(_) => Err(EtcdError::Timeout { op, after }),
+    }
+}
+
+/// Exponential backoff with a cap, for retrying `Unavailable` and timeouts.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub fn new(first: Duration, max: Duration) -> Backoff {
+        Backoff { next: first, max }
+    }
+
+    /// The delay before the next attempt; doubles up to the cap, with ±20% jitter.
+    pub fn delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(self.max);
+        base.mul_f64(0.8 + fastrand::f64() * 0.4)
+    }
+}

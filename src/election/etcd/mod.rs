@@ -1,0 +1,164 @@
+//! The etcd backend: the only code that talks to etcd (and the only importer of
+//! `etcd_client`). Split like etcd's own `client/v3/concurrency`:
+//! - `session` — a lease, its keepalive task and the reply pacing every call shares;
+//! - `campaign` — the candidate key and the reads and watches that place it in the queue;
+//! - `driver` — sessions back to back, the published view, the owner's commands;
+//! - `txn` — put-if-absent, the whole-election read, elect-run's fenced slot records;
+//! - `client` — connecting (TLS, auth) and the startup probe;
+//! - `error` — what can go wrong, with a label and a hint, and the per-call deadline.
+//!
+//! [`EtcdBackend`] is the handle everything outside this folder uses.
+
+mod campaign;
+mod client;
+mod driver;
+mod error;
+mod session;
+mod txn;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::Client;
+use tokio::sync::watch;
+
+pub use driver::Driver;
+pub use error::{Backoff, EtcdError, error_chain};
+pub use txn::SlotClaim;
+
+use crate::config::Config;
+use crate::election::{
+    DriverConfig, DriverHandle, ElectionView, MemberList, MemberSource, MemberSourceFuture, keys,
+};
+
+/// A connection to etcd (made lazily, shared by clones).
+#[derive(Clone)]
+pub struct EtcdBackend {
+    client: Client,
+}
+
+impl EtcdBackend {
+    /// A client for the configured endpoints, TLS and credentials; nothing is checked yet.
+    pub async fn connect(config: &Config) -> Result<EtcdBackend, EtcdError> {
+        Ok(EtcdBackend {
+            client: client::connect(config).await?,
+        })
+    }
+
+    /// [`EtcdBackend::connect`], retrying while etcd is unreachable, then a startup read of the
+    /// election's prefix: a misconfiguration (TLS trust, credentials, permissions) is returned
+    /// at once instead of being retried for ever.
+    pub async fn connect_and_probe(config: &Config) -> Result<EtcdBackend, EtcdError> {
+        Ok(EtcdBackend {
+            client: client::connect_and_probe(config).await?,
+        })
+    }
+
+    /// A plain (no TLS, no auth) client for `endpoints`: for benchmarks and tests.
+    pub async fn connect_endpoints(endpoints: &[String]) -> Result<EtcdBackend, EtcdError> {
+        let client =
+            Client::connect(endpoints, None)
+                .await
+                .map_err(|source| EtcdError::Request {
+                    op: "connect",
+                    source,
+                })?;
+        Ok(EtcdBackend { client })
+    }
+
+    /// A driver campaigning in `cfg.election`; run it with [`Driver::run`].
+    pub fn driver(
+        &self,
+        cfg: DriverConfig,
+    ) -> (Driver, DriverHandle, watch::Receiver<ElectionView>) {
+        Driver::new(self.client.clone(), cfg)
+    }
+
+    /// Every candidate of `election` in queue order.
+    pub async fn members(&self, election: &str, after: Duration) -> Result<MemberList, EtcdError> {
+        let prefix = keys::election_prefix(election);
+        let (revision, candidates) = txn::candidates(&self.client, &prefix, after).await?;
+        Ok(MemberList {
+            revision,
+            candidates,
+        })
+    }
+
+    /// `/members` for `election`, each read bounded by `after`.
+    pub fn member_source(&self, election: &str, after: Duration) -> Arc<dyn MemberSource> {
+        Arc::new(EtcdMembers {
+            backend: self.clone(),
+            election: election.to_string(),
+            after,
+        })
+    }
+
+    /// Grant a lease of `ttl` (whole seconds).
+    pub async fn grant(&self, ttl: Duration, after: Duration) -> Result<i64, EtcdError> {
+        session::grant(&self.client, ttl, after).await
+    }
+
+    /// Revoke `lease`; a lease already gone counts as revoked.
+    pub async fn revoke(&self, lease: i64, after: Duration) -> Result<(), EtcdError> {
+        session::revoke(&self.client, lease, after).await
+    }
+
+    /// Claim elect-run's slot record at `key`, fenced by `token` on `leader_key`.
+    pub async fn claim_slot(
+        &self,
+        key: &str,
+        value: &str,
+        leader_key: &str,
+        token: i64,
+        lease: i64,
+        after: Duration,
+    ) -> Result<SlotClaim, EtcdError> {
+        txn::claim_slot(&self.client, key, value, leader_key, token, lease, after).await
+    }
+
+    /// Rewrite a claimed slot record, fenced by `token` and the record's `mod_revision`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn update_slot(
+        &self,
+        key: &str,
+        value: &str,
+        leader_key: &str,
+        token: i64,
+        mod_revision: i64,
+        lease: Option<i64>,
+        after: Duration,
+    ) -> Result<bool, EtcdError> {
+        txn::update_slot(
+            &self.client,
+            key,
+            value,
+            leader_key,
+            token,
+            mod_revision,
+            lease,
+            after,
+        )
+        .await
+    }
+}
+
+struct EtcdMembers {
+    backend: EtcdBackend,
+    election: String,
+    after: Duration,
+}
+
+impl MemberSource for EtcdMembers {
+    fn election(&self) -> &str {
+        &self.election
+    }
+
+    fn members(&self) -> MemberSourceFuture<'_> {
+        Box::pin(async move {
+            self.backend
+                .members(&self.election, self.after)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
