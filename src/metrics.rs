@@ -23,6 +23,7 @@ pub struct Metrics {
     pub child_restarts: IntCounter,
     pub child_exits: IntCounterVec,
     pub predecessor_wakeups: IntCounter,
+    pub foreign_keys: IntCounter,
     pub keepalive_rtt: Histogram,
     pub keepalive_failures: IntCounter,
     pub etcd_errors: IntCounterVec,
@@ -82,6 +83,12 @@ impl Metrics {
                 "Times this replica re-read the election because its predecessor's key went away",
             )
             .expect("invariant: valid metric"),
+            foreign_keys: IntCounter::new(
+                "electd_foreign_keys_total",
+                "Keys under the election's prefix that are not candidates (written by hand, or a \
+                 candidate key rewritten without its lease), each counted once when first seen",
+            )
+            .expect("invariant: valid metric"),
             keepalive_rtt: Histogram::with_opts(
                 HistogramOpts::new(
                     "electd_keepalive_rtt_seconds",
@@ -125,6 +132,7 @@ impl Metrics {
             Box::new(m.child_restarts.clone()),
             Box::new(m.child_exits.clone()),
             Box::new(m.predecessor_wakeups.clone()),
+            Box::new(m.foreign_keys.clone()),
             Box::new(m.keepalive_rtt.clone()),
             Box::new(m.keepalive_failures.clone()),
             Box::new(m.etcd_errors.clone()),
@@ -172,6 +180,10 @@ impl Telemetry for Metrics {
 
     fn predecessor_woken(&self) {
         self.predecessor_wakeups.inc();
+    }
+
+    fn foreign_key(&self) {
+        self.foreign_keys.inc();
     }
 }
 

@@ -5,11 +5,8 @@
 use std::time::{Duration, Instant};
 
 use super::report::num;
-use super::{
-    BenchConfig, LockProcess, Section, Value, attempt, electd_spec, etcd_metrics, metric_sum,
-    queued,
-};
-use crate::common::{Daemon, Etcd, wait_until};
+use super::{BenchConfig, LockProcess, Section, Value, attempt, electd_spec, queued};
+use crate::common::{Daemon, Etcd, etcd_metrics, metric_sum, wait_until};
 
 /// VmRSS in MB (10^6 bytes).
 fn rss_mb(pid: u32) -> Option<f64> {

@@ -462,26 +462,3 @@ pub fn queued(etcd: &Etcd, name: &str) -> usize {
         .filter(|l| !l.trim().is_empty())
         .count()
 }
-
-/// Sum of the samples of `metric` in a Prometheus text page whose labels contain every one
-/// of `labels` (e.g. `grpc_method="Txn"`).
-pub fn metric_sum(page: &str, metric: &str, labels: &[&str]) -> f64 {
-    page.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| {
-            l.strip_prefix(metric)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// The `/metrics` page of the etcd listening on loopback `port`.
-pub fn etcd_metrics(port: u16) -> String {
-    let addr = format!("127.0.0.1:{port}");
-    match crate::common::http_get(&addr, "/metrics") {
-        Ok((200, body)) => body,
-        other => panic!("cannot read etcd's /metrics: {other:?}"),
-    }
-}

@@ -10,8 +10,8 @@ use electd::election::{After, DriverConfig, DriverHandle, ElectionView, MemberIn
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep, timeout};
 
-use super::{BenchConfig, Section, Value, attempt, etcd_metrics, metric_sum};
-use crate::common::Etcd;
+use super::{BenchConfig, Section, Value, attempt};
+use crate::common::{Etcd, etcd_metrics, metric_sum};
 
 struct Candidate {
     /// Member id `c{id:04}`, in joining order.

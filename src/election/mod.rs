@@ -16,6 +16,7 @@
 
 pub mod etcd;
 pub mod keys;
+pub mod queue;
 pub mod role;
 
 use std::time::{Duration, SystemTime};
@@ -238,8 +239,10 @@ pub trait Telemetry: Send + Sync {
     fn keepalive_failed(&self) {}
     /// A call to the backend failed; `kind` is a short label (`timeout`, `unavailable`, …).
     fn backend_error(&self, _kind: &'static str) {}
-    /// The key this replica waited on went away and it re-read the election.
+    /// The key right before this replica's in the queue went away.
     fn predecessor_woken(&self) {}
+    /// A key under the election's prefix that is not a candidate was seen (reported once).
+    fn foreign_key(&self) {}
 }
 
 /// Telemetry that goes nowhere (elect-run, benchmarks).

@@ -294,3 +294,26 @@ pub fn file_tail(path: &Path, lines: usize) -> String {
         Err(e) => format!("<cannot read {}: {e}>", path.display()),
     }
 }
+
+/// The sum of a Prometheus metric's samples on a `/metrics` page, over the series whose labels
+/// contain every one of `labels` (e.g. `grpc_method="Range"`).
+pub fn metric_sum(page: &str, metric: &str, labels: &[&str]) -> f64 {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|l| labels.iter().all(|lab| l.contains(lab)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The `/metrics` page of the etcd listening on loopback `port`.
+pub fn etcd_metrics(port: u16) -> String {
+    let addr = format!("127.0.0.1:{port}");
+    match http_get(&addr, "/metrics") {
+        Ok((200, body)) => body,
+        other => panic!("cannot read etcd's /metrics: {other:?}"),
+    }
+}

@@ -1,18 +1,173 @@
-//! Connecting to etcd: TLS and authentication from the configuration, and the startup probe
-//! that tells a misconfiguration (refused certificate, bad credentials, denied permission) from
-//! an outage, so the former is reported at start instead of retried for ever.
+//! Connecting to etcd: one client per endpoint ([`Clients`]) so a call that times out on a
+//! frozen member is retried on another, TLS and authentication from the configuration, and the
+//! startup probe that tells a misconfiguration (refused certificate, bad credentials, denied
+//! permission) from an outage, so the former is reported at start instead of retried for ever.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
+use tracing::{debug, info};
 
 use super::error::{Backoff, EtcdError, bounded, error_chain};
 use super::txn::candidates;
 use crate::config::{Config, Pem};
 
-/// Build a client for the configured endpoints. The connection is made lazily; HTTP/2 pings go
-/// out every 5 s (etcd refuses clients that ping more often by default).
-pub async fn connect(config: &Config) -> Result<Client, EtcdError> {
+/// One client per endpoint, and the endpoint calls go to now. A call that times out, or finds
+/// its member unavailable, moves the calls after it to the next endpoint: a frozen member (a
+/// stalled disk, a paused VM) costs one retry instead of a failover. A balanced channel over
+/// every endpoint would keep sending retries to the frozen member; streams (keepalive, watch)
+/// stay on the member they were opened on until they fail.
+#[derive(Clone)]
+pub struct Clients(Arc<Inner>);
+
+struct Inner {
+    clients: Vec<Client>,
+    endpoints: Vec<String>,
+    current: AtomicUsize,
+}
+
+impl Clients {
+    /// A plain client per endpoint (no TLS, no auth): for benchmarks and tests.
+    pub async fn plain(endpoints: &[String]) -> Result<Clients, EtcdError> {
+        let mut clients = Vec::new();
+        for e in endpoints {
+            let c = Client::connect([e.as_str()], None)
+                .await
+                .map_err(|source| EtcdError::Request {
+                    op: "connect",
+                    source,
+                })?;
+            clients.push(c);
+        }
+        Ok(Clients::new(clients, endpoints.to_vec()))
+    }
+
+    fn new(clients: Vec<Client>, endpoints: Vec<String>) -> Clients {
+        Clients(Arc::new(Inner {
+            clients,
+            endpoints,
+            current: AtomicUsize::new(0),
+        }))
+    }
+
+    /// The endpoint calls go to now, and its client.
+    pub fn pick(&self) -> (usize, Client) {
+        let i = self.0.current.load(Ordering::Relaxed) % self.0.clients.len();
+        (i, self.0.clients[i].clone())
+    }
+
+    /// A call on endpoint `i` failed in a way another member may not: move on, unless another
+    /// call already did.
+    pub fn failed(&self, i: usize) {
+        let n = self.0.clients.len();
+        if n > 1
+            && self
+                .0
+                .current
+                .compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            info!(
+                from = %self.0.endpoints[i],
+                to = %self.0.endpoints[(i + 1) % n],
+                "etcd endpoint did not answer in time; trying the next one"
+            );
+        }
+    }
+
+    /// How many endpoints there are (at least one).
+    pub fn endpoints(&self) -> usize {
+        self.0.clients.len()
+    }
+
+    /// Run one call on the current endpoint with a deadline; a timeout or an unavailable
+    /// member moves later calls to the next endpoint.
+    pub async fn call<T, F, Fut>(
+        &self,
+        op: &'static str,
+        after: Duration,
+        lease: i64,
+        f: F,
+    ) -> Result<T, EtcdError>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let (i, client) = self.pick();
+        let r = bounded(op, after, lease, f(client)).await;
+        if let Err(e) = &r
+            && e.moves_endpoint()
+        {
+            debug!(error = %e, endpoint = %self.0.endpoints[i], "etcd call failed on this endpoint");
+            self.failed(i);
+        }
+        r
+    }
+}
+
+/// A client per configured endpoint (see [`Clients`]). Connections are made lazily; HTTP/2
+/// pings go out every 5 s (etcd refuses clients that ping more often by default). With
+/// authentication, connecting asks etcd for a token: an endpoint that does not answer then gets
+/// a client balanced over all endpoints in its place.
+pub async fn connect(config: &Config) -> Result<Clients, EtcdError> {
+    let options = options(config)?;
+    let after = config.timing().request_timeout.max(Duration::from_secs(3));
+    let one = |endpoints: Vec<String>| {
+        let options = options.clone();
+        async move {
+            bounded(
+                "connect",
+                after,
+                0,
+                Client::connect(endpoints, Some(options)),
+            )
+            .await
+            .map_err(setup_error)
+        }
+    };
+    if config.endpoints.len() == 1 {
+        let client = one(config.endpoints.clone()).await?;
+        return Ok(Clients::new(vec![client], config.endpoints.clone()));
+    }
+    let mut clients = Vec::new();
+    let mut balanced: Option<Client> = None;
+    for e in &config.endpoints {
+        match one(vec![e.clone()]).await {
+            Ok(c) => clients.push(c),
+            Err(err) if err.is_fatal() => return Err(err),
+            Err(err) => {
+                debug!(endpoint = %e, error = %err, "cannot connect to this endpoint yet; using all of them in its place");
+                let b = match &balanced {
+                    Some(b) => b.clone(),
+                    None => one(config.endpoints.clone()).await?,
+                };
+                balanced = Some(b.clone());
+                clients.push(b);
+            }
+        }
+    }
+    Ok(Clients::new(clients, config.endpoints.clone()))
+}
+
+/// Only building an endpoint's TLS settings fails with a transport error at connect (requests
+/// fail with a gRPC status): a configuration problem that no retry fixes. etcd-client's Display
+/// hides tonic's cause, so quote that.
+fn setup_error(e: EtcdError) -> EtcdError {
+    match e {
+        EtcdError::Request {
+            source: etcd_client::Error::TransportError(t),
+            ..
+        } => EtcdError::Setup(format!(
+            "invalid TLS settings (--etcd-ca/--etcd-cert/--etcd-key): {}",
+            error_chain(&t)
+        )),
+        e => e,
+    }
+}
+
+fn options(config: &Config) -> Result<ConnectOptions, EtcdError> {
     let timing = config.timing();
     let mut options = ConnectOptions::new()
         .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
@@ -38,27 +193,7 @@ pub async fn connect(config: &Config) -> Result<Client, EtcdError> {
             .with_user(auth.user.clone(), auth.password.clone())
             .with_auto_token_refresh(true);
     }
-    let after = timing.request_timeout.max(Duration::from_secs(3));
-    bounded(
-        "connect",
-        after,
-        0,
-        Client::connect(config.endpoints.clone(), Some(options)),
-    )
-    .await
-    .map_err(|e| match e {
-        // Only building an endpoint's TLS settings fails this way (requests fail with a gRPC
-        // status): a configuration problem that no retry fixes. etcd-client's Display hides
-        // tonic's cause, so quote that.
-        EtcdError::Request {
-            source: etcd_client::Error::TransportError(t),
-            ..
-        } => EtcdError::Setup(format!(
-            "invalid TLS settings (--etcd-ca/--etcd-cert/--etcd-key): {}",
-            error_chain(&t)
-        )),
-        e => e,
-    })
+    Ok(options)
 }
 
 /// Read a PEM file given with `flag`. Its content was checked when the configuration was
@@ -75,7 +210,7 @@ fn read_pem(flag: &str, path: &std::path::Path, want: Pem) -> Result<Vec<u8>, Et
 /// Connect, retrying with backoff while etcd is unreachable; returns at once on a fatal
 /// error (TLS trust, credentials, permissions), which a startup read of the election's prefix
 /// also checks, so a misconfiguration is reported at start instead of as an endless retry.
-pub async fn connect_and_probe(config: &Config) -> Result<Client, EtcdError> {
+pub async fn connect_and_probe(config: &Config) -> Result<Clients, EtcdError> {
     let t = config.timing().request_timeout.max(Duration::from_secs(2));
     let prefix = crate::election::keys::election_prefix(&config.election);
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
@@ -116,7 +251,7 @@ const PROBE_DROPPED_FOR: Duration = Duration::from_secs(3);
 /// are also what an etcd restart looks like, so they are not fatal in themselves: retry them
 /// here until the alert is seen, and if every connection is dropped for [`PROBE_DROPPED_FOR`],
 /// report [`EtcdError::TlsDropped`] rather than letting the driver retry for ever.
-async fn probe(client: &Client, prefix: &str, t: Duration, tls: bool) -> Result<(), EtcdError> {
+async fn probe(client: &Clients, prefix: &str, t: Duration, tls: bool) -> Result<(), EtcdError> {
     let started = tokio::time::Instant::now();
     let mut tries = 0;
     loop {

@@ -1,53 +1,69 @@
-//! The driver: one task per replica that runs sessions back to back — grant a lease, keep it
-//! alive, campaign under it — publishes what it knows as an [`ElectionView`] and obeys the
+//! The driver: one task per replica that observes the election all the time (one read, one
+//! watch of the whole prefix) and runs sessions back to back — grant a lease, keep it alive,
+//! create the candidate key — publishing what it knows as an [`ElectionView`] and obeying the
 //! owner's commands (release the session, then rejoin, wait, pause or stop). It never decides
 //! what a view means for the wrapped command: that is the role machine's job.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::Client;
-use tokio::sync::{Notify, mpsc, watch};
-use tokio::time::{Instant, sleep};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep_until};
 use tracing::{debug, info, warn};
 
-use super::campaign::{CampaignCtx, CampaignEnd, campaign};
+use super::campaign::{CampaignEnd, create_key, position};
+use super::client::Clients;
 use super::error::{Backoff, EtcdError};
+use super::observe::{Observe, Seen};
 use super::session::{KeepaliveEvent, Pace, Session, grant, revoke};
+use crate::election::queue::Delta;
 use crate::election::{
-    After, DriverCommand, DriverConfig, DriverHandle, ElectionView, NoTelemetry, Position,
-    Telemetry, keys,
+    After, DriverCommand, DriverConfig, DriverHandle, ElectionView, LeaderInfo, NoTelemetry,
+    Position, Telemetry, keys,
 };
 
 /// Runs the election for one replica.
 pub struct Driver {
-    client: Client,
+    clients: Clients,
     cfg: DriverConfig,
     view: watch::Sender<ElectionView>,
     commands: mpsc::Receiver<DriverCommand>,
-    recheck: Arc<Notify>,
     telemetry: Arc<dyn Telemetry>,
     pace: Pace,
+    observe: Observe,
+}
+
+/// This session's candidate key, once created.
+struct Own {
+    key: String,
+    revision: i64,
+    /// The key right before ours, if any (its leaving wakes us).
+    predecessor: Option<String>,
 }
 
 impl Driver {
     /// Create a driver; run it with [`Driver::run`]. The receiver observes its view.
     pub(super) fn new(
-        client: Client,
+        clients: Clients,
         cfg: DriverConfig,
     ) -> (Driver, DriverHandle, watch::Receiver<ElectionView>) {
         let (view, view_rx) = watch::channel(ElectionView::new());
         let (handle, commands) = DriverHandle::channel();
         let pace = Pace::new(&cfg.timing);
+        let observe = Observe::new(
+            clients.clone(),
+            &cfg.election,
+            cfg.timing.keepalive_interval,
+        );
         (
             Driver {
-                client,
+                clients,
                 cfg,
                 view,
                 commands,
-                recheck: Arc::new(Notify::new()),
                 telemetry: Arc::new(NoTelemetry),
                 pace,
+                observe,
             },
             handle,
             view_rx,
@@ -78,11 +94,13 @@ impl Driver {
                         v.lease = None;
                         v.last_ok_sent = None;
                     });
-                    after = self.paused().await;
+                    after = self.out_of_the_election(None).await?;
                     continue;
                 }
                 After::RejoinAfter(delay) => {
-                    after = self.wait_to_rejoin(delay).await;
+                    after = self
+                        .out_of_the_election(Some(Instant::now() + delay))
+                        .await?;
                     continue;
                 }
                 After::Rejoin => {}
@@ -91,33 +109,29 @@ impl Driver {
         }
     }
 
-    /// Stay out of the election for `delay`, answering commands meanwhile.
-    /// (Entered only after a release, which already cleared the view's session.)
-    async fn wait_to_rejoin(&mut self, delay: Duration) -> After {
-        let until = Instant::now() + delay;
+    /// Stay out of the election — paused (`until` is `None`: until resumed) or waiting to
+    /// rejoin — observing it and answering commands meanwhile. (Entered only after a release,
+    /// which already cleared the view's session.)
+    async fn out_of_the_election(&mut self, until: Option<Instant>) -> Result<After, EtcdError> {
         loop {
             tokio::select! {
-                _ = tokio::time::sleep_until(until) => return After::Rejoin,
-                cmd = self.commands.recv() => {
-                    if let Some(after) = answer_without_session(cmd) {
-                        return after;
+                _ = sleep_until(until.unwrap_or_else(Instant::now)), if until.is_some() => {
+                    return Ok(After::Rejoin);
+                }
+                cmd = self.commands.recv() => match cmd {
+                    Some(DriverCommand::Resume { reply }) if until.is_none() => {
+                        let _ = reply.send(());
+                        return Ok(After::Rejoin);
                     }
-                }
-            }
-        }
-    }
-
-    /// Wait in the paused state for a resume or a stop.
-    async fn paused(&mut self) -> After {
-        loop {
-            match self.commands.recv().await {
-                Some(DriverCommand::Resume { reply }) => {
-                    let _ = reply.send(());
-                    return After::Rejoin;
-                }
-                cmd => {
-                    if answer_without_session(cmd) == Some(After::Stop) {
-                        return After::Stop;
+                    cmd => {
+                        if let Some(after) = answer_without_session(cmd) {
+                            return Ok(after);
+                        }
+                    }
+                },
+                seen = self.observe.next(&self.pace) => {
+                    if let Some(delta) = self.take(seen)? {
+                        let _ = self.follow(None, &delta);
                     }
                 }
             }
@@ -125,13 +139,7 @@ impl Driver {
     }
 
     fn mark_error(&self, e: &EtcdError) {
-        debug!(error = %e, kind = e.kind(), "etcd call failed");
-        self.telemetry.backend_error(e.kind());
-        self.view.send_if_modified(|v| {
-            let was = v.reachable;
-            v.reachable = false;
-            was
-        });
+        mark_error(&self.view, self.telemetry.as_ref(), e);
     }
 
     fn mark_contact(&self, revision: Option<i64>) {
@@ -144,6 +152,62 @@ impl Driver {
         });
     }
 
+    /// Take what the observer saw: contact, and foreign keys (each reported once). `None`
+    /// after a transient error (marked; the observer retries after a backoff).
+    fn take(&self, seen: Result<Seen, EtcdError>) -> Result<Option<Delta>, EtcdError> {
+        let seen = match seen {
+            Ok(s) => s,
+            Err(e) if e.is_fatal() => return Err(e),
+            Err(e) => {
+                self.mark_error(&e);
+                return Ok(None);
+            }
+        };
+        self.mark_contact(Some(seen.revision));
+        for (key, why) in &seen.delta.new_foreign {
+            warn!(
+                key,
+                reason = why.as_str(),
+                "ignoring a key under the election's prefix that is not a candidate"
+            );
+            self.telemetry.foreign_key();
+        }
+        Ok(Some(seen.delta))
+    }
+
+    /// Follow the queue after `delta`: this replica's place when it has a key (`Err`: the key
+    /// is gone, and the session with it), else the last known leader of a follower.
+    fn follow(&self, own: Option<&mut Own>, delta: &Delta) -> Result<(), String> {
+        let queue = self.observe.queue();
+        let Some(own) = own else {
+            self.view.send_if_modified(|v| match &mut v.position {
+                Position::Waiting { leader } => {
+                    let now = queue.leader().map(LeaderInfo::from_candidate);
+                    std::mem::replace(leader, now.clone()) != now
+                }
+                _ => false,
+            });
+            return Ok(());
+        };
+        if let Some(p) = &own.predecessor
+            && delta.left.contains(p)
+        {
+            self.view.send_modify(|v| v.wakeups += 1);
+            self.telemetry.predecessor_woken();
+        }
+        let position = position(queue, &own.key, own.revision)?;
+        own.predecessor = queue
+            .get(&own.key)
+            .and_then(|c| queue.predecessor(c.create_revision))
+            .map(|c| c.key.clone());
+        self.view.send_if_modified(|v| {
+            let changed = v.position != position;
+            v.position = position;
+            changed
+        });
+        Ok(())
+    }
+
     /// Grant a lease, retrying with backoff; commands may interrupt.
     async fn grant(&mut self) -> Result<Result<(i64, Instant), After>, EtcdError> {
         let t = self.cfg.timing;
@@ -151,29 +215,35 @@ impl Driver {
             Duration::from_millis(100),
             t.keepalive_interval.max(Duration::from_secs(1)),
         );
+        let mut retry_at = Instant::now();
         loop {
-            let sent = Instant::now();
-            let attempt = grant(&self.client, t.ttl, self.pace.now());
             tokio::select! {
-                r = attempt => match self.pace.note(sent, r) {
-                    Ok(lease) => return Ok(Ok((lease, sent))),
-                    Err(e) if e.is_fatal() => return Err(e),
-                    Err(e) => self.mark_error(&e),
-                },
+                _ = sleep_until(retry_at) => {
+                    let sent = Instant::now();
+                    let granted = grant(&self.clients, t.ttl, self.pace.now()).await;
+                    match self.pace.note(sent, granted) {
+                        Ok(lease) => return Ok(Ok((lease, sent))),
+                        Err(e) if e.is_fatal() => return Err(e),
+                        Err(e) => {
+                            self.mark_error(&e);
+                            retry_at = Instant::now() + backoff.delay();
+                        }
+                    }
+                }
                 cmd = self.commands.recv() => if let Some(after) = answer_without_session(cmd) {
                     return Ok(Err(after));
                 },
-            }
-            tokio::select! {
-                _ = sleep(backoff.delay()) => {}
-                cmd = self.commands.recv() => if let Some(after) = answer_without_session(cmd) {
-                    return Ok(Err(after));
-                },
+                seen = self.observe.next(&self.pace) => {
+                    if let Some(delta) = self.take(seen)? {
+                        let _ = self.follow(None, &delta);
+                    }
+                }
             }
         }
     }
 
-    /// One session: lease, keepalive, candidate key, campaign; returns what to do next.
+    /// One session: lease, keepalive, candidate key, place in the queue; returns what to do
+    /// next.
     async fn session(&mut self) -> Result<After, EtcdError> {
         self.forget_session();
         let (lease, sent) = match self.grant().await? {
@@ -187,26 +257,42 @@ impl Driver {
         });
         let key = keys::candidate_key(&self.cfg.election, lease);
         debug!(lease = format!("{lease:x}"), key, "session started");
+        let mut session = Session::keep_alive(&self.clients, lease, self.cfg.timing, &self.pace);
 
-        let mut session = Session::keep_alive(&self.client, lease, self.cfg.timing, &self.pace);
-
-        let ctx = CampaignCtx {
-            client: &self.client,
-            cfg: &self.cfg,
-            pace: &self.pace,
-            view: &self.view,
-            telemetry: self.telemetry.as_ref(),
-        };
-        let campaign = campaign(ctx, lease, key.clone(), self.recheck.clone());
-        tokio::pin!(campaign);
+        let value =
+            serde_json::to_string(&self.cfg.member).expect("invariant: MemberInfo serialises");
+        let (view, telemetry) = (&self.view, self.telemetry.as_ref());
+        let create = create_key(
+            self.clients.clone(),
+            self.pace.clone(),
+            key.clone(),
+            value,
+            lease,
+            self.cfg
+                .timing
+                .keepalive_interval
+                .max(Duration::from_millis(500)),
+            move |e| mark_error(view, telemetry, e),
+        );
+        tokio::pin!(create);
+        let mut own: Option<Own> = None;
         let after = loop {
-            tokio::select! {
-                end = &mut campaign => match end {
-                    CampaignEnd::SessionLost(why) => {
-                        info!(lease = format!("{lease:x}"), reason = %why, "election session lost; rejoining with a fresh lease");
-                        break After::Rejoin;
+            let lost = tokio::select! {
+                created = &mut create, if own.is_none() => match created {
+                    Ok(revision) => {
+                        debug!(key, revision, "candidate key created");
+                        let mut o = Own { key: key.clone(), revision, predecessor: None };
+                        // Place it with what the queue knows already (perhaps not our key yet).
+                        let placed = self.follow(Some(&mut o), &Delta::default());
+                        own = Some(o);
+                        placed.err()
                     }
-                    CampaignEnd::Fatal(e) => return Err(e),
+                    Err(CampaignEnd::SessionLost(why)) => Some(why),
+                    Err(CampaignEnd::Fatal(e)) => return Err(e),
+                },
+                seen = self.observe.next(&self.pace) => match self.take(seen)? {
+                    Some(delta) => self.follow(own.as_mut(), &delta).err(),
+                    None => None,
                 },
                 ev = session.event() => match ev {
                     Some(KeepaliveEvent::Ok { sent }) => {
@@ -218,9 +304,11 @@ impl Driver {
                             v.last_contact = Some(Instant::now());
                         });
                         if restored {
-                            // Watches may have died with the connection: read afresh.
-                            self.recheck.notify_one();
+                            // The watch may have died silently with the connection: reopen it
+                            // from the last revision seen.
+                            self.observe.reopen();
                         }
+                        None
                     }
                     Some(KeepaliveEvent::Failed(e)) => {
                         if e.is_fatal() {
@@ -228,6 +316,7 @@ impl Driver {
                         }
                         self.telemetry.keepalive_failed();
                         self.mark_error(&e);
+                        None
                     }
                     Some(KeepaliveEvent::Gone) | None => {
                         info!(lease = format!("{lease:x}"), "lease expired or revoked at etcd; rejoining with a fresh lease");
@@ -241,8 +330,15 @@ impl Driver {
                         let _ = reply.send(());
                         return Ok(after);
                     }
-                    Some(DriverCommand::Resume { reply }) => { let _ = reply.send(()); }
+                    Some(DriverCommand::Resume { reply }) => {
+                        let _ = reply.send(());
+                        None
+                    }
                 },
+            };
+            if let Some(why) = lost {
+                info!(lease = format!("{lease:x}"), reason = %why, "election session lost; rejoining with a fresh lease");
+                break After::Rejoin;
             }
         };
         // Session over: make sure the old lease is gone before a new one is granted.
@@ -253,7 +349,7 @@ impl Driver {
     /// Revoke the session's lease, which deletes our candidate key with it in one step. Best
     /// effort and bounded: if etcd is unreachable the lease expires after its TTL.
     async fn release(&self, lease: i64) {
-        match revoke(&self.client, lease, self.pace.now()).await {
+        match revoke(&self.clients, lease, self.pace.now()).await {
             Ok(()) => debug!(lease = format!("{lease:x}"), "lease revoked"),
             Err(e) => {
                 warn!(lease = format!("{lease:x}"), error = %e, "could not revoke lease; it expires after its TTL")
@@ -286,4 +382,11 @@ fn answer_without_session(cmd: Option<DriverCommand>) -> Option<After> {
             None
         }
     }
+}
+
+/// A failed call: count it and mark etcd unreachable until the next success.
+fn mark_error(view: &watch::Sender<ElectionView>, telemetry: &dyn Telemetry, e: &EtcdError) {
+    debug!(error = %e, kind = e.kind(), "etcd call failed");
+    telemetry.backend_error(e.kind());
+    view.send_if_modified(|v| std::mem::replace(&mut v.reachable, false));
 }

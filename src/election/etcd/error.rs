@@ -85,6 +85,15 @@ impl EtcdError {
         }
     }
 
+    /// Errors another etcd member may not give: no answer in time, the member unavailable or
+    /// the connection to it broken. The next call goes to another endpoint.
+    pub fn moves_endpoint(&self) -> bool {
+        matches!(
+            self.kind(),
+            "timeout" | "unavailable" | "deadline" | "transport" | "stream_closed"
+        )
+    }
+
     /// Errors that no amount of retrying fixes (TLS trust, bad credentials, denied permission).
     pub fn is_fatal(&self) -> bool {
         matches!(

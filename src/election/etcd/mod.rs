@@ -1,10 +1,13 @@
 //! The etcd backend: the only code that talks to etcd (and the only importer of
 //! `etcd_client`). Split like etcd's own `client/v3/concurrency`:
 //! - `session` — a lease, its keepalive task and the reply pacing every call shares;
-//! - `campaign` — the candidate key and the reads and watches that place it in the queue;
-//! - `driver` — sessions back to back, the published view, the owner's commands;
+//! - `observe` — one read and one watch of the whole prefix, feeding the local queue;
+//! - `campaign` — the candidate key and its place in that queue;
+//! - `driver` — observation all the time, sessions back to back, the published view, the
+//!   owner's commands;
 //! - `txn` — put-if-absent, the whole-election read, elect-run's fenced slot records;
-//! - `client` — connecting (TLS, auth) and the startup probe;
+//! - `client` — a client per endpoint (a call that times out moves to the next), TLS, auth,
+//!   and the startup probe;
 //! - `error` — what can go wrong, with a label and a hint, and the per-call deadline.
 //!
 //! [`EtcdBackend`] is the handle everything outside this folder uses.
@@ -13,15 +16,16 @@ mod campaign;
 mod client;
 mod driver;
 mod error;
+mod observe;
 mod session;
 mod txn;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::Client;
 use tokio::sync::watch;
 
+pub use client::Clients;
 pub use driver::Driver;
 pub use error::{Backoff, EtcdError, error_chain};
 pub use txn::SlotClaim;
@@ -31,17 +35,17 @@ use crate::election::{
     DriverConfig, DriverHandle, ElectionView, MemberList, MemberSource, MemberSourceFuture, keys,
 };
 
-/// A connection to etcd (made lazily, shared by clones).
+/// Connections to etcd, one per endpoint (made lazily, shared by clones).
 #[derive(Clone)]
 pub struct EtcdBackend {
-    client: Client,
+    clients: Clients,
 }
 
 impl EtcdBackend {
     /// A client for the configured endpoints, TLS and credentials; nothing is checked yet.
     pub async fn connect(config: &Config) -> Result<EtcdBackend, EtcdError> {
         Ok(EtcdBackend {
-            client: client::connect(config).await?,
+            clients: client::connect(config).await?,
         })
     }
 
@@ -50,20 +54,15 @@ impl EtcdBackend {
     /// at once instead of being retried for ever.
     pub async fn connect_and_probe(config: &Config) -> Result<EtcdBackend, EtcdError> {
         Ok(EtcdBackend {
-            client: client::connect_and_probe(config).await?,
+            clients: client::connect_and_probe(config).await?,
         })
     }
 
     /// A plain (no TLS, no auth) client for `endpoints`: for benchmarks and tests.
     pub async fn connect_endpoints(endpoints: &[String]) -> Result<EtcdBackend, EtcdError> {
-        let client =
-            Client::connect(endpoints, None)
-                .await
-                .map_err(|source| EtcdError::Request {
-                    op: "connect",
-                    source,
-                })?;
-        Ok(EtcdBackend { client })
+        Ok(EtcdBackend {
+            clients: Clients::plain(endpoints).await?,
+        })
     }
 
     /// A driver campaigning in `cfg.election`; run it with [`Driver::run`].
@@ -71,13 +70,13 @@ impl EtcdBackend {
         &self,
         cfg: DriverConfig,
     ) -> (Driver, DriverHandle, watch::Receiver<ElectionView>) {
-        Driver::new(self.client.clone(), cfg)
+        Driver::new(self.clients.clone(), cfg)
     }
 
     /// Every candidate of `election` in queue order.
     pub async fn members(&self, election: &str, after: Duration) -> Result<MemberList, EtcdError> {
         let prefix = keys::election_prefix(election);
-        let (revision, candidates) = txn::candidates(&self.client, &prefix, after).await?;
+        let (revision, candidates) = txn::candidates(&self.clients, &prefix, after).await?;
         Ok(MemberList {
             revision,
             candidates,
@@ -95,12 +94,12 @@ impl EtcdBackend {
 
     /// Grant a lease of `ttl` (whole seconds).
     pub async fn grant(&self, ttl: Duration, after: Duration) -> Result<i64, EtcdError> {
-        session::grant(&self.client, ttl, after).await
+        session::grant(&self.clients, ttl, after).await
     }
 
     /// Revoke `lease`; a lease already gone counts as revoked.
     pub async fn revoke(&self, lease: i64, after: Duration) -> Result<(), EtcdError> {
-        session::revoke(&self.client, lease, after).await
+        session::revoke(&self.clients, lease, after).await
     }
 
     /// Claim elect-run's slot record at `key`, fenced by `token` on `leader_key`.
@@ -113,7 +112,7 @@ impl EtcdBackend {
         lease: i64,
         after: Duration,
     ) -> Result<SlotClaim, EtcdError> {
-        txn::claim_slot(&self.client, key, value, leader_key, token, lease, after).await
+        txn::claim_slot(&self.clients, key, value, leader_key, token, lease, after).await
     }
 
     /// Rewrite a claimed slot record, fenced by `token` and the record's `mod_revision`.
@@ -129,7 +128,7 @@ impl EtcdBackend {
         after: Duration,
     ) -> Result<bool, EtcdError> {
         txn::update_slot(
-            &self.client,
+            &self.clients,
             key,
             value,
             leader_key,

@@ -6,37 +6,46 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::Client;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::trace;
 
-use super::error::{EtcdError, bounded, classify};
+use super::client::Clients;
+use super::error::{EtcdError, classify};
 use crate::config::Timing;
 
 /// Grant a lease of `ttl` seconds.
 pub(super) async fn grant(
-    client: &Client,
+    clients: &Clients,
     ttl: Duration,
     after: Duration,
 ) -> Result<i64, EtcdError> {
-    let mut c = client.clone();
-    let resp = bounded(
-        "lease grant",
-        after,
-        0,
-        c.lease_grant(ttl.as_secs() as i64, None),
-    )
-    .await?;
+    let secs = ttl.as_secs() as i64;
+    let resp = clients
+        .call("lease grant", after, 0, |mut c| async move {
+            c.lease_grant(secs, None).await
+        })
+        .await?;
     Ok(resp.id())
 }
 
-/// Revoke a lease (best effort callers ignore `LeaseGone`).
-pub async fn revoke(client: &Client, lease: i64, after: Duration) -> Result<(), EtcdError> {
-    let mut c = client.clone();
-    match bounded("lease revoke", after, lease, c.lease_revoke(lease)).await {
-        Ok(_) | Err(EtcdError::LeaseGone { .. }) => Ok(()),
-        Err(e) => Err(e),
+/// Revoke a lease; a lease already gone counts as revoked. An endpoint that does not answer
+/// within `after` (or refuses the connection) is given up for the next one, each endpoint
+/// once: a dead member must not make the next replica wait out the TTL.
+pub async fn revoke(clients: &Clients, lease: i64, after: Duration) -> Result<(), EtcdError> {
+    let mut tries = clients.endpoints();
+    loop {
+        tries -= 1;
+        let r = clients
+            .call("lease revoke", after, lease, |mut c| async move {
+                c.lease_revoke(lease).await
+            })
+            .await;
+        match r {
+            Ok(_) | Err(EtcdError::LeaseGone { .. }) => return Ok(()),
+            Err(e) if e.moves_endpoint() && tries > 0 => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -67,9 +76,9 @@ pub(super) struct Session {
 
 impl Session {
     /// Keep `lease` alive from now on, paced by `pace`.
-    pub fn keep_alive(client: &Client, lease: i64, timing: Timing, pace: &Pace) -> Session {
+    pub fn keep_alive(clients: &Clients, lease: i64, timing: Timing, pace: &Pace) -> Session {
         let (tx, events) = mpsc::channel(4);
-        let task = tokio::spawn(keepalive(client.clone(), lease, timing, pace.clone(), tx));
+        let task = tokio::spawn(keepalive(clients.clone(), lease, timing, pace.clone(), tx));
         Session {
             events,
             _keepalive: AbortOnDrop(task),
@@ -141,33 +150,51 @@ impl ReplyWait {
         }
     }
 
-    fn answered(&mut self, rtt: Duration) {
+    pub(super) fn answered(&mut self, rtt: Duration) {
         self.now = (rtt * 2).clamp(self.floor, self.cap);
     }
 
-    fn timed_out(&mut self) {
+    pub(super) fn timed_out(&mut self) {
         self.now = (self.now * 2).min(self.cap);
     }
 }
 
-type KeepaliveStream = (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream);
+/// A keepalive stream and the endpoint it was opened on.
+struct KeepaliveStream {
+    endpoint: usize,
+    keeper: etcd_client::LeaseKeeper,
+    replies: etcd_client::LeaseKeepAliveStream,
+}
 
-/// One keepalive in flight: on an open stream or by opening one (opening sends the first
-/// keepalive). It owns the stream and hands it back: `Ok(false)` means the lease is gone.
+/// One keepalive in flight: on an open stream or by opening one on the current endpoint
+/// (opening sends the first keepalive and reads its reply). It owns the stream and hands it
+/// back: `Ok(false)` means the lease is gone.
 type Attempt = std::pin::Pin<
     Box<dyn Future<Output = (Result<bool, EtcdError>, Option<KeepaliveStream>)> + Send>,
 >;
 
-fn attempt(client: &Client, lease: i64, stream: Option<KeepaliveStream>) -> Attempt {
-    let mut c = client.clone();
+fn attempt(clients: &Clients, lease: i64, stream: Option<KeepaliveStream>) -> Attempt {
+    let (endpoint, mut c) = clients.pick();
     let request = |e| EtcdError::Request {
         op: "lease keepalive",
         source: e,
     };
     Box::pin(async move {
-        let Some((mut keeper, mut replies)) = stream else {
+        let Some(KeepaliveStream {
+            endpoint,
+            mut keeper,
+            mut replies,
+        }) = stream
+        else {
             return match c.lease_keep_alive(lease).await {
-                Ok(s) => (Ok(true), Some(s)),
+                Ok((keeper, replies)) => (
+                    Ok(true),
+                    Some(KeepaliveStream {
+                        endpoint,
+                        keeper,
+                        replies,
+                    }),
+                ),
                 Err(e) => match classify("lease keepalive", lease, e) {
                     EtcdError::LeaseGone { .. } => (Ok(false), None),
                     e => (Err(e), None),
@@ -178,7 +205,14 @@ fn attempt(client: &Client, lease: i64, stream: Option<KeepaliveStream>) -> Atte
             return (Err(request(e)), None);
         }
         match replies.message().await {
-            Ok(Some(resp)) => (Ok(resp.ttl() > 0), Some((keeper, replies))),
+            Ok(Some(resp)) => (
+                Ok(resp.ttl() > 0),
+                Some(KeepaliveStream {
+                    endpoint,
+                    keeper,
+                    replies,
+                }),
+            ),
             Ok(None) => (
                 Err(EtcdError::StreamClosed {
                     op: "lease keepalive",
@@ -219,7 +253,7 @@ async fn late_reply(late: &mut Option<LateReply>, give_up: Duration) -> Option<K
 /// keepalive), which may reach another member; an attempt that merely timed out is still
 /// awaited meanwhile, and its late reply counts for the time its keepalive was sent.
 pub(super) async fn keepalive(
-    client: Client,
+    clients: Clients,
     lease: i64,
     t: Timing,
     pace: Pace,
@@ -246,7 +280,11 @@ pub(super) async fn keepalive(
             }
         }
         let sent = Instant::now();
-        let mut current = attempt(&client, lease, stream.take());
+        // The endpoint this attempt goes to: its stream's, or the current one for a new stream.
+        let endpoint = stream
+            .as_ref()
+            .map_or_else(|| clients.pick().0, |s| s.endpoint);
+        let mut current = attempt(&clients, lease, stream.take());
         let give_up = tokio::time::sleep(pace.now());
         tokio::pin!(give_up);
         let result = loop {
@@ -273,8 +311,12 @@ pub(super) async fn keepalive(
             Ok(true) => KeepaliveEvent::Ok { sent },
             Ok(false) => KeepaliveEvent::Gone,
             Err(e) => {
-                // Retry soon instead of a whole interval later: the failed stream may have
-                // been bound to a dead or frozen member, and a fresh one can go to another.
+                // Retry soon instead of a whole interval later, on a fresh stream to the next
+                // endpoint when this one timed out or is unavailable: the failed stream may
+                // have been bound to a dead or frozen member.
+                if e.moves_endpoint() {
+                    clients.failed(endpoint);
+                }
                 ticker.reset_at(Instant::now() + KEEPALIVE_RETRY);
                 KeepaliveEvent::Failed(e)
             }

@@ -6,11 +6,12 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget, Txn,
-    TxnOp, TxnOpResponse,
+    Compare, CompareOp, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+    TxnOpResponse,
 };
 
-use super::error::{EtcdError, bounded};
+use super::client::Clients;
+use super::error::EtcdError;
 use crate::election::Candidate;
 
 /// A candidate as read from a key-value.
@@ -36,7 +37,7 @@ pub(super) enum PutIfAbsent {
 /// In one transaction: if `key` is absent and every condition in `also` holds, put `value`
 /// bound to `lease`; otherwise read `key`.
 pub(super) async fn put_if_absent(
-    client: &Client,
+    clients: &Clients,
     op: &'static str,
     key: &str,
     value: &str,
@@ -54,8 +55,9 @@ pub(super) async fn put_if_absent(
             Some(PutOptions::new().with_lease(lease)),
         )])
         .or_else([TxnOp::get(key, None)]);
-    let mut c = client.clone();
-    let resp = bounded(op, after, lease, c.txn(txn)).await?;
+    let resp = clients
+        .call(op, after, lease, |mut c| async move { c.txn(txn).await })
+        .await?;
     if resp.succeeded() {
         return Ok(PutIfAbsent::Created(
             resp.header().map(|h| h.revision()).unwrap_or_default(),
@@ -70,15 +72,18 @@ pub(super) async fn put_if_absent(
 
 /// Every candidate in queue order (lowest create revision first).
 pub(super) async fn candidates(
-    client: &Client,
+    clients: &Clients,
     prefix: &str,
     after: Duration,
 ) -> Result<(i64, Vec<Candidate>), EtcdError> {
     let opts = GetOptions::new()
         .with_prefix()
         .with_sort(SortTarget::Create, SortOrder::Ascend);
-    let mut c = client.clone();
-    let resp = bounded("election list", after, 0, c.get(prefix, Some(opts))).await?;
+    let resp = clients
+        .call("election list", after, 0, |mut c| async move {
+            c.get(prefix, Some(opts)).await
+        })
+        .await?;
     let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
     Ok((revision, resp.kvs().iter().map(candidate).collect()))
 }
@@ -102,7 +107,7 @@ pub enum SlotClaim {
 /// revision `token` and the slot key does not exist; otherwise read the slot key to tell
 /// "taken" from "not leader".
 pub(super) async fn claim_slot(
-    client: &Client,
+    clients: &Clients,
     key: &str,
     value: &str,
     leader_key: &str,
@@ -115,7 +120,7 @@ pub(super) async fn claim_slot(
         CompareOp::Equal,
         token,
     )];
-    let found = put_if_absent(client, "slot claim txn", key, value, lease, fenced, after).await?;
+    let found = put_if_absent(clients, "slot claim txn", key, value, lease, fenced, after).await?;
     Ok(match found {
         PutIfAbsent::Created(rev) => SlotClaim::Claimed { mod_revision: rev },
         PutIfAbsent::Exists(kv) => SlotClaim::Exists {
@@ -132,7 +137,7 @@ pub(super) async fn claim_slot(
 /// lease when `None`. Returns whether it was written.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn update_slot(
-    client: &Client,
+    clients: &Clients,
     key: &str,
     value: &str,
     leader_key: &str,
@@ -151,7 +156,10 @@ pub(super) async fn update_slot(
             Compare::mod_revision(key, CompareOp::Equal, mod_revision),
         ])
         .and_then([TxnOp::put(key, value, Some(put))]);
-    let mut c = client.clone();
-    let resp = bounded("slot record update", after, 0, c.txn(txn)).await?;
+    let resp = clients
+        .call("slot record update", after, 0, |mut c| async move {
+            c.txn(txn).await
+        })
+        .await?;
     Ok(resp.succeeded())
 }

@@ -1,0 +1,381 @@
+//! The election's queue as this replica knows it: every key under the election's prefix from
+//! one read, kept current by the events of one watch of the whole prefix (what etcd's own
+//! `Observe` does). Pure: the backend feeds it reads and events; it answers who leads, who
+//! stands right before a key, and which keys are not candidates.
+//!
+//! Only keys of exactly the candidate form ([`keys::read_key`]) whose lease is the one their
+//! name says count as candidates. A key written by hand (`<election>/zzz`, no lease) or a
+//! candidate key overwritten by another writer (its lease dropped) is *foreign*: never followed
+//! as leader, reported once. Keys of nested elections (`<election>/sub/…`) are theirs and
+//! ignored.
+
+use std::collections::BTreeMap;
+
+use super::Candidate;
+use super::keys::{self, KeyKind};
+
+/// Why a key under the prefix is not a candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Foreign {
+    /// Not of the form `<election>/<lease id in hex>`.
+    NotACandidateKey,
+    /// Of that form, but bound to another lease (or none): rewritten by another writer.
+    LeaseMismatch,
+}
+
+impl Foreign {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Foreign::NotACandidateKey => "not a candidate key (<election>/<lease id in hex>)",
+            Foreign::LeaseMismatch => "bound to another lease than its name says",
+        }
+    }
+}
+
+/// What one event changed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Delta {
+    /// A candidate joined, left or changed its value.
+    pub candidates: bool,
+    /// Keys that became foreign that were not before (report each once).
+    pub new_foreign: Vec<(String, Foreign)>,
+    /// Keys that left the queue of candidates (deleted, or rewritten into foreign keys).
+    pub left: Vec<String>,
+}
+
+/// The queue at [`Queue::revision`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queue {
+    election: String,
+    revision: i64,
+    /// Candidates by create revision: the first one leads.
+    candidates: BTreeMap<i64, Candidate>,
+    /// Each candidate key's create revision.
+    by_key: BTreeMap<String, i64>,
+    foreign: BTreeMap<String, (Candidate, Foreign)>,
+}
+
+impl Delta {
+    /// This delta, then `later`.
+    pub fn merge(&mut self, later: Delta) {
+        self.candidates |= later.candidates;
+        self.new_foreign.extend(later.new_foreign);
+        self.left.extend(later.left);
+    }
+}
+
+impl Queue {
+    pub fn new(election: &str) -> Queue {
+        Queue {
+            election: election.to_string(),
+            revision: 0,
+            candidates: BTreeMap::new(),
+            by_key: BTreeMap::new(),
+            foreign: BTreeMap::new(),
+        }
+    }
+
+    /// Start over from a read of the whole prefix at `revision`.
+    pub fn reset(&mut self, revision: i64, keys: impl IntoIterator<Item = Candidate>) -> Delta {
+        let before: Vec<String> = self.by_key.keys().cloned().collect();
+        let known_foreign = std::mem::take(&mut self.foreign);
+        self.candidates.clear();
+        self.by_key.clear();
+        self.revision = revision;
+        let mut delta = Delta {
+            candidates: true,
+            ..Delta::default()
+        };
+        for c in keys {
+            let d = self.put(revision, c);
+            delta.new_foreign.extend(
+                d.new_foreign
+                    .into_iter()
+                    .filter(|(key, _)| !known_foreign.contains_key(key)),
+            );
+        }
+        delta.left = before
+            .into_iter()
+            .filter(|k| !self.by_key.contains_key(k))
+            .collect();
+        delta
+    }
+
+    /// A key was written at `revision` (created or updated).
+    pub fn put(&mut self, revision: i64, c: Candidate) -> Delta {
+        self.revision = self.revision.max(revision);
+        let mut delta = Delta::default();
+        // A key recreated under another create revision, or rewritten: drop what it was.
+        if let Some(rev) = self.by_key.get(&c.key).copied()
+            && rev != c.create_revision
+        {
+            self.remove(&c.key, &mut delta);
+        }
+        let kind = match keys::read_key(&self.election, &c.key) {
+            KeyKind::Candidate { lease } if lease == c.lease => None,
+            KeyKind::Candidate { .. } => Some(Foreign::LeaseMismatch),
+            KeyKind::Foreign => Some(Foreign::NotACandidateKey),
+            KeyKind::Nested | KeyKind::Outside => return delta,
+        };
+        match kind {
+            None => {
+                delta.candidates = true;
+                self.foreign.remove(&c.key);
+                self.by_key.insert(c.key.clone(), c.create_revision);
+                self.candidates.insert(c.create_revision, c);
+            }
+            Some(why) => {
+                self.remove(&c.key, &mut delta);
+                let was = self.foreign.insert(c.key.clone(), (c.clone(), why));
+                if was.is_none_or(|(_, w)| w != why) {
+                    delta.new_foreign.push((c.key, why));
+                }
+            }
+        }
+        delta
+    }
+
+    /// A key was deleted at `revision`.
+    pub fn delete(&mut self, revision: i64, key: &str) -> Delta {
+        self.revision = self.revision.max(revision);
+        let mut delta = Delta::default();
+        self.remove(key, &mut delta);
+        self.foreign.remove(key);
+        delta
+    }
+
+    /// Nothing changed up to `revision` (a progress notification).
+    pub fn advance(&mut self, revision: i64) {
+        self.revision = self.revision.max(revision);
+    }
+
+    fn remove(&mut self, key: &str, delta: &mut Delta) {
+        if let Some(rev) = self.by_key.remove(key) {
+            self.candidates.remove(&rev);
+            delta.candidates = true;
+            delta.left.push(key.to_string());
+        }
+    }
+
+    /// The revision the queue is as of.
+    pub fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The candidate with the lowest create revision.
+    pub fn leader(&self) -> Option<&Candidate> {
+        self.candidates.values().next()
+    }
+
+    /// The candidate at `key`, if it is one.
+    pub fn get(&self, key: &str) -> Option<&Candidate> {
+        self.by_key.get(key).and_then(|r| self.candidates.get(r))
+    }
+
+    /// The candidate right before the one created at `create_revision`.
+    pub fn predecessor(&self, create_revision: i64) -> Option<&Candidate> {
+        self.candidates
+            .range(..create_revision)
+            .next_back()
+            .map(|(_, c)| c)
+    }
+
+    /// Every candidate in queue order.
+    pub fn candidates(&self) -> impl Iterator<Item = &Candidate> {
+        self.candidates.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.candidates.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.candidates.is_empty()
+    }
+
+    /// Keys under the prefix that are not candidates, and why.
+    pub fn foreign(&self) -> impl Iterator<Item = (&Candidate, Foreign)> {
+        self.foreign.values().map(|(c, w)| (c, *w))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(key: &str, rev: i64, lease: i64) -> Candidate {
+        Candidate {
+            key: key.into(),
+            value: format!("{{\"id\":\"{key}\"}}"),
+            create_revision: rev,
+            lease,
+        }
+    }
+
+    enum Op {
+        Reset(Vec<Candidate>),
+        Put(Candidate),
+        Del(&'static str),
+    }
+
+    /// Named sequences of events: the leader and foreign keys after each, and what changed.
+    #[test]
+    fn queue_table() {
+        use Op::*;
+        type Case = (
+            &'static str,
+            Vec<(Op, Option<&'static str>, Vec<&'static str>, Delta)>,
+        );
+        let d = |candidates: bool, new_foreign: Option<(&str, Foreign)>, left: &[&str]| Delta {
+            candidates,
+            new_foreign: new_foreign
+                .map(|(k, w)| (k.to_string(), w))
+                .into_iter()
+                .collect(),
+            left: left.iter().map(|s| s.to_string()).collect(),
+        };
+        let cases: Vec<Case> = vec![
+            (
+                "lowest create revision leads; a delete makes the next one leader",
+                vec![
+                    (
+                        Reset(vec![cand("e/b", 5, 0xb), cand("e/a", 4, 0xa)]),
+                        Some("e/a"),
+                        vec![],
+                        d(true, None, &[]),
+                    ),
+                    (
+                        Put(cand("e/c", 9, 0xc)),
+                        Some("e/a"),
+                        vec![],
+                        d(true, None, &[]),
+                    ),
+                    (Del("e/a"), Some("e/b"), vec![], d(true, None, &["e/a"])),
+                    (Del("e/zz"), Some("e/b"), vec![], d(false, None, &[])),
+                ],
+            ),
+            (
+                "a key without a lease is foreign and never leads",
+                vec![
+                    (
+                        Reset(vec![cand("e/zzz", 2, 0), cand("e/b", 5, 0xb)]),
+                        Some("e/b"),
+                        vec!["e/zzz"],
+                        d(true, Some(("e/zzz", Foreign::NotACandidateKey)), &[]),
+                    ),
+                    (Del("e/zzz"), Some("e/b"), vec![], d(false, None, &[])),
+                ],
+            ),
+            (
+                "a candidate key rewritten without its lease leaves the queue",
+                vec![
+                    (
+                        Reset(vec![cand("e/a", 4, 0xa), cand("e/b", 5, 0xb)]),
+                        Some("e/a"),
+                        vec![],
+                        d(true, None, &[]),
+                    ),
+                    (
+                        Put(cand("e/a", 4, 0)),
+                        Some("e/b"),
+                        vec!["e/a"],
+                        d(true, Some(("e/a", Foreign::LeaseMismatch)), &["e/a"]),
+                    ),
+                    // Reported once: writing it again is not news.
+                    (
+                        Put(cand("e/a", 4, 0)),
+                        Some("e/b"),
+                        vec!["e/a"],
+                        d(false, None, &[]),
+                    ),
+                ],
+            ),
+            (
+                "nested elections and their slot records are not ours",
+                vec![(
+                    Reset(vec![
+                        cand("e/sub/1", 2, 1),
+                        cand("e/job.slots/60", 3, 0x7),
+                        cand("e/b", 5, 0xb),
+                    ]),
+                    Some("e/b"),
+                    vec![],
+                    d(true, None, &[]),
+                )],
+            ),
+            (
+                "a key deleted and created again counts at its new place",
+                vec![
+                    (
+                        Reset(vec![cand("e/a", 4, 0xa), cand("e/b", 5, 0xb)]),
+                        Some("e/a"),
+                        vec![],
+                        d(true, None, &[]),
+                    ),
+                    // The delete was missed (a compacted watch); the put tells.
+                    (
+                        Put(cand("e/a", 7, 0xa)),
+                        Some("e/b"),
+                        vec![],
+                        d(true, None, &["e/a"]),
+                    ),
+                ],
+            ),
+            (
+                "a re-read drops what is gone and reports only new foreign keys",
+                vec![
+                    (
+                        Reset(vec![cand("e/a", 4, 0xa), cand("e/x", 3, 0)]),
+                        Some("e/a"),
+                        vec!["e/x"],
+                        d(true, Some(("e/x", Foreign::NotACandidateKey)), &[]),
+                    ),
+                    (
+                        Reset(vec![cand("e/b", 5, 0xb), cand("e/x", 3, 0)]),
+                        Some("e/b"),
+                        vec!["e/x"],
+                        d(true, None, &["e/a"]),
+                    ),
+                ],
+            ),
+        ];
+        for (name, ops) in cases {
+            let mut q = Queue::new("e");
+            for (i, (op, leader, foreign, want)) in ops.into_iter().enumerate() {
+                let rev = 10 + i as i64;
+                let got = match op {
+                    Reset(keys) => q.reset(rev, keys),
+                    Put(c) => q.put(rev, c),
+                    Del(k) => q.delete(rev, k),
+                };
+                assert_eq!(got, want, "{name}: step {i} delta");
+                assert_eq!(
+                    q.leader().map(|c| c.key.as_str()),
+                    leader,
+                    "{name}: step {i} leader"
+                );
+                let f: Vec<&str> = q.foreign().map(|(c, _)| c.key.as_str()).collect();
+                assert_eq!(f, foreign, "{name}: step {i} foreign");
+                assert_eq!(q.revision(), rev, "{name}: step {i} revision");
+            }
+        }
+    }
+
+    #[test]
+    fn predecessor_is_the_candidate_right_before() {
+        let mut q = Queue::new("e");
+        q.reset(
+            9,
+            [
+                cand("e/a", 4, 0xa),
+                cand("e/b", 5, 0xb),
+                cand("e/c", 8, 0xc),
+            ],
+        );
+        assert_eq!(q.predecessor(8).map(|c| c.key.as_str()), Some("e/b"));
+        assert_eq!(q.predecessor(5).map(|c| c.key.as_str()), Some("e/a"));
+        assert_eq!(q.predecessor(4), None);
+        assert_eq!(q.get("e/b").map(|c| c.create_revision), Some(5));
+        assert_eq!(q.len(), 3);
+    }
+}

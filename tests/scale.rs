@@ -1,0 +1,63 @@
+//! No herd on a leader change: every replica keeps the election's queue from one watch of the
+//! whole prefix, so a leader change costs no read at etcd — the delete event says who leads
+//! next. Counted at etcd (`grpc_server_handled_total` for Range and Txn), with 30 replica
+//! processes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+
+const REPLICAS: usize = 30;
+
+/// Range and Txn calls etcd has completed.
+fn reads(etcd: &Etcd) -> f64 {
+    let page = etcd_metrics(etcd.client_port());
+    ["Range", "Txn"]
+        .iter()
+        .map(|m| {
+            metric_sum(
+                &page,
+                "grpc_server_handled_total",
+                &[&format!("grpc_method=\"{m}\"")],
+            )
+        })
+        .sum()
+}
+
+#[test]
+fn a_leader_change_costs_at_most_two_reads_at_etcd_with_30_replicas() {
+    let etcd = Etcd::start();
+    let mut daemons: Vec<Daemon> = (0..REPLICAS)
+        .map(|i| {
+            DaemonSpec::new(&etcd.endpoint(), "herd", &format!("r{i:02}"))
+                .ttl("10s")
+                .start()
+        })
+        .collect();
+    let mut leader = wait_one_leader(&daemons, Duration::from_secs(60));
+    for change in 1..=3 {
+        let before = reads(&etcd);
+        let old = daemons[leader].id().to_string();
+        daemons[leader].signal(Signal::SIGTERM);
+        daemons[leader].wait_exit(Duration::from_secs(10));
+        daemons.remove(leader);
+        leader = wait_one_leader(&daemons, Duration::from_secs(20));
+        assert_ne!(daemons[leader].id(), old);
+        let after = reads(&etcd);
+        assert!(
+            after - before <= 2.0,
+            "leader change {change} ({old} → {}) cost {} reads at etcd with {} replicas",
+            daemons[leader].id(),
+            after - before,
+            daemons.len() + 1
+        );
+        eprintln!(
+            "leader change {change}: {old} → {}, {} reads at etcd",
+            daemons[leader].id(),
+            after - before
+        );
+    }
+}
