@@ -988,6 +988,60 @@ fn dockerfile_builds_both_binaries_and_runs_them_as_non_root_under_tini() {
     let workdir = build.all("WORKDIR").last().cloned().expect("build WORKDIR");
     let release = format!("{}/target/release", workdir.trim_end_matches('/'));
 
+    // Everything cargo needs to build is copied in before the build (build.rs too: without it
+    // cargo would not know the crate has a build script and env!("ELECTD_GIT_COMMIT") fails)
+    // and is not kept out of the build context.
+    let mut inputs = vec!["Cargo.toml", "Cargo.lock", "src"];
+    if repo().join("build.rs").exists() {
+        inputs.push("build.rs");
+    }
+    let copied_in: Vec<String> = build
+        .all("COPY")
+        .iter()
+        .filter(|c| !c.starts_with("--from="))
+        .flat_map(|c| {
+            let words: Vec<String> = c.split_whitespace().map(str::to_string).collect();
+            words[..words.len() - 1].to_vec()
+        })
+        .map(|s| s.trim_start_matches("./").trim_end_matches('/').to_string())
+        .collect();
+    let ignored: Vec<String> = read(&repo().join(".dockerignore"))
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.trim_start_matches("./").trim_end_matches('/').to_string())
+        .collect();
+    for input in inputs {
+        assert!(
+            copied_in.iter().any(|c| c == input),
+            "the build stage does not COPY {input} (copies {copied_in:?})"
+        );
+        assert!(
+            !ignored.iter().any(|i| i == input),
+            ".dockerignore keeps {input} out of the build context"
+        );
+    }
+    let copy_build_rs = build
+        .instructions
+        .iter()
+        .position(|(i, a)| i == "COPY" && a.split_whitespace().any(|w| w == "build.rs"));
+    let run_cargo = build
+        .instructions
+        .iter()
+        .position(|(i, a)| i == "RUN" && a.contains("cargo build"));
+    assert!(
+        copy_build_rs < run_cargo,
+        "build.rs is copied after cargo build runs"
+    );
+    // The commit for `--version` can be passed in, since the context has no .git.
+    assert!(
+        build
+            .all("ARG")
+            .iter()
+            .any(|a| a.split('=').next() == Some("ELECTD_GIT_COMMIT")),
+        "the build stage takes ARG ELECTD_GIT_COMMIT"
+    );
+
     // Both binaries copied from the build stage to /usr/local/bin.
     let mut copied = BTreeMap::new();
     for copy in runtime.all("COPY") {
