@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what electd needs to build and test on a fresh Debian/Ubuntu machine:
 # etcd (server + etcdctl) for the demo and the integration tests, protoc for etcd-client's
-# build script, and cargo-nextest (the test runner) when it is missing.
+# build script, promtool for the alert rules' tests, and cargo-nextest (the test runner) and
+# cargo-deb (scripts/package.sh, tests/package.rs) when they are missing.
 set -euo pipefail
 
 need=()
@@ -19,7 +20,19 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# promtool ships in Debian's prometheus package; without recommends (the node exporter).
+if ! command -v promtool >/dev/null; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "setup: installing prometheus (for promtool)" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest" >&2
   cargo install --locked cargo-nextest
+fi
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-deb" >&2
+  cargo install --locked cargo-deb
 fi
