@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what electd needs to build and test on a fresh Debian/Ubuntu machine:
 # etcd (server + etcdctl) for the demo and the integration tests, protoc for etcd-client's
-# build script, promtool for the alert rules' tests, and cargo-nextest (the test runner) and
-# cargo-deb (scripts/package.sh, tests/package.rs) when they are missing.
+# build script, promtool for the alert rules' tests, lintian for the Debian package, and
+# cargo-nextest (the test runner) and cargo-deb (scripts/package.sh, tests/package.rs) when they
+# are missing.
 set -euo pipefail
 
 need=()
@@ -13,6 +14,9 @@ command -v curl >/dev/null || need+=(curl)
 # The demo formats its output with python3 and bc.
 command -v python3 >/dev/null || need+=(python3)
 command -v bc >/dev/null || need+=(bc)
+# scripts/package.sh (and tests/package.rs through it) unpacks and checks the Debian package.
+command -v dpkg-deb >/dev/null || need+=(dpkg)
+command -v lintian >/dev/null || need+=(lintian)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

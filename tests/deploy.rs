@@ -709,7 +709,8 @@ fn systemd_unit_is_accepted_and_stops_in_time() {
     ];
     let mut env = env_file(&example_env);
     let exec = expand_exec(unit.service("ExecStart"), &specifiers, &env);
-    assert_eq!(exec[0], "/usr/local/bin/electd", "ExecStart runs electd");
+    // The path the Debian package installs it to (tests/package.rs checks the package).
+    assert_eq!(exec[0], "/usr/bin/electd", "ExecStart runs electd");
     let mut args = exec[1..].to_vec();
     assert_eq!(
         flag_value(&args, "--election").as_deref(),
