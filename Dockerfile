@@ -20,6 +20,9 @@ WORKDIR /src
 ARG ELECTD_GIT_COMMIT=
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
+# Not built here, but Cargo.toml declares the benchmark target and cargo refuses a manifest
+# whose declared targets are missing.
+COPY benches ./benches
 RUN cargo build --release --locked --bins
 
 # ---- runtime ----------------------------------------------------------------------------------

@@ -989,12 +989,41 @@ fn dockerfile_builds_both_binaries_and_runs_them_as_non_root_under_tini() {
     let workdir = build.all("WORKDIR").last().cloned().expect("build WORKDIR");
     let release = format!("{}/target/release", workdir.trim_end_matches('/'));
 
-    // Everything cargo needs to build is copied in before the build (build.rs too: without it
-    // cargo would not know the crate has a build script and env!("ELECTD_GIT_COMMIT") fails)
-    // and is not kept out of the build context.
-    let mut inputs = vec!["Cargo.toml", "Cargo.lock", "src"];
+    // Everything cargo needs to build is copied in before the build, and is not kept out of
+    // the build context: build.rs (without it env!("ELECTD_GIT_COMMIT") fails) and the
+    // directories of the targets Cargo.toml declares (cargo refuses a manifest whose declared
+    // targets are missing, even when it builds only the binaries).
+    let mut inputs = vec!["Cargo.toml".to_string(), "Cargo.lock".into(), "src".into()];
     if repo().join("build.rs").exists() {
-        inputs.push("build.rs");
+        inputs.push("build.rs".into());
+    }
+    let manifest: toml::Table = read(&repo().join("Cargo.toml"))
+        .parse()
+        .expect("Cargo.toml");
+    for (kind, dir) in [
+        ("bin", "src/bin"),
+        ("example", "examples"),
+        ("test", "tests"),
+        ("bench", "benches"),
+    ] {
+        for target in manifest
+            .get(kind)
+            .and_then(|t| t.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let name = target["name"]
+                .as_str()
+                .expect("a declared target has a name");
+            let path = match target.get("path").and_then(|p| p.as_str()) {
+                Some(p) => p.to_string(),
+                None => format!("{dir}/{name}.rs"),
+            };
+            let top = path.split('/').next().unwrap().to_string();
+            if !inputs.contains(&top) {
+                inputs.push(top);
+            }
+        }
     }
     let copied_in: Vec<String> = build
         .all("COPY")
@@ -1012,7 +1041,7 @@ fn dockerfile_builds_both_binaries_and_runs_them_as_non_root_under_tini() {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| l.trim_start_matches("./").trim_end_matches('/').to_string())
         .collect();
-    for input in inputs {
+    for input in &inputs {
         assert!(
             copied_in.iter().any(|c| c == input),
             "the build stage does not COPY {input} (copies {copied_in:?})"
