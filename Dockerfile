@@ -2,7 +2,7 @@
 #
 # electd and elect-run in a small Debian image.
 #
-#   docker build -t electd:0.1.0 .
+#   docker build -t electd:0.1.0 --build-arg ELECTD_GIT_COMMIT=$(git rev-parse --short=12 HEAD) .
 #   docker run --rm electd:0.1.0 --endpoints http://etcd:2379 --election my-service
 #
 # tests/deploy.rs checks this file: the stages, that both binaries are built and copied to the
@@ -15,8 +15,14 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+# The build context has no .git, so `--version` says "commit unknown" unless the commit is
+# passed in: docker build --build-arg ELECTD_GIT_COMMIT=$(git rev-parse --short=12 HEAD) .
+ARG ELECTD_GIT_COMMIT=
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
+# Not built here, but Cargo.toml declares the benchmark target and cargo refuses a manifest
+# whose declared targets are missing.
+COPY benches ./benches
 RUN cargo build --release --locked --bins
 
 # ---- runtime ----------------------------------------------------------------------------------

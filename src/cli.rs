@@ -95,7 +95,7 @@ pub fn layers(file: Option<&Path>, flags: Settings) -> Result<Layers, ConfigErro
 #[derive(Debug, Parser)]
 #[command(
     name = "electd",
-    version,
+    version = crate::VERSION,
     args_conflicts_with_subcommands = true,
     after_help = "Exit codes: 0 after a clean shutdown; the command's code with --on-exit exit; \
                   64 usage error; 69 etcd refused us (credentials, permissions); 71 cannot \
@@ -150,7 +150,7 @@ pub struct StatusArgs {
 /// Run CMD on exactly one replica: campaign in the etcd election, run CMD if elected, resign
 /// when it ends. Every replica's cron can fire `elect-run --election nightly -- ./job`.
 #[derive(Debug, Parser)]
-#[command(name = "elect-run", version, after_help = crate::run::EXIT_CODES_HELP)]
+#[command(name = "elect-run", version = crate::VERSION, after_help = crate::run::EXIT_CODES_HELP)]
 pub struct ElectRunCli {
     #[command(flatten)]
     pub config: ConfigFile,

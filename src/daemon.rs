@@ -65,6 +65,7 @@ impl DaemonError {
 pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonError> {
     let timing = config.timing();
     let metrics = Metrics::new();
+    metrics.set_identity(&config.election, &config.id, config.ttl);
     let backend = EtcdBackend::connect_and_probe(&config).await?;
     // Listeners first, so a bad address fails before we campaign.
     let listeners = Listeners::bind(&config).await?;

@@ -37,3 +37,15 @@ pub mod metrics;
 pub mod run;
 pub mod status;
 pub mod supervisor;
+
+/// The commit these sources were built from (12 hex digits, `-dirty` when `src/`, `build.rs` or
+/// `Cargo.*` differed from it), or `unknown` outside a git checkout; set by `build.rs`.
+pub const GIT_COMMIT: &str = env!("ELECTD_GIT_COMMIT");
+
+/// What `--version` prints after the binary's name: `0.1.0 (commit 0123456789ab)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("ELECTD_GIT_COMMIT"),
+    ")"
+);

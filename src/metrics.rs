@@ -1,12 +1,14 @@
 //! Prometheus metrics, registered once per daemon in their own registry and rendered by
-//! `GET /metrics`. Names carry units and counters end in `_total`.
+//! `GET /metrics`. Names carry units and counters end in `_total`. None carries the election:
+//! `electd_info{election,id,version,commit}` does, for joins on the scrape target
+//! (`deploy/prometheus/electd-rules.yml` shows how).
+
+use std::time::Duration;
 
 use prometheus::{
     Counter, Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry,
 };
-
-use std::time::Duration;
 
 use crate::election::Telemetry;
 use crate::election::role::RoleKind;
@@ -29,6 +31,8 @@ pub struct Metrics {
     pub etcd_errors: IntCounterVec,
     pub last_contact_age: Gauge,
     pub suspect_seconds: Counter,
+    pub info: IntGaugeVec,
+    pub lease_ttl: Gauge,
 }
 
 impl Metrics {
@@ -119,6 +123,19 @@ impl Metrics {
                 "Time spent as a leader that lost contact with etcd (completed episodes)",
             )
             .expect("invariant: valid metric"),
+            info: IntGaugeVec::new(
+                Opts::new(
+                    "electd_info",
+                    "1, labelled with this replica's election, id, version and commit",
+                ),
+                &["election", "id", "version", "commit"],
+            )
+            .expect("invariant: valid metric"),
+            lease_ttl: Gauge::new(
+                "electd_lease_ttl_seconds",
+                "The configured lease TTL (--ttl)",
+            )
+            .expect("invariant: valid metric"),
             registry,
         };
         let r = &m.registry;
@@ -138,11 +155,27 @@ impl Metrics {
             Box::new(m.etcd_errors.clone()),
             Box::new(m.last_contact_age.clone()),
             Box::new(m.suspect_seconds.clone()),
+            Box::new(m.info.clone()),
+            Box::new(m.lease_ttl.clone()),
         ] {
             r.register(c).expect("invariant: metric names are unique");
         }
         m.set_role(RoleKind::Candidate);
+        // Winning the election is the only way into `leader`: start those series at 0 so that
+        // `increase()` counts the first win too (a series that appears at 1 counts 0).
+        for from in [RoleKind::Candidate, RoleKind::Follower] {
+            m.transitions
+                .with_label_values(&[from.as_str(), RoleKind::Leader.as_str()]);
+        }
         m
+    }
+
+    /// Publish which election this replica campaigns in, as whom, and its lease TTL.
+    pub fn set_identity(&self, election: &str, id: &str, ttl: Duration) {
+        self.info
+            .with_label_values(&[election, id, env!("CARGO_PKG_VERSION"), crate::GIT_COMMIT])
+            .set(1);
+        self.lease_ttl.set(ttl.as_secs_f64());
     }
 
     pub fn set_role(&self, kind: RoleKind) {
@@ -190,5 +223,32 @@ impl Telemetry for Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_and_first_wins_are_exported() {
+        let m = Metrics::new();
+        let before = m.render();
+        assert!(!before.contains("electd_info{"), "{before}");
+        m.set_identity("my-service", "replica-1", Duration::from_secs(10));
+        let text = m.render();
+        let info = format!(
+            "electd_info{{commit=\"{}\",election=\"my-service\",id=\"replica-1\",version=\"{}\"}} 1",
+            crate::GIT_COMMIT,
+            env!("CARGO_PKG_VERSION")
+        );
+        for line in [
+            info.as_str(),
+            "electd_lease_ttl_seconds 10",
+            "electd_leader_transitions_total{from=\"candidate\",to=\"leader\"} 0",
+            "electd_leader_transitions_total{from=\"follower\",to=\"leader\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
     }
 }

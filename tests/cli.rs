@@ -152,3 +152,52 @@ fn usage_errors_exit_64_and_help_exits_0() {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
 }
+
+/// The commit `--version` must name: `git rev-parse --short=12 HEAD` when this crate is its own
+/// git checkout, else None (then `unknown` is the only right answer).
+fn checkout_commit() -> Option<String> {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let top = git(&["rev-parse", "--show-toplevel"])?;
+    let same = std::fs::canonicalize(top).ok()? == std::fs::canonicalize(dir).ok()?;
+    same.then(|| git(&["rev-parse", "--short=12", "HEAD"]))?
+}
+
+#[test]
+fn version_names_the_release_and_the_commit() {
+    let expected = checkout_commit();
+    for (name, binary) in [
+        ("electd", electd_binary()),
+        ("elect-run", env!("CARGO_BIN_EXE_elect-run")),
+    ] {
+        let out = Command::new(binary).arg("--version").output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{name} --version");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(stdout.trim(), format!("{name} {}", electd::VERSION));
+        let rest = stdout
+            .trim()
+            .strip_prefix(&format!("{name} {} (commit ", env!("CARGO_PKG_VERSION")))
+            .and_then(|r| r.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("{name} --version: {stdout:?}"));
+        let commit = rest.strip_suffix("-dirty").unwrap_or(rest);
+        match &expected {
+            Some(head) => assert_eq!(commit, head, "{name} --version: {stdout:?}"),
+            None => assert_eq!(rest, "unknown", "{name} --version: {stdout:?}"),
+        }
+        assert!(
+            commit == "unknown"
+                || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+            "{name} --version: {stdout:?}"
+        );
+    }
+}

@@ -709,7 +709,8 @@ fn systemd_unit_is_accepted_and_stops_in_time() {
     ];
     let mut env = env_file(&example_env);
     let exec = expand_exec(unit.service("ExecStart"), &specifiers, &env);
-    assert_eq!(exec[0], "/usr/local/bin/electd", "ExecStart runs electd");
+    // The path the Debian package installs it to (tests/package.rs checks the package).
+    assert_eq!(exec[0], "/usr/bin/electd", "ExecStart runs electd");
     let mut args = exec[1..].to_vec();
     assert_eq!(
         flag_value(&args, "--election").as_deref(),
@@ -987,6 +988,89 @@ fn dockerfile_builds_both_binaries_and_runs_them_as_non_root_under_tini() {
     }
     let workdir = build.all("WORKDIR").last().cloned().expect("build WORKDIR");
     let release = format!("{}/target/release", workdir.trim_end_matches('/'));
+
+    // Everything cargo needs to build is copied in before the build, and is not kept out of
+    // the build context: build.rs (without it env!("ELECTD_GIT_COMMIT") fails) and the
+    // directories of the targets Cargo.toml declares (cargo refuses a manifest whose declared
+    // targets are missing, even when it builds only the binaries).
+    let mut inputs = vec!["Cargo.toml".to_string(), "Cargo.lock".into(), "src".into()];
+    if repo().join("build.rs").exists() {
+        inputs.push("build.rs".into());
+    }
+    let manifest: toml::Table = read(&repo().join("Cargo.toml"))
+        .parse()
+        .expect("Cargo.toml");
+    for (kind, dir) in [
+        ("bin", "src/bin"),
+        ("example", "examples"),
+        ("test", "tests"),
+        ("bench", "benches"),
+    ] {
+        for target in manifest
+            .get(kind)
+            .and_then(|t| t.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let name = target["name"]
+                .as_str()
+                .expect("a declared target has a name");
+            let path = match target.get("path").and_then(|p| p.as_str()) {
+                Some(p) => p.to_string(),
+                None => format!("{dir}/{name}.rs"),
+            };
+            let top = path.split('/').next().unwrap().to_string();
+            if !inputs.contains(&top) {
+                inputs.push(top);
+            }
+        }
+    }
+    let copied_in: Vec<String> = build
+        .all("COPY")
+        .iter()
+        .filter(|c| !c.starts_with("--from="))
+        .flat_map(|c| {
+            let words: Vec<String> = c.split_whitespace().map(str::to_string).collect();
+            words[..words.len() - 1].to_vec()
+        })
+        .map(|s| s.trim_start_matches("./").trim_end_matches('/').to_string())
+        .collect();
+    let ignored: Vec<String> = read(&repo().join(".dockerignore"))
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.trim_start_matches("./").trim_end_matches('/').to_string())
+        .collect();
+    for input in &inputs {
+        assert!(
+            copied_in.iter().any(|c| c == input),
+            "the build stage does not COPY {input} (copies {copied_in:?})"
+        );
+        assert!(
+            !ignored.iter().any(|i| i == input),
+            ".dockerignore keeps {input} out of the build context"
+        );
+    }
+    let copy_build_rs = build
+        .instructions
+        .iter()
+        .position(|(i, a)| i == "COPY" && a.split_whitespace().any(|w| w == "build.rs"));
+    let run_cargo = build
+        .instructions
+        .iter()
+        .position(|(i, a)| i == "RUN" && a.contains("cargo build"));
+    assert!(
+        copy_build_rs < run_cargo,
+        "build.rs is copied after cargo build runs"
+    );
+    // The commit for `--version` can be passed in, since the context has no .git.
+    assert!(
+        build
+            .all("ARG")
+            .iter()
+            .any(|a| a.split('=').next() == Some("ELECTD_GIT_COMMIT")),
+        "the build stage takes ARG ELECTD_GIT_COMMIT"
+    );
 
     // Both binaries copied from the build stage to /usr/local/bin.
     let mut copied = BTreeMap::new();

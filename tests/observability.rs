@@ -81,6 +81,15 @@ fn metrics_move_on_failover_and_watch_pushes_the_change() {
     ] {
         assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
     }
+    // The info metric the alert rules and dashboard join on, and the TTL they compare with.
+    let info = format!(
+        "electd_info{{commit=\"{}\",election=\"obs\",id=\"{}\",version=\"{}\"}}",
+        electd::GIT_COMMIT,
+        daemons[l].id(),
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(metric(&daemons[l], &info), Some(1.0), "{text}");
+    assert_eq!(metric(&daemons[l], "electd_lease_ttl_seconds"), Some(3.0));
     let (code, sock_metrics) = unix_http(&daemons[l].socket, "GET", "/metrics", None).unwrap();
     assert_eq!(code, 200);
     assert!(sock_metrics.contains("electd_is_leader 1"));
