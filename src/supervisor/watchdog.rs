@@ -42,7 +42,9 @@ pub struct Watchdog {
 impl Watchdog {
     /// Start the watchdog from this process's own executable.
     pub fn spawn() -> std::io::Result<Watchdog> {
-        let exe = std::env::current_exe()?;
+        // /proc/self/exe, not the path it names: after a package upgrade replaced the binary
+        // that path ends in " (deleted)", but the running executable can still be started.
+        let exe = std::path::PathBuf::from("/proc/self/exe");
         let mut cmd = std::process::Command::new(exe);
         cmd.arg(WATCHDOG_ARG)
             .stdin(Stdio::piped())
