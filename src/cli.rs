@@ -117,8 +117,9 @@ pub struct ElectdCli {
 pub enum Sub {
     /// Show the election: leader, fencing token, every member in queue order, this replica.
     Status(Box<StatusArgs>),
-    /// Hand leadership off now (stop the command first); a no-op on a follower.
-    Resign(SocketArg),
+    /// Hand leadership off now (stop the command first); a no-op on a follower. With --to,
+    /// hand it to that candidate and wait until it leads.
+    Resign(ResignArgs),
     /// Leave the election (stopping the command if leading) until resumed.
     Pause(SocketArg),
     /// Rejoin the election after a pause.
@@ -130,6 +131,16 @@ pub struct SocketArg {
     /// The local electd's socket.
     #[arg(long, value_name = "PATH", env = "ELECTD_SOCKET")]
     pub socket: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ResignArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// Hand leadership to the candidate with this id (a switchover), even when it is not next
+    /// in the queue; exits 1 when it is not an eligible candidate, or does not take over in time.
+    #[arg(long, value_name = "ID")]
+    pub to: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -57,7 +57,10 @@ pub enum Members {
 pub fn run(sub: Sub) -> i32 {
     match sub {
         Sub::Status(a) => status(&a),
-        Sub::Resign(a) => action(&a.socket, "resign"),
+        Sub::Resign(a) => match &a.to {
+            Some(to) => switchover(&a.socket.socket, to),
+            None => action(&a.socket.socket, "resign"),
+        },
         Sub::Pause(a) => action(&a.socket, "pause"),
         Sub::Resume(a) => action(&a.socket, "resume"),
     }
@@ -120,6 +123,59 @@ fn action(socket: &Path, name: &str) -> i32 {
         }
         Err(e) => fail(e),
     }
+}
+
+/// `resign --to ID`: ask the leader to hand leadership to ID, then wait until the local electd
+/// sees ID lead. Exit 0 once it does; 1 when refused (ID is not an eligible candidate, this
+/// replica does not lead) or when ID does not take over within the bound electd gives.
+fn switchover(socket: &Path, to: &str) -> i32 {
+    let reply: ControlReply = match get(socket, "POST", &format!("/resign?to={}", encode(to))) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    if !reply.acted() {
+        eprintln!(
+            "electd: leadership stays where it is: {}",
+            reply.reason.as_deref().unwrap_or("refused")
+        );
+        return exit::REFUSED;
+    }
+    let within = std::time::Duration::from_millis(reply.within_ms.unwrap_or(10_000));
+    let until = std::time::Instant::now() + within;
+    let mut last = None;
+    while std::time::Instant::now() < until {
+        if let Ok(doc) = get::<RoleDoc<'static>>(socket, "GET", "/role") {
+            if let Some(l) = &doc.leader
+                && l.id == to
+            {
+                print(&format!(
+                    "leadership handed to {to} (fencing token {})\n",
+                    l.create_revision
+                ));
+                return 0;
+            }
+            last = doc.leader.map(|l| l.id.to_string());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    eprintln!(
+        "electd: {to} did not take over within {}; {} leads now (the queue's order decides again)",
+        humantime::format_duration(within),
+        last.as_deref().unwrap_or("nobody")
+    );
+    exit::REFUSED
+}
+
+/// Percent-encode a query value.
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn get<T: DeserializeOwned>(socket: &Path, method: &str, uri: &str) -> Result<T, CtlError> {
@@ -212,6 +268,9 @@ pub fn render_status(doc: &StatusDoc) -> String {
                 "this replica:  {} is {} since {}\n",
                 this.id, this.role, this.since
             ));
+            if let Some(why) = &this.reason {
+                out.push_str(&format!("not eligible:  {why}\n"));
+            }
             if let Some(child) = &this.child {
                 let state = match (child.running, child.pid) {
                     (true, Some(pid)) => format!("running (pid {pid})"),
@@ -240,7 +299,7 @@ pub fn render_status(doc: &StatusDoc) -> String {
         return out;
     }
     let this_id = this.map(|t| t.id.as_ref());
-    let rows: Vec<[String; 6]> = list
+    let rows: Vec<[String; 7]> = list
         .iter()
         .map(|m| {
             let role = if m.leader { "leader" } else { "follower" };
@@ -254,6 +313,7 @@ pub fn render_status(doc: &StatusDoc) -> String {
                 m.id.clone(),
                 role.to_string(),
                 m.create_revision.to_string(),
+                m.priority.to_string(),
                 m.lease.clone(),
                 m.member
                     .as_ref()
@@ -264,7 +324,7 @@ pub fn render_status(doc: &StatusDoc) -> String {
         .collect();
     out.push('\n');
     out.push_str(&table(
-        &["#", "ID", "ROLE", "CREATE REV", "LEASE", "HTTP"],
+        &["#", "ID", "ROLE", "CREATE REV", "PRIO", "LEASE", "HTTP"],
         &rows,
     ));
     out
@@ -308,15 +368,15 @@ mod tests {
                 "leader": {"id": "r1", "key": "svc/1a", "create_revision": 7, "member": null},
                 "fencing_token": 7,
                 "since": "2026-11-22T05:00:00.000Z", "etcd_reachable": true,
-                "last_contact_ms": 120, "version": 3
+                "last_contact_ms": 120, "version": 3, "eligible": true, "priority": 1
             },
             "members": {"election": "svc", "revision": 9, "members": [
                 {"position": 1, "id": "r1", "key": "svc/1a", "create_revision": 7, "lease": "1a",
-                 "leader": true, "member": {"id": "r1", "http": "127.0.0.1:4041"}},
+                 "leader": true, "priority": 10, "member": {"id": "r1", "http": "127.0.0.1:4041"}},
                 {"position": 2, "id": "r2", "key": "svc/1b", "create_revision": 8, "lease": "1b",
-                 "leader": false, "member": {"id": "r2", "http": "127.0.0.1:4042"}},
+                 "leader": false, "priority": 1, "member": {"id": "r2", "http": "127.0.0.1:4042"}},
                 {"position": 3, "id": "replica-three", "key": "svc/1c", "create_revision": 9,
-                 "lease": "1c", "leader": false, "member": null}
+                 "lease": "1c", "leader": false, "priority": 1, "member": null}
             ]}
         }))
         .unwrap();
@@ -326,10 +386,10 @@ leader:        r1 (fencing token 7)
 etcd:          reachable (last contact 120 ms ago)
 this replica:  r2 is follower since 2026-11-22T05:00:00.000Z
 
-#   ID             ROLE      CREATE REV  LEASE  HTTP
-1   r1             leader    7           1a     127.0.0.1:4041
-2*  r2             follower  8           1b     127.0.0.1:4042
-3   replica-three  follower  9           1c     -
+#   ID             ROLE      CREATE REV  PRIO  LEASE  HTTP
+1   r1             leader    7           10    1a     127.0.0.1:4041
+2*  r2             follower  8           1     1b     127.0.0.1:4042
+3   replica-three  follower  9           1     1c     -
 ";
         assert_eq!(render_status(&doc), expected);
     }

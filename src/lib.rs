@@ -13,6 +13,8 @@
 //! - [`leadership`] — the one loop that runs a command only while this replica leads, for
 //!   electd and both elect-run modes: sources of leadership ([`leadership::source`]), the
 //!   `--on-exit` policy as a pure value ([`leadership::policy`]), observers of role changes.
+//! - [`health`] — health-gated candidacy: the check of the app beside electd, its rise/fall
+//!   counter.
 //! - [`supervisor`] — the wrapped command: own process group, graceful stop, reap; the freeze
 //!   watchdog process.
 //! - [`daemon`] — electd: listeners, the owner task (signals and control requests into the
@@ -32,6 +34,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod election;
 pub mod exit;
+pub mod health;
 pub mod leadership;
 pub mod metrics;
 pub mod run;

@@ -26,6 +26,9 @@ pub struct Metrics {
     pub child_exits: IntCounterVec,
     pub predecessor_wakeups: IntCounter,
     pub foreign_keys: IntCounter,
+    pub health_checks: IntCounterVec,
+    pub health_transitions: IntCounterVec,
+    pub eligible: IntGauge,
     pub keepalive_rtt: Histogram,
     pub keepalive_failures: IntCounter,
     pub etcd_errors: IntCounterVec,
@@ -93,6 +96,27 @@ impl Metrics {
                  candidate key rewritten without its lease), each counted once when first seen",
             )
             .expect("invariant: valid metric"),
+            health_checks: IntCounterVec::new(
+                Opts::new(
+                    "electd_health_checks_total",
+                    "Health checks of the app beside electd, by result (pass, fail)",
+                ),
+                &["result"],
+            )
+            .expect("invariant: valid metric"),
+            health_transitions: IntCounterVec::new(
+                Opts::new(
+                    "electd_health_transitions_total",
+                    "Changes of health after --health-rise passes or --health-fall failures in a row, by the state entered (healthy, unhealthy)",
+                ),
+                &["to"],
+            )
+            .expect("invariant: valid metric"),
+            eligible: IntGauge::new(
+                "electd_eligible",
+                "1 while this replica may lead (campaigns), 0 while it may not (a failing health check, priority 0)",
+            )
+            .expect("invariant: valid metric"),
             keepalive_rtt: Histogram::with_opts(
                 HistogramOpts::new(
                     "electd_keepalive_rtt_seconds",
@@ -150,6 +174,9 @@ impl Metrics {
             Box::new(m.child_exits.clone()),
             Box::new(m.predecessor_wakeups.clone()),
             Box::new(m.foreign_keys.clone()),
+            Box::new(m.health_checks.clone()),
+            Box::new(m.health_transitions.clone()),
+            Box::new(m.eligible.clone()),
             Box::new(m.keepalive_rtt.clone()),
             Box::new(m.keepalive_failures.clone()),
             Box::new(m.etcd_errors.clone()),

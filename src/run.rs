@@ -30,6 +30,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tracing::{debug, info, warn};
 
 use crate::config::{Config, ConfigError, OnExit, Origin, Timing, parse_duration};
+use crate::election::candidacy::{DEFAULT_PRIORITY, Policy};
 use crate::election::etcd::{Backoff, EtcdBackend, EtcdError, SlotClaim};
 use crate::election::{DriverConfig, LeaderInfo, MemberInfo, NoTelemetry, Position, keys};
 use crate::exit;
@@ -336,6 +337,12 @@ async fn via_etcd(
             election: config.election.clone(),
             member: MemberInfo::new(&config.id, None),
             timing,
+            observe_first: false,
+            // One run: no preferences, and never handing a running job over.
+            policy: Policy {
+                priority: DEFAULT_PRIORITY,
+                takeover_delay: None,
+            },
         },
         Arc::new(NoTelemetry),
     );

@@ -31,6 +31,9 @@ pub struct Status {
     pub reachable: bool,
     pub last_contact: Option<Instant>,
     pub child: Option<ChildStatus>,
+    /// Why this replica may not lead now, if it may not (it is out of the queue).
+    pub ineligible: Option<String>,
+    pub priority: u32,
     /// Bumped on every published change.
     pub version: u64,
 }
@@ -45,6 +48,8 @@ impl Status {
             reachable: false,
             last_contact: None,
             child: has_child.then(ChildStatus::default),
+            ineligible: None,
+            priority: crate::election::candidacy::DEFAULT_PRIORITY,
             version: 0,
         }
     }
@@ -73,6 +78,9 @@ impl Status {
                 .last_contact
                 .map(|t| ms(now.saturating_duration_since(t))),
             version: self.version,
+            eligible: self.ineligible.is_none(),
+            reason: self.ineligible.as_deref().map(Cow::Borrowed),
+            priority: self.priority,
             suspect: match &self.role {
                 Role::Suspect {
                     deadline, since, ..

@@ -26,6 +26,11 @@ fn spawn(backend: &EtcdBackend, timing: Timing, n: usize) -> Candidate {
         election: "scale".into(),
         member: MemberInfo::new(&format!("c{n:04}"), None),
         timing,
+        observe_first: false,
+        policy: electd::election::candidacy::Policy {
+            priority: 1,
+            takeover_delay: None,
+        },
     });
     let task = tokio::spawn(async move {
         let _ = driver.run().await;

@@ -27,6 +27,12 @@ pub struct RoleDoc<'a> {
     pub last_contact_ms: Option<u64>,
     /// Bumped on every change a watcher acts on (long polls wait for it).
     pub version: u64,
+    /// Whether this replica may lead (campaigns); if not, `reason` says why.
+    pub eligible: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Cow<'a, str>>,
+    /// Among eligible candidates the highest leads; 0 only observes.
+    pub priority: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspect: Option<SuspectDoc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -110,6 +116,8 @@ pub struct MemberDoc {
     /// The lease id in hex, as in the key.
     pub lease: String,
     pub leader: bool,
+    /// The candidate's priority (1 for candidates that do not say, e.g. `etcdctl elect`).
+    pub priority: u32,
     pub member: Option<MemberInfo>,
 }
 
@@ -138,6 +146,7 @@ impl MemberDoc {
             create_revision: c.create_revision,
             lease: format!("{:x}", c.lease),
             leader: i == 0,
+            priority: crate::election::candidacy::priority(c),
             member: info.member,
         }
     }
@@ -159,6 +168,12 @@ pub struct ControlReply {
     pub role: Option<RoleKind>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// A switchover: the candidate leadership goes to...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// ...within this long, or the queue's order decides again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub within_ms: Option<u64>,
 }
 
 impl ControlReply {
@@ -198,6 +213,9 @@ mod tests {
             etcd_reachable: false,
             last_contact_ms: Some(120),
             version: 3,
+            eligible: false,
+            reason: Some("health check failing: exit 1".into()),
+            priority: 1,
             suspect: Some(SuspectDoc {
                 contact_lost_ms: 10,
                 deadline_in_ms: 900,

@@ -43,7 +43,12 @@ pub enum Transport {
 /// Operator requests for the owner task; each is answered with a [`ControlReply`].
 #[derive(Debug)]
 pub enum Control {
-    Resign(oneshot::Sender<ControlReply>),
+    /// Hand leadership off now; to the candidate whose member id is `to`, if given (a
+    /// switchover).
+    Resign {
+        to: Option<String>,
+        reply: oneshot::Sender<ControlReply>,
+    },
     Pause(oneshot::Sender<ControlReply>),
     Resume(oneshot::Sender<ControlReply>),
 }
@@ -186,7 +191,7 @@ async fn members(State(s): State<Arc<ApiState>>) -> Response {
 async fn control(
     s: &ApiState,
     req: Request,
-    make: fn(oneshot::Sender<ControlReply>) -> Control,
+    make: impl FnOnce(oneshot::Sender<ControlReply>) -> Control,
 ) -> Response {
     let transport = req.extensions().get::<Transport>().copied();
     if transport != Some(Transport::Unix) {
@@ -217,8 +222,19 @@ async fn control(
     }
 }
 
-async fn resign(State(s): State<Arc<ApiState>>, req: Request) -> Response {
-    control(&s, req, Control::Resign).await
+#[derive(Debug, Deserialize)]
+struct ResignQuery {
+    /// Hand leadership to this candidate (member id).
+    to: Option<String>,
+}
+
+async fn resign(
+    State(s): State<Arc<ApiState>>,
+    Query(q): Query<ResignQuery>,
+    req: Request,
+) -> Response {
+    let to = q.to.filter(|t| !t.is_empty());
+    control(&s, req, |reply| Control::Resign { to, reply }).await
 }
 
 async fn pause(State(s): State<Arc<ApiState>>, req: Request) -> Response {

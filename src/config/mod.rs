@@ -171,6 +171,13 @@ pub struct Config {
     pub stop_signal: nix::sys::signal::Signal,
     pub stop_grace: Duration,
     pub on_exit: OnExit,
+    /// The check that gates this replica's candidacy, if any.
+    pub health: Option<crate::health::HealthCheck>,
+    /// Among eligible candidates the highest leads; 0 never campaigns.
+    pub priority: u32,
+    /// How long a candidate of higher priority waits before a running leader hands over to
+    /// it; `None`: never pre-empt a running leader.
+    pub takeover_delay: Option<Duration>,
     pub etcd_tls: Option<TlsFiles>,
     pub etcd_auth: Option<Auth>,
     /// Whether a command is wrapped (`-- CMD`); tightens the timing checks.
@@ -525,10 +532,56 @@ impl Layers {
             stop_signal: self.value("stop_signal", parse::stop_signal)?.value,
             stop_grace: stop_grace.value,
             on_exit: self.value("on_exit", parse::on_exit)?.value,
+            health: self.health()?,
+            priority: self
+                .value("priority", parse::number_between(0, 1000))?
+                .value,
+            takeover_delay: self.value("takeover_delay", parse::duration_or_off)?.value,
             etcd_tls: self.tls()?,
             etcd_auth: self.auth()?,
             has_command,
         })
+    }
+
+    fn health(&self) -> Result<Option<crate::health::HealthCheck>, ConfigError> {
+        use crate::health::{HealthCheck, Probe};
+        let cmd = self.optional("health_cmd", parse::command)?;
+        let url = self.optional("health_url", parse::http_url)?;
+        let probe = match (cmd, url) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Inconsistent(
+                    "--health-cmd and --health-url exclude each other: give one check".into(),
+                ));
+            }
+            (Some(c), None) => Probe::Command(c),
+            (None, Some(u)) => Probe::Url(u),
+            (None, None) => {
+                // Still validate the tuning settings, so a typo never waits for a check.
+                self.health_tuning()?;
+                return Ok(None);
+            }
+        };
+        let (interval, timeout, rise, fall) = self.health_tuning()?;
+        Ok(Some(HealthCheck {
+            probe,
+            interval,
+            timeout,
+            rise,
+            fall,
+        }))
+    }
+
+    fn health_tuning(&self) -> Result<(Duration, Duration, u32, u32), ConfigError> {
+        Ok((
+            self.value("health_interval", parse::duration_between("100ms", "1h"))?
+                .value,
+            self.value("health_timeout", parse::duration_between("100ms", "10m"))?
+                .value,
+            self.value("health_rise", parse::number_between(1, 100))?
+                .value,
+            self.value("health_fall", parse::number_between(1, 100))?
+                .value,
+        ))
     }
 
     fn tls(&self) -> Result<Option<TlsFiles>, ConfigError> {

@@ -164,6 +164,40 @@ pub fn on_exit(v: &str) -> Result<OnExit, String> {
     }
 }
 
+/// A whole number within `lo..=hi`.
+pub fn number_between(lo: u32, hi: u32) -> impl Fn(&str) -> Result<u32, String> {
+    move |v| {
+        v.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (lo..=hi).contains(n))
+            .ok_or_else(|| format!("expected a whole number from {lo} to {hi}"))
+    }
+}
+
+/// A duration, or `off`.
+pub fn duration_or_off(v: &str) -> Result<Option<Duration>, String> {
+    match v.trim() {
+        "off" | "none" => Ok(None),
+        t => parse_duration(t)
+            .map(Some)
+            .map_err(|_| "expected a duration such as `30s` or `2m`, or `off`".into()),
+    }
+}
+
+/// A non-empty shell command.
+pub fn command(v: &str) -> Result<String, String> {
+    if v.trim().is_empty() {
+        return Err("expected a shell command such as `curl -fsS localhost:8080/healthz`".into());
+    }
+    Ok(v.to_string())
+}
+
+/// `http://HOST:PORT/PATH` (the app beside electd, so plain HTTP).
+pub fn http_url(v: &str) -> Result<crate::health::HttpUrl, String> {
+    crate::health::HttpUrl::parse(v.trim())
+}
+
 pub fn text(v: &str) -> Result<String, String> {
     Ok(v.to_string())
 }

@@ -14,6 +14,7 @@
 //!   create revision, and it carries that revision: the fencing token;
 //! - every write to a candidate key is guarded by a compare on its create revision.
 
+pub mod candidacy;
 pub mod etcd;
 pub mod keys;
 pub mod queue;
@@ -55,6 +56,12 @@ pub struct MemberInfo {
     pub pid: Option<u32>,
     #[serde(default)]
     pub started: Option<String>,
+    /// Among eligible candidates the highest leads (absent: [`candidacy::DEFAULT_PRIORITY`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
+    /// Written by a leader handing leadership to the candidate at this key (a switchover).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff_to: Option<String>,
 }
 
 impl MemberInfo {
@@ -67,7 +74,14 @@ impl MemberInfo {
                 .and_then(|h| h.into_string().ok()),
             pid: Some(std::process::id()),
             started: Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string()),
+            priority: None,
+            handoff_to: None,
         }
+    }
+
+    pub fn with_priority(mut self, priority: u32) -> MemberInfo {
+        self.priority = Some(priority);
+        self
     }
 }
 
@@ -98,14 +112,18 @@ impl LeaderInfo {
 }
 
 /// Where this replica stands in the election, as last read from etcd.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub enum Position {
     /// No session yet (granting a lease or creating the key).
+    #[default]
     Joining,
     /// Our key exists and is not the lowest; `leader` is the lowest one.
     Waiting { leader: Option<LeaderInfo> },
     /// Our key is the lowest; `token` is its create revision.
     Leading { token: i64, leader: LeaderInfo },
+    /// Out of the queue on purpose (not eligible: a failing health check, an observer), still
+    /// watching who leads.
+    Observing { leader: Option<LeaderInfo> },
     /// Left the election on request and not campaigning.
     Paused,
     /// The driver has finished (shutdown).
@@ -141,9 +159,11 @@ pub struct ElectionView {
     pub last_contact: Option<Instant>,
     /// The last etcd revision seen.
     pub revision: i64,
-    /// Predecessor wake-ups: how often this replica re-read the election because the key it
-    /// waited on went away (the "no thundering herd" figure).
+    /// Predecessor wake-ups: how often the key right before this replica's went away.
     pub wakeups: u64,
+    /// While leading: the candidate (member id) this leader should hand leadership to now — a
+    /// switchover target, or a candidate of higher priority that waited its takeover delay.
+    pub handoff: Option<String>,
 }
 
 impl ElectionView {
@@ -156,6 +176,7 @@ impl ElectionView {
             last_contact: None,
             revision: 0,
             wakeups: 0,
+            handoff: None,
         }
     }
 }
@@ -170,6 +191,8 @@ pub enum After {
     RejoinAfter(Duration),
     /// Stay out of the election until resumed.
     Pause,
+    /// Stay out of the queue, watching who leads, until resumed (this replica may not lead).
+    Observe,
     /// Stop the driver.
     Stop,
 }
@@ -184,6 +207,12 @@ pub enum DriverCommand {
     },
     /// Leave the paused state and campaign again.
     Resume { reply: oneshot::Sender<()> },
+    /// While leading: announce, in our own candidate key, that leadership goes to the candidate
+    /// whose member id is `to`; answered with its key, or why not (then nothing changed).
+    HandOff {
+        to: String,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
 }
 
 /// A handle for sending commands to a running driver.
@@ -220,6 +249,22 @@ impl DriverHandle {
             let _ = rx.await;
         }
     }
+
+    /// Announce a switchover to the candidate `to` (see [`DriverCommand::HandOff`]).
+    pub async fn hand_off(&self, to: &str) -> Result<String, String> {
+        let (reply, rx) = oneshot::channel();
+        let to = to.to_string();
+        if self
+            .tx
+            .send(DriverCommand::HandOff { to, reply })
+            .await
+            .is_err()
+        {
+            return Err("the election driver has stopped".into());
+        }
+        rx.await
+            .unwrap_or_else(|_| Err("the election driver has stopped".into()))
+    }
 }
 
 /// Settings a driver needs.
@@ -228,6 +273,11 @@ pub struct DriverConfig {
     pub election: String,
     pub member: MemberInfo,
     pub timing: Timing,
+    /// Start out of the queue, observing, until resumed (a replica that must first be found
+    /// eligible: a health check to pass, an observer).
+    pub observe_first: bool,
+    /// Who may lead: this replica's priority and takeover delay.
+    pub policy: candidacy::Policy,
 }
 
 /// What a driver reports as it goes, for metrics. The election does not know who listens

@@ -41,6 +41,8 @@ pub struct Delta {
     pub new_foreign: Vec<(String, Foreign)>,
     /// Keys that left the queue of candidates (deleted, or rewritten into foreign keys).
     pub left: Vec<String>,
+    /// Keys that joined it.
+    pub joined: Vec<String>,
 }
 
 /// The queue at [`Queue::revision`].
@@ -61,6 +63,7 @@ impl Delta {
         self.candidates |= later.candidates;
         self.new_foreign.extend(later.new_foreign);
         self.left.extend(later.left);
+        self.joined.extend(later.joined);
     }
 }
 
@@ -88,6 +91,9 @@ impl Queue {
         };
         for c in keys {
             let d = self.put(revision, c);
+            delta
+                .joined
+                .extend(d.joined.into_iter().filter(|k| !before.contains(k)));
             delta.new_foreign.extend(
                 d.new_foreign
                     .into_iter()
@@ -121,7 +127,13 @@ impl Queue {
             None => {
                 delta.candidates = true;
                 self.foreign.remove(&c.key);
-                self.by_key.insert(c.key.clone(), c.create_revision);
+                if self
+                    .by_key
+                    .insert(c.key.clone(), c.create_revision)
+                    .is_none()
+                {
+                    delta.joined.push(c.key.clone());
+                }
                 self.candidates.insert(c.create_revision, c);
             }
             Some(why) => {
@@ -233,6 +245,7 @@ mod tests {
                 .into_iter()
                 .collect(),
             left: left.iter().map(|s| s.to_string()).collect(),
+            joined: Vec::new(),
         };
         let cases: Vec<Case> = vec![
             (
@@ -348,6 +361,10 @@ mod tests {
                     Put(c) => q.put(rev, c),
                     Del(k) => q.delete(rev, k),
                 };
+                let got = Delta {
+                    joined: Vec::new(),
+                    ..got
+                };
                 assert_eq!(got, want, "{name}: step {i} delta");
                 assert_eq!(
                     q.leader().map(|c| c.key.as_str()),
@@ -359,6 +376,23 @@ mod tests {
                 assert_eq!(q.revision(), rev, "{name}: step {i} revision");
             }
         }
+    }
+
+    #[test]
+    fn joins_are_reported_once_and_a_reread_reports_only_new_keys() {
+        let mut q = Queue::new("e");
+        let d = q.reset(9, [cand("e/a", 4, 0xa), cand("e/x", 3, 0)]);
+        assert_eq!(d.joined, vec!["e/a"]);
+        assert_eq!(q.put(10, cand("e/b", 10, 0xb)).joined, vec!["e/b"]);
+        // A value update is not a join.
+        let mut b = cand("e/b", 10, 0xb);
+        b.value = "new".into();
+        assert!(q.put(11, b).joined.is_empty());
+        let d = q.reset(12, [cand("e/a", 4, 0xa), cand("e/c", 12, 0xc)]);
+        assert_eq!(
+            (d.joined, d.left),
+            (vec!["e/c".to_string()], vec!["e/b".to_string()])
+        );
     }
 
     #[test]

@@ -131,12 +131,14 @@ impl Role {
 }
 
 /// The facts from the election driver that the machine decides on.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Observed {
     pub lease: Option<i64>,
     pub position: Position,
     pub last_ok_sent: Option<Instant>,
     pub reachable: bool,
+    /// While leading: hand leadership to this candidate now (see `ElectionView::handoff`).
+    pub handoff: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -150,6 +152,10 @@ pub enum Event {
     },
     Pause,
     Resume,
+    /// This replica may not lead (a failing health check, an observer): leave the queue.
+    Ineligible,
+    /// It may lead again: rejoin the queue (unless paused).
+    Eligible,
     Shutdown,
 }
 
@@ -183,6 +189,8 @@ pub struct Machine {
     pub abandoned: Option<i64>,
     /// `ttl − margin − stop grace`: how long after a successful keepalive was sent we may lead.
     pub budget: Duration,
+    /// This replica may not lead now (see [`Event::Ineligible`]).
+    pub ineligible: bool,
 }
 
 impl Machine {
@@ -191,7 +199,14 @@ impl Machine {
             role: Role::Candidate,
             abandoned: None,
             budget,
+            ineligible: false,
         }
+    }
+
+    /// A machine for a replica that starts out of the queue (it must first be found eligible).
+    pub fn ineligible(mut self) -> Machine {
+        self.ineligible = true;
+        self
     }
 
     /// The transition function. `now` is the monotonic time of the event.
@@ -218,7 +233,19 @@ impl Machine {
             (Role::Paused, Event::Resume) => {
                 next.role = Role::Candidate;
                 next.abandoned = None;
-                vec![Action::ResumeElection]
+                if self.ineligible {
+                    vec![Action::Release(After::Observe)]
+                } else {
+                    vec![Action::ResumeElection]
+                }
+            }
+            (Role::Paused, Event::Ineligible) => {
+                next.ineligible = true;
+                vec![]
+            }
+            (Role::Paused, Event::Eligible) => {
+                next.ineligible = false;
+                vec![]
             }
             (Role::Paused, _) => vec![],
             (_, Event::Resume) => vec![],
@@ -245,6 +272,23 @@ impl Machine {
             }
             (_, Event::Resign { .. }) => vec![],
 
+            (Role::Leader { lease, .. } | Role::Suspect { lease, .. }, Event::Ineligible) => {
+                next.ineligible = true;
+                next.role = Role::Candidate;
+                next.abandoned = Some(*lease);
+                vec![Action::StopChild, Action::Release(After::Observe)]
+            }
+            (_, Event::Ineligible) if self.ineligible => vec![],
+            (_, Event::Ineligible) => {
+                next.ineligible = true;
+                vec![Action::Release(After::Observe)]
+            }
+            (_, Event::Eligible) if !self.ineligible => vec![],
+            (_, Event::Eligible) => {
+                next.ineligible = false;
+                vec![Action::ResumeElection]
+            }
+
             (
                 Role::Leader {
                     token,
@@ -267,7 +311,9 @@ impl Machine {
                     vec![Action::StopChild]
                 } else {
                     let deadline = o.last_ok_sent.map(|sent| sent + self.budget).unwrap_or(now);
-                    if now >= deadline {
+                    if now >= deadline || o.handoff.is_some() {
+                        // Out of time, or handing leadership to another candidate: stop, then
+                        // rejoin at the back of the queue.
                         next.role = Role::Candidate;
                         next.abandoned = Some(*lease);
                         vec![Action::StopChild, Action::Release(After::Rejoin)]
@@ -299,7 +345,9 @@ impl Machine {
             (Role::Candidate | Role::Follower { .. }, Event::Observed(o)) => {
                 let elected = match (&o.position, o.lease, o.last_ok_sent) {
                     (Position::Leading { token, leader }, Some(lease), Some(sent))
-                        if self.abandoned != Some(lease) && now < sent + self.budget =>
+                        if self.abandoned != Some(lease)
+                            && !self.ineligible
+                            && now < sent + self.budget =>
                     {
                         Some((*token, lease, leader.clone(), sent + self.budget))
                     }
@@ -330,6 +378,9 @@ impl Machine {
 fn follower_role(o: &Observed) -> Role {
     match &o.position {
         Position::Waiting {
+            leader: Some(leader),
+        }
+        | Position::Observing {
             leader: Some(leader),
         } => Role::Follower {
             leader: leader.clone(),
@@ -362,7 +413,17 @@ mod tests {
             },
             last_ok_sent: Some(sent),
             reachable,
+            handoff: None,
         }))
+    }
+
+    /// Leading, and the driver says hand leadership to `to`.
+    fn handing(lease: i64, token: i64, sent: Instant, to: &str) -> Event {
+        let Event::Observed(mut o) = leading(lease, token, sent, true) else {
+            unreachable!()
+        };
+        o.handoff = Some(to.into());
+        Event::Observed(o)
     }
 
     fn waiting(lease: i64, leader: Option<LeaderInfo>, sent: Instant) -> Event {
@@ -371,6 +432,15 @@ mod tests {
             position: Position::Waiting { leader },
             last_ok_sent: Some(sent),
             reachable: true,
+            handoff: None,
+        }))
+    }
+
+    fn observing(leader: Option<LeaderInfo>) -> Event {
+        Event::Observed(Box::new(Observed {
+            position: Position::Observing { leader },
+            reachable: true,
+            ..Observed::default()
         }))
     }
 
@@ -380,6 +450,7 @@ mod tests {
             position: Position::Joining,
             last_ok_sent: None,
             reachable: false,
+            handoff: None,
         }))
     }
 
@@ -388,6 +459,7 @@ mod tests {
             role,
             abandoned: None,
             budget: BUDGET,
+            ineligible: false,
         }
     }
 
@@ -514,6 +586,14 @@ mod tests {
                 vec![],
             ),
             (
+                "fol observing sees leader",
+                follower.clone(),
+                observing(Some(info("third", 6))),
+                now,
+                K::Follower,
+                vec![],
+            ),
+            (
                 "fol session lost",
                 follower.clone(),
                 joining(),
@@ -603,6 +683,14 @@ mod tests {
                 vec![StopChild],
             ),
             (
+                "lead hands over",
+                leader_role(t0),
+                handing(7, 10, now, "other"),
+                now,
+                K::Candidate,
+                vec![StopChild, Release(After::Rejoin)],
+            ),
+            (
                 "lead resign",
                 leader_role(t0),
                 Event::RESIGN,
@@ -666,6 +754,14 @@ mod tests {
                 now,
                 K::Candidate,
                 vec![StopChild],
+            ),
+            (
+                "susp hands over",
+                suspect_role(t0),
+                handing(7, 10, t0, "other"),
+                now,
+                K::Candidate,
+                vec![StopChild, Release(After::Rejoin)],
             ),
             (
                 "susp resign",
@@ -786,6 +882,174 @@ mod tests {
             let (next, got) = machine(role).step(&event, at);
             assert_eq!(next.role.kind(), kind, "{name}: role");
             assert_eq!(got, actions, "{name}: actions");
+        }
+    }
+
+    /// Every role and eligibility against `Ineligible`, `Eligible`, `Resume` and a view that
+    /// would elect: the role kind, actions, and whether the machine is ineligible after.
+    #[test]
+    fn eligibility_table() {
+        let t0 = Instant::now();
+        let now = t0 + Duration::from_millis(500);
+        let follower = Role::Follower {
+            leader: info("other", 5),
+        };
+        use Action::*;
+        use RoleKind as K;
+        type Case = (&'static str, Role, bool, Event, K, Vec<Action>, bool);
+        let cases: Vec<Case> = vec![
+            (
+                "cand ineligible",
+                Role::Candidate,
+                false,
+                Event::Ineligible,
+                K::Candidate,
+                vec![Release(After::Observe)],
+                true,
+            ),
+            (
+                "cand ineligible again",
+                Role::Candidate,
+                true,
+                Event::Ineligible,
+                K::Candidate,
+                vec![],
+                true,
+            ),
+            (
+                "cand eligible",
+                Role::Candidate,
+                true,
+                Event::Eligible,
+                K::Candidate,
+                vec![ResumeElection],
+                false,
+            ),
+            (
+                "cand eligible already",
+                Role::Candidate,
+                false,
+                Event::Eligible,
+                K::Candidate,
+                vec![],
+                false,
+            ),
+            (
+                "cand ineligible not elected",
+                Role::Candidate,
+                true,
+                leading(7, 10, t0, true),
+                K::Candidate,
+                vec![],
+                true,
+            ),
+            (
+                "fol ineligible keeps its leader",
+                follower.clone(),
+                false,
+                Event::Ineligible,
+                K::Follower,
+                vec![Release(After::Observe)],
+                true,
+            ),
+            (
+                "fol eligible",
+                follower.clone(),
+                true,
+                Event::Eligible,
+                K::Follower,
+                vec![ResumeElection],
+                false,
+            ),
+            (
+                "lead ineligible stops first",
+                leader_role(t0),
+                false,
+                Event::Ineligible,
+                K::Candidate,
+                vec![StopChild, Release(After::Observe)],
+                true,
+            ),
+            (
+                "susp ineligible stops first",
+                suspect_role(t0),
+                false,
+                Event::Ineligible,
+                K::Candidate,
+                vec![StopChild, Release(After::Observe)],
+                true,
+            ),
+            (
+                "lead eligible",
+                leader_role(t0),
+                false,
+                Event::Eligible,
+                K::Leader,
+                vec![],
+                false,
+            ),
+            (
+                "paused ineligible stays paused",
+                Role::Paused,
+                false,
+                Event::Ineligible,
+                K::Paused,
+                vec![],
+                true,
+            ),
+            (
+                "paused eligible stays paused",
+                Role::Paused,
+                true,
+                Event::Eligible,
+                K::Paused,
+                vec![],
+                false,
+            ),
+            (
+                "paused resume while ineligible observes",
+                Role::Paused,
+                true,
+                Event::Resume,
+                K::Candidate,
+                vec![Release(After::Observe)],
+                true,
+            ),
+            (
+                "paused resume while eligible campaigns",
+                Role::Paused,
+                false,
+                Event::Resume,
+                K::Candidate,
+                vec![ResumeElection],
+                false,
+            ),
+            (
+                "stopping ignores ineligible",
+                Role::Stopping,
+                false,
+                Event::Ineligible,
+                K::Stopping,
+                vec![],
+                false,
+            ),
+            (
+                "stopping ignores eligible",
+                Role::Stopping,
+                true,
+                Event::Eligible,
+                K::Stopping,
+                vec![],
+                true,
+            ),
+        ];
+        for (name, role, ineligible, event, kind, actions, after) in cases {
+            let mut m = machine(role);
+            m.ineligible = ineligible;
+            let (next, got) = m.step(&event, now);
+            assert_eq!(next.role.kind(), kind, "{name}: role");
+            assert_eq!(got, actions, "{name}: actions");
+            assert_eq!(next.ineligible, after, "{name}: ineligible after");
         }
     }
 

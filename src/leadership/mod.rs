@@ -218,6 +218,12 @@ impl<S: Source, R: Runner> Leadership<S, R> {
         }
     }
 
+    /// Start out of the queue: the replica must first be found eligible ([`Event::Eligible`]).
+    pub fn ineligible(mut self) -> Self {
+        self.machine = self.machine.ineligible();
+        self
+    }
+
     /// elect-run's mode: report election instead of starting the command (the caller may claim
     /// a slot first, then calls [`Leadership::start_command`]); losing leadership ends the run.
     pub fn once(mut self) -> Self {
@@ -534,12 +540,15 @@ fn event_name(e: &Event) -> &'static str {
             (Position::Leading { .. }, _) => "elected",
             (Position::Waiting { .. }, _) => "election read",
             (Position::Joining, _) => "session lost",
+            (Position::Observing { .. }, _) => "observing",
             (Position::Paused, _) => "paused",
             (Position::Stopped, _) => "stopped",
         },
         Event::Resign { .. } => "resign",
         Event::Pause => "pause",
         Event::Resume => "resume",
+        Event::Ineligible => "not eligible",
+        Event::Eligible => "eligible",
         Event::Shutdown => "shutdown",
     }
 }
@@ -548,6 +557,10 @@ fn event_name(e: &Event) -> &'static str {
 fn lost_reason(event: &Event) -> String {
     match event {
         Event::Observed(o) => match (&o.position, o.reachable) {
+            (Position::Leading { .. }, _) if o.handoff.is_some() => format!(
+                "handing leadership to {}",
+                o.handoff.as_deref().unwrap_or_default()
+            ),
             (Position::Waiting { leader: Some(l) }, _) => format!("{} leads now", l.id),
             (_, false) => {
                 "no keepalive succeeded within the leader budget; etcd unreachable".into()
@@ -558,6 +571,8 @@ fn lost_reason(event: &Event) -> String {
         Event::Resign { .. } => "resigned".into(),
         Event::Pause => "paused".into(),
         Event::Resume => "resumed".into(),
+        Event::Ineligible => "no longer eligible to lead".into(),
+        Event::Eligible => "eligible".into(),
         Event::Shutdown => "shutting down".into(),
     }
 }

@@ -80,6 +80,12 @@ impl ElectionSource {
         self.view.clone()
     }
 
+    /// While leading: announce that leadership goes to the candidate `to` (a switchover); its
+    /// key, or why not.
+    pub async fn hand_off(&self, to: &str) -> Result<String, String> {
+        self.handle.hand_off(to).await
+    }
+
     /// Leave the election (revoke the lease, so the next replica need not wait a TTL) and wait
     /// up to 2 s for the driver to end; its error, if it ended with one.
     pub async fn shutdown(mut self) -> Result<(), EtcdError> {
@@ -105,6 +111,7 @@ pub fn observed(v: &ElectionView) -> Observed {
         position: v.position.clone(),
         last_ok_sent: v.last_ok_sent,
         reachable: v.reachable,
+        handoff: v.handoff.clone(),
     }
 }
 
@@ -216,12 +223,7 @@ impl Source for SocketSource {
         let doc = match answer {
             Ok(doc) => doc,
             Err(_) => {
-                return Observed {
-                    lease: None,
-                    position: Position::Joining,
-                    last_ok_sent: None,
-                    reachable: false,
-                };
+                return Observed::default();
             }
         };
         let leader = doc.leader.as_ref().map(LeaderDoc::to_info);
@@ -241,6 +243,7 @@ impl Source for SocketSource {
             position,
             last_ok_sent: Some(*sent),
             reachable: true,
+            handoff: None,
         }
     }
 

@@ -85,6 +85,7 @@ impl Source for FakeSource {
             },
             last_ok_sent: self.last_ok_sent,
             reachable: !cut,
+            handoff: None,
         }
     }
 
@@ -126,7 +127,7 @@ impl Source for FakeSource {
         self.join_at = match after {
             After::Rejoin => Some(now),
             After::RejoinAfter(d) => Some(now + d),
-            After::Pause | After::Stop => None,
+            After::Pause | After::Observe | After::Stop => None,
         };
     }
 

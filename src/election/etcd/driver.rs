@@ -4,6 +4,7 @@
 //! owner's commands (release the session, then rejoin, wait, pause or stop). It never decides
 //! what a view means for the wrapped command: that is the role machine's job.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,9 @@ use super::client::Clients;
 use super::error::{Backoff, EtcdError};
 use super::observe::{Observe, Seen};
 use super::session::{KeepaliveEvent, Pace, Session, grant, revoke};
-use crate::election::queue::Delta;
+use super::txn::update_candidate;
+use crate::election::candidacy;
+use crate::election::queue::{Delta, Queue};
 use crate::election::{
     After, DriverCommand, DriverConfig, DriverHandle, ElectionView, LeaderInfo, NoTelemetry,
     Position, Telemetry, keys,
@@ -31,6 +34,7 @@ pub struct Driver {
     telemetry: Arc<dyn Telemetry>,
     pace: Pace,
     observe: Observe,
+    prefs: Prefs,
 }
 
 /// This session's candidate key, once created.
@@ -39,6 +43,55 @@ struct Own {
     revision: i64,
     /// The key right before ours, if any (its leaving wakes us).
     predecessor: Option<String>,
+    /// Whether `Leading` was published for it: the command may run, so giving way goes
+    /// through the role machine (a hand-over), never by leaving the queue under it.
+    leading: bool,
+}
+
+/// What this replica remembers for [`candidacy::verdict`].
+#[derive(Default)]
+struct Prefs {
+    /// When each candidate key was first seen (for the takeover delay).
+    first_seen: HashMap<String, Instant>,
+    /// A switchover announced by a leader: the target key, and until when it may take over.
+    switchover: Option<(String, Instant)>,
+    /// The key that took leadership by switchover, until it leaves the queue.
+    protected: Option<String>,
+    /// When to decide again (a takeover delay or a switchover ends).
+    review_at: Option<Instant>,
+}
+
+impl Prefs {
+    /// Keep track of joins, leaves and switchovers after `delta`.
+    fn note(&mut self, queue: &Queue, delta: &Delta, now: Instant, bound: Duration) {
+        for k in &delta.joined {
+            self.first_seen.entry(k.clone()).or_insert(now);
+        }
+        for k in &delta.left {
+            self.first_seen.remove(k);
+        }
+        let head = queue.leader();
+        if let Some(target) = head.and_then(candidacy::member).and_then(|m| m.handoff_to)
+            && self.switchover.as_ref().is_none_or(|(t, _)| *t != target)
+        {
+            info!(to = %target, within = ?bound, "the leader hands leadership over (switchover)");
+            self.switchover = Some((target, now + bound));
+        }
+        if let Some((target, until)) = &self.switchover {
+            if head.is_some_and(|h| h.key == *target) {
+                self.protected = Some(target.clone());
+                self.switchover = None;
+            } else if now >= *until || queue.get(target).is_none() {
+                info!(to = %target, "switchover did not complete; the queue's order decides again");
+                self.switchover = None;
+            }
+        }
+        if let Some(p) = &self.protected
+            && queue.get(p).is_none()
+        {
+            self.protected = None;
+        }
+    }
 }
 
 impl Driver {
@@ -64,6 +117,7 @@ impl Driver {
                 telemetry: Arc::new(NoTelemetry),
                 pace,
                 observe,
+                prefs: Prefs::default(),
             },
             handle,
             view_rx,
@@ -78,7 +132,11 @@ impl Driver {
 
     /// Run until told to stop, or until an unrecoverable error (returned).
     pub async fn run(mut self) -> Result<(), EtcdError> {
-        let mut after = After::Rejoin;
+        let mut after = if self.cfg.observe_first {
+            After::Observe
+        } else {
+            After::Rejoin
+        };
         loop {
             match after {
                 After::Stop => {
@@ -88,11 +146,21 @@ impl Driver {
                     });
                     return Ok(());
                 }
-                After::Pause => {
+                After::Pause | After::Observe => {
+                    let leader = self
+                        .observe
+                        .queue()
+                        .leader()
+                        .map(LeaderInfo::from_candidate);
                     self.view.send_modify(|v| {
-                        v.position = Position::Paused;
+                        v.position = if after == After::Pause {
+                            Position::Paused
+                        } else {
+                            Position::Observing { leader }
+                        };
                         v.lease = None;
                         v.last_ok_sent = None;
+                        v.handoff = None;
                     });
                     after = self.out_of_the_election(None).await?;
                     continue;
@@ -109,9 +177,9 @@ impl Driver {
         }
     }
 
-    /// Stay out of the election — paused (`until` is `None`: until resumed) or waiting to
-    /// rejoin — observing it and answering commands meanwhile. (Entered only after a release,
-    /// which already cleared the view's session.)
+    /// Stay out of the election — paused or observing (`until` is `None`: until resumed), or
+    /// waiting to rejoin — observing it and answering commands meanwhile. (Entered only after a
+    /// release, which already cleared the view's session.)
     async fn out_of_the_election(&mut self, until: Option<Instant>) -> Result<After, EtcdError> {
         loop {
             tokio::select! {
@@ -131,11 +199,23 @@ impl Driver {
                 },
                 seen = self.observe.next(&self.pace) => {
                     if let Some(delta) = self.take(seen)? {
+                        self.note(&delta);
                         let _ = self.follow(None, &delta);
                     }
                 }
             }
         }
+    }
+
+    /// How long a switchover may take before the queue's order decides again.
+    fn switchover_bound(&self) -> Duration {
+        self.cfg.timing.ttl * 2
+    }
+
+    fn note(&mut self, delta: &Delta) {
+        let bound = self.switchover_bound();
+        self.prefs
+            .note(self.observe.queue(), delta, Instant::now(), bound);
     }
 
     fn mark_error(&self, e: &EtcdError) {
@@ -175,19 +255,20 @@ impl Driver {
         Ok(Some(seen.delta))
     }
 
-    /// Follow the queue after `delta`: this replica's place when it has a key (`Err`: the key
-    /// is gone, and the session with it), else the last known leader of a follower.
-    fn follow(&self, own: Option<&mut Own>, delta: &Delta) -> Result<(), String> {
+    /// Follow the queue after `delta`: this replica's place when it has a key, else the last
+    /// known leader of a follower. `Err`: the session is over — the key is gone, or it gives
+    /// way to a preferred candidate behind it. `Ok`: when to decide again, if ever.
+    fn follow(&self, own: Option<&mut Own>, delta: &Delta) -> Result<Option<Instant>, String> {
         let queue = self.observe.queue();
         let Some(own) = own else {
             self.view.send_if_modified(|v| match &mut v.position {
-                Position::Waiting { leader } => {
+                Position::Waiting { leader } | Position::Observing { leader } => {
                     let now = queue.leader().map(LeaderInfo::from_candidate);
                     std::mem::replace(leader, now.clone()) != now
                 }
                 _ => false,
             });
-            return Ok(());
+            return Ok(None);
         };
         if let Some(p) = &own.predecessor
             && delta.left.contains(p)
@@ -200,12 +281,40 @@ impl Driver {
             .get(&own.key)
             .and_then(|c| queue.predecessor(c.create_revision))
             .map(|c| c.key.clone());
+        let first_seen = |k: &str| self.prefs.first_seen.get(k).copied();
+        let ctx = candidacy::Context {
+            own: &own.key,
+            leading: own.leading,
+            switchover: self.prefs.switchover.as_ref().map(|(k, _)| k.as_str()),
+            protected: self.prefs.protected.as_deref(),
+            first_seen: &first_seen,
+            now: Instant::now(),
+        };
+        let id_of = |key: &str| {
+            queue
+                .get(key)
+                .map(|c| LeaderInfo::from_candidate(c).id)
+                .unwrap_or_else(|| key.to_string())
+        };
+        let mut handoff = None;
+        let mut review_at = self.prefs.switchover.as_ref().map(|(_, until)| *until);
+        match candidacy::verdict(queue, &self.cfg.policy, &ctx) {
+            candidacy::Verdict::Requeue { key } => {
+                return Err(format!("giving way to {} in the queue", id_of(&key)));
+            }
+            candidacy::Verdict::HandOver { key } => handoff = Some(id_of(&key)),
+            candidacy::Verdict::Stay { review_at: r } => {
+                review_at = review_at.min(r).or(review_at).or(r);
+            }
+        }
+        own.leading |= matches!(position, Position::Leading { .. });
         self.view.send_if_modified(|v| {
-            let changed = v.position != position;
+            let changed = v.position != position || v.handoff != handoff;
             v.position = position;
+            v.handoff = handoff;
             changed
         });
-        Ok(())
+        Ok(review_at)
     }
 
     /// Grant a lease, retrying with backoff; commands may interrupt.
@@ -235,6 +344,7 @@ impl Driver {
                 },
                 seen = self.observe.next(&self.pace) => {
                     if let Some(delta) = self.take(seen)? {
+                        self.note(&delta);
                         let _ = self.follow(None, &delta);
                     }
                 }
@@ -281,19 +391,38 @@ impl Driver {
                 created = &mut create, if own.is_none() => match created {
                     Ok(revision) => {
                         debug!(key, revision, "candidate key created");
-                        let mut o = Own { key: key.clone(), revision, predecessor: None };
+                        let mut o = Own { key: key.clone(), revision, predecessor: None, leading: false };
                         // Place it with what the queue knows already (perhaps not our key yet).
                         let placed = self.follow(Some(&mut o), &Delta::default());
                         own = Some(o);
-                        placed.err()
+                        match placed {
+                            Ok(r) => { self.prefs.review_at = r; None }
+                            Err(why) => Some(why),
+                        }
                     }
                     Err(CampaignEnd::SessionLost(why)) => Some(why),
                     Err(CampaignEnd::Fatal(e)) => return Err(e),
                 },
                 seen = self.observe.next(&self.pace) => match self.take(seen)? {
-                    Some(delta) => self.follow(own.as_mut(), &delta).err(),
+                    Some(delta) => {
+                        let bound = self.switchover_bound();
+                        self.prefs.note(self.observe.queue(), &delta, Instant::now(), bound);
+                        match self.follow(own.as_mut(), &delta) {
+                            Ok(r) => { self.prefs.review_at = r; None }
+                            Err(why) => Some(why),
+                        }
+                    }
                     None => None,
                 },
+                _ = sleep_until(self.prefs.review_at.unwrap_or_else(Instant::now)), if self.prefs.review_at.is_some() => {
+                    self.prefs.review_at = None;
+                    let bound = self.switchover_bound();
+                    self.prefs.note(self.observe.queue(), &Delta::default(), Instant::now(), bound);
+                    match self.follow(own.as_mut(), &Delta::default()) {
+                        Ok(r) => { self.prefs.review_at = r; None }
+                        Err(why) => Some(why),
+                    }
+                }
                 ev = session.event() => match ev {
                     Some(KeepaliveEvent::Ok { sent }) => {
                         self.telemetry.keepalive_ok(sent.elapsed());
@@ -334,6 +463,10 @@ impl Driver {
                         let _ = reply.send(());
                         None
                     }
+                    Some(DriverCommand::HandOff { to, reply }) => {
+                        let _ = reply.send(self.announce_handoff(own.as_ref(), lease, &to).await);
+                        None
+                    }
                 },
             };
             if let Some(why) = lost {
@@ -344,6 +477,59 @@ impl Driver {
         // Session over: make sure the old lease is gone before a new one is granted.
         self.release(lease).await;
         Ok(after)
+    }
+
+    /// Write into our own candidate key (same lease, guarded by its create revision) that
+    /// leadership goes to the candidate whose member id is `to`; its key.
+    async fn announce_handoff(
+        &self,
+        own: Option<&Own>,
+        lease: i64,
+        to: &str,
+    ) -> Result<String, String> {
+        let Some(own) = own.filter(|o| o.leading) else {
+            return Err("this replica is not the leader".into());
+        };
+        if to == self.cfg.member.id {
+            return Err(format!("{to} is this replica, the leader"));
+        }
+        let queue = self.observe.queue();
+        let targets: Vec<_> = queue
+            .candidates()
+            .filter(|c| candidacy::member(c).is_some_and(|m| m.id == to))
+            .collect();
+        let target = match targets[..] {
+            [t] => t.key.clone(),
+            [] => {
+                return Err(format!(
+                    "no candidate with id {to} is in the election: it is not running, not \
+                     eligible to lead (a failing health check, priority 0) or paused"
+                ));
+            }
+            _ => {
+                return Err(format!(
+                    "{} candidates have id {to}; give every replica its own --id",
+                    targets.len()
+                ));
+            }
+        };
+        let mut member = self.cfg.member.clone();
+        member.handoff_to = Some(target.clone());
+        let value = serde_json::to_string(&member).expect("invariant: MemberInfo serialises");
+        match update_candidate(
+            &self.clients,
+            &own.key,
+            &value,
+            lease,
+            own.revision,
+            self.pace.now(),
+        )
+        .await
+        {
+            Ok(true) => Ok(target),
+            Ok(false) => Err("this replica's candidate key changed meanwhile; try again".into()),
+            Err(e) => Err(format!("cannot announce the switchover in etcd: {e}")),
+        }
     }
 
     /// Revoke the session's lease, which deletes our candidate key with it in one step. Best
@@ -379,6 +565,10 @@ fn answer_without_session(cmd: Option<DriverCommand>) -> Option<After> {
         }
         Some(DriverCommand::Resume { reply }) => {
             let _ = reply.send(());
+            None
+        }
+        Some(DriverCommand::HandOff { reply, .. }) => {
+            let _ = reply.send(Err("this replica is not the leader".into()));
             None
         }
     }

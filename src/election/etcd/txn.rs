@@ -88,6 +88,35 @@ pub(super) async fn candidates(
     Ok((revision, resp.kvs().iter().map(candidate).collect()))
 }
 
+/// Rewrite our candidate `key` (still bound to `lease`) iff it still has `create_revision`;
+/// whether it was written.
+pub(super) async fn update_candidate(
+    clients: &Clients,
+    key: &str,
+    value: &str,
+    lease: i64,
+    create_revision: i64,
+    after: Duration,
+) -> Result<bool, EtcdError> {
+    let txn = Txn::new()
+        .when([Compare::create_revision(
+            key,
+            CompareOp::Equal,
+            create_revision,
+        )])
+        .and_then([TxnOp::put(
+            key,
+            value,
+            Some(PutOptions::new().with_lease(lease)),
+        )]);
+    let resp = clients
+        .call("candidate update", after, lease, |mut c| async move {
+            c.txn(txn).await
+        })
+        .await?;
+    Ok(resp.succeeded())
+}
+
 /// What a fenced slot claim found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SlotClaim {

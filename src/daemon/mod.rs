@@ -4,8 +4,12 @@
 //! [`Leadership`] loop's. A `Publisher` observer turns every step into the [`Status`] snapshot
 //! the API reads, and into metrics.
 
+mod eligibility;
+mod listeners;
+mod publisher;
+
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
@@ -13,18 +17,21 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info};
 
 use crate::api::doc::ControlReply;
-use crate::api::{self, ApiState, Control, Transport};
+use crate::api::{self, ApiState, Control};
 use crate::config::Config;
+use crate::election::candidacy::Policy;
 use crate::election::etcd::{EtcdBackend, EtcdError};
 use crate::election::role::{Event, Role};
-use crate::election::{DriverConfig, ElectionView, MemberInfo};
+use crate::election::{DriverConfig, MemberInfo};
 use crate::exit;
-use crate::leadership::{
-    CommandChange, ElectionSource, ExitPolicy, Identity, Leadership, Next, Observer, Step,
-};
+use crate::health;
+use crate::leadership::{ElectionSource, ExitPolicy, Identity, Leadership, Next};
 use crate::metrics::Metrics;
-use crate::status::{ChildStatus, Status};
+use crate::status::Status;
 use crate::supervisor::{ChildSpec, Supervisor, watchdog::Watchdog};
+use eligibility::Eligibility;
+use listeners::Listeners;
+use publisher::Publisher;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -69,20 +76,27 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonErro
     let backend = EtcdBackend::connect_and_probe(&config).await?;
     // Listeners first, so a bad address fails before we campaign.
     let listeners = Listeners::bind(&config).await?;
+    let eligibility = Eligibility::new(config.priority, config.health.is_some());
     let source = ElectionSource::start(
         &backend,
         DriverConfig {
             election: config.election.clone(),
-            member: MemberInfo::new(&config.id, listeners.http_addr()),
+            member: MemberInfo::new(&config.id, listeners.http_addr())
+                .with_priority(config.priority),
             timing,
+            observe_first: !eligibility.eligible(),
+            policy: Policy {
+                priority: config.priority,
+                takeover_delay: config.takeover_delay,
+            },
         },
         Arc::new(metrics.clone()),
     );
-    let (status_tx, status_rx) = watch::channel(Status::new(
-        &config.id,
-        &config.election,
-        !command.is_empty(),
-    ));
+    let mut status = Status::new(&config.id, &config.election, !command.is_empty());
+    status.priority = config.priority;
+    status.ineligible = eligibility.reason();
+    metrics.eligible.set(eligibility.eligible() as i64);
+    let (status_tx, status_rx) = watch::channel(status);
     let (control_tx, control_rx) = mpsc::channel(8);
     let api = listeners.serve(
         ApiState {
@@ -118,25 +132,37 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonErro
         ))
     };
     let publisher = Publisher {
-        status: status_tx,
-        metrics,
+        status: status_tx.clone(),
+        metrics: metrics.clone(),
         view: source.view(),
     };
     let identity = Identity {
         id: config.id.clone(),
         election: config.election.clone(),
     };
-    let lead = Leadership::new(
+    let health = config
+        .health
+        .clone()
+        .map(|check| start_health(check, &identity, &metrics));
+    let mut lead = Leadership::new(
         source,
         supervisor,
         ExitPolicy::new(config.on_exit),
         identity,
     )
     .observe(Box::new(publisher));
+    if !eligibility.eligible() {
+        lead = lead.ineligible();
+    }
     let mut owner = Owner {
         lead,
         exit_code: 0,
         driver_failed: false,
+        eligibility,
+        health,
+        status: status_tx,
+        metrics,
+        switchover_within: timing.ttl * 2,
     };
     let result = owner.run(control_rx).await;
 
@@ -148,85 +174,26 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonErro
     Ok(code)
 }
 
-/// The API's listeners, bound before the campaign starts.
-struct Listeners {
-    http: Option<tokio::net::TcpListener>,
-    socket: Option<(tokio::net::UnixListener, api::socket::SocketGuard)>,
-}
-
-impl Listeners {
-    async fn bind(config: &Config) -> Result<Listeners, DaemonError> {
-        let http = match config.http {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| DaemonError::Http { addr, source })?,
-            ),
-            None => None,
+/// Run the health check, reporting changes on a bounded channel and every check to metrics.
+fn start_health(
+    check: health::HealthCheck,
+    identity: &Identity,
+    metrics: &Metrics,
+) -> mpsc::Receiver<health::Change> {
+    let (tx, rx) = mpsc::channel(4);
+    let env = vec![
+        ("ELECTD_ID".to_string(), identity.id.clone()),
+        ("ELECTD_ELECTION".to_string(), identity.election.clone()),
+    ];
+    let m = metrics.clone();
+    health::spawn(check, env, tx, move |outcome| {
+        let result = match outcome {
+            health::Outcome::Pass => "pass",
+            health::Outcome::Fail(_) => "fail",
         };
-        let socket = match &config.socket {
-            Some(path) => Some(api::socket::bind(
-                path,
-                config.socket_mode,
-                config.socket_group,
-            )?),
-            None => None,
-        };
-        Ok(Listeners { http, socket })
-    }
-
-    /// The HTTP API's address, published in the member info.
-    fn http_addr(&self) -> Option<String> {
-        self.http
-            .as_ref()
-            .and_then(|l| l.local_addr().ok())
-            .map(|a| a.to_string())
-    }
-
-    /// Serve one router per listener until [`Api::stop`].
-    fn serve(self, state: ApiState, limits: api::serve::Limits) -> Api {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let stopped = |mut stop: watch::Receiver<bool>| async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
-        let mut servers = Vec::new();
-        if let Some(listener) = self.http {
-            info!(addr = ?listener.local_addr().ok(), "HTTP API listening");
-            let app = api::router(state.clone(), Transport::Tcp);
-            let stop = stopped(stop_rx.clone());
-            servers.push(tokio::spawn(api::serve::serve(listener, app, limits, stop)));
-        }
-        let mut guard = None;
-        if let Some((listener, g)) = self.socket {
-            info!(path = ?listener.local_addr().ok(), "socket API listening");
-            let app = api::router(state, Transport::Unix);
-            let stop = stopped(stop_rx.clone());
-            servers.push(tokio::spawn(api::serve::serve(listener, app, limits, stop)));
-            guard = Some(g);
-        }
-        Api {
-            stop: stop_tx,
-            servers,
-            _socket: guard,
-        }
-    }
-}
-
-/// The running API servers; the socket file is removed when this is dropped.
-struct Api {
-    stop: watch::Sender<bool>,
-    servers: Vec<tokio::task::JoinHandle<()>>,
-    _socket: Option<api::socket::SocketGuard>,
-}
-
-impl Api {
-    /// Stop accepting, let in-flight requests finish (bounded), remove the socket file.
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        for s in self.servers {
-            let _ = tokio::time::timeout(Duration::from_secs(2), s).await;
-        }
-    }
+        m.health_checks.with_label_values(&[result]).inc();
+    });
+    rx
 }
 
 /// What the owner waits for besides the leadership loop's own events.
@@ -236,6 +203,7 @@ enum Input {
     Control(Control),
     /// No API listener holds a control sender (HTTP off, no socket).
     ControlClosed,
+    Health(health::Change),
 }
 
 struct Signals {
@@ -259,13 +227,21 @@ impl Signals {
     }
 }
 
-/// Signals and control requests, whichever comes first.
+/// Signals, control requests and health changes, whichever comes first.
 async fn input(
     signals: &mut Signals,
     control: &mut mpsc::Receiver<Control>,
     control_open: bool,
+    health: Option<&mut mpsc::Receiver<health::Change>>,
 ) -> Input {
+    let health = async {
+        match health {
+            Some(rx) => rx.recv().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
+        Some(change) = health => Input::Health(change),
         _ = signals.term.recv() => Input::Shutdown("SIGTERM"),
         _ = signals.int.recv() => Input::Shutdown("SIGINT"),
         _ = signals.hup.recv() => Input::Forward(Signal::SIGHUP),
@@ -282,6 +258,12 @@ struct Owner {
     lead: Leadership<ElectionSource, Supervisor>,
     exit_code: i32,
     driver_failed: bool,
+    eligibility: Eligibility,
+    health: Option<mpsc::Receiver<health::Change>>,
+    status: watch::Sender<Status>,
+    metrics: Metrics,
+    /// How long a switchover may take before the queue's order decides again.
+    switchover_within: Duration,
 }
 
 impl Owner {
@@ -289,10 +271,13 @@ impl Owner {
         let mut signals = Signals::install()?;
         let mut control_open = true;
         loop {
-            let next = self
-                .lead
-                .next(input(&mut signals, &mut control, control_open))
-                .await;
+            let inputs = input(
+                &mut signals,
+                &mut control,
+                control_open,
+                self.health.as_mut(),
+            );
+            let next = self.lead.next(inputs).await;
             let mut reply = None;
             let event = match next {
                 Next::Event(e) => e,
@@ -318,11 +303,15 @@ impl Owner {
                     control_open = false;
                     continue;
                 }
-                Next::Input(Input::Control(c)) => match self.control_event(c) {
+                Next::Input(Input::Control(c)) => match self.control_event(c).await {
                     Some((event, r)) => {
                         reply = Some(r);
                         event
                     }
+                    None => continue,
+                },
+                Next::Input(Input::Health(change)) => match self.health_changed(&change) {
+                    Some(event) => event,
                     None => continue,
                 },
             };
@@ -346,17 +335,72 @@ impl Owner {
         }
     }
 
+    /// A change of health: publish the eligibility; the event for the role machine when it
+    /// changed.
+    fn health_changed(&mut self, change: &health::Change) -> Option<Event> {
+        let to = match change {
+            health::Change::Healthy => "healthy",
+            health::Change::Unhealthy(_) => "unhealthy",
+        };
+        self.metrics
+            .health_transitions
+            .with_label_values(&[to])
+            .inc();
+        let (next, event) = self.eligibility.health(change);
+        self.eligibility = next;
+        self.metrics
+            .eligible
+            .set(self.eligibility.eligible() as i64);
+        let reason = self.eligibility.reason();
+        self.status.send_if_modified(|s| {
+            let changed = s.ineligible != reason;
+            if changed {
+                s.ineligible = reason;
+                s.version += 1;
+            }
+            changed
+        });
+        event
+    }
+
     /// Map an operator request to an event (with the reply to send once it is carried out),
     /// or answer it at once when it changes nothing.
     #[allow(clippy::type_complexity)]
-    fn control_event(
+    async fn control_event(
         &mut self,
         c: Control,
     ) -> Option<(Event, (oneshot::Sender<ControlReply>, ControlReply))> {
         let role = self.lead.role();
         let kind = role.kind();
+        let leads = role.leads();
         let (tx, event, reply) = match c {
-            Control::Resign(tx) if role.leads() => (
+            Control::Resign {
+                to: Some(to),
+                reply,
+            } if leads => match self.lead.source().hand_off(&to).await {
+                Ok(_) => (
+                    reply,
+                    Some(Event::RESIGN),
+                    ControlReply {
+                        resigned: Some(true),
+                        previous_role: Some(kind),
+                        to: Some(to),
+                        within_ms: Some(self.switchover_within.as_millis() as u64),
+                        ..ControlReply::default()
+                    },
+                ),
+                Err(why) => (
+                    reply,
+                    None,
+                    ControlReply {
+                        resigned: Some(false),
+                        reason: Some(why),
+                        role: Some(kind),
+                        ..ControlReply::default()
+                    },
+                ),
+            },
+            Control::Resign { reply: tx, .. } if leads => (
                 tx,
                 Some(Event::RESIGN),
                 ControlReply {
@@ -365,7 +409,7 @@ impl Owner {
                     ..ControlReply::default()
                 },
             ),
-            Control::Resign(tx) => (
+            Control::Resign { reply: tx, .. } => (
                 tx,
                 None,
                 ControlReply {
@@ -375,11 +419,11 @@ impl Owner {
                     ..ControlReply::default()
                 },
             ),
-            Control::Pause(tx) if matches!(role, Role::Paused | Role::Stopping) => (
+            Control::Pause(tx) if matches!(self.lead.role(), Role::Paused | Role::Stopping) => (
                 tx,
                 None,
                 ControlReply {
-                    paused: Some(matches!(role, Role::Paused)),
+                    paused: Some(matches!(self.lead.role(), Role::Paused)),
                     reason: Some(format!("already {kind}")),
                     ..ControlReply::default()
                 },
@@ -393,7 +437,7 @@ impl Owner {
                     ..ControlReply::default()
                 },
             ),
-            Control::Resume(tx) if matches!(role, Role::Paused) => (
+            Control::Resume(tx) if matches!(self.lead.role(), Role::Paused) => (
                 tx,
                 Some(Event::Resume),
                 ControlReply {
@@ -418,106 +462,6 @@ impl Owner {
                 let _ = tx.send(reply);
                 None
             }
-        }
-    }
-}
-
-/// Publishes every step as the [`Status`] snapshot the API reads, and as metrics.
-struct Publisher {
-    status: watch::Sender<Status>,
-    metrics: Metrics,
-    view: watch::Receiver<ElectionView>,
-}
-
-impl Publisher {
-    fn update_child(&self, f: impl FnOnce(&mut ChildStatus)) {
-        self.status.send_modify(|s| {
-            if let Some(c) = s.child.as_mut() {
-                f(c);
-            }
-            s.version += 1;
-        });
-    }
-
-    fn publish(&self, role: &Role, role_changed: bool) {
-        let view = self.view.borrow();
-        let (reachable, last_contact) = (view.reachable, view.last_contact);
-        drop(view);
-        // Only what a watcher acts on bumps the version and wakes readers; deadlines and the
-        // last contact time are refreshed silently (they are rendered at read time).
-        self.status.send_if_modified(|s| {
-            let changed = role_changed
-                || s.role.kind() != role.kind()
-                || s.role.leader() != role.leader()
-                || s.reachable != reachable;
-            if role_changed {
-                s.since = SystemTime::now();
-            }
-            s.role = role.clone();
-            s.reachable = reachable;
-            s.last_contact = last_contact;
-            if changed {
-                s.version += 1;
-            }
-            changed
-        });
-    }
-}
-
-impl Observer for Publisher {
-    fn stepped(&mut self, step: &Step<'_>) {
-        let (from, to) = (step.from.kind(), step.to.kind());
-        if let Role::Suspect { since, .. } = step.from
-            && !matches!(step.to, Role::Suspect { .. })
-        {
-            self.metrics
-                .suspect_seconds
-                .inc_by(step.now.saturating_duration_since(*since).as_secs_f64());
-        }
-        if from != to {
-            self.metrics
-                .transitions
-                .with_label_values(&[from.as_str(), to.as_str()])
-                .inc();
-            self.metrics.set_role(to);
-        }
-        if let Event::Observed(o) = step.event {
-            self.metrics.etcd_reachable.set(o.reachable as i64);
-        }
-        self.metrics
-            .fencing_token
-            .set(step.to.leader().map_or(0, |l| l.create_revision));
-        self.publish(step.to, from != to);
-    }
-
-    fn command(&mut self, change: &CommandChange) {
-        let ended = |exit: &crate::supervisor::ExitInfo, reason: &str| {
-            self.metrics.child_exits.with_label_values(&[reason]).inc();
-            self.metrics.child_running.set(0);
-            let exit = *exit;
-            self.update_child(|c| {
-                c.running = false;
-                c.pid = None;
-                c.last_exit = Some(exit);
-            });
-        };
-        match change {
-            CommandChange::Restarting { .. } => self.metrics.child_restarts.inc(),
-            CommandChange::Started { pid, restarts } => {
-                self.metrics.child_running.set(1);
-                let (pid, restarts) = (*pid, *restarts);
-                self.update_child(|c| {
-                    c.running = true;
-                    c.pid = Some(pid);
-                    c.restarts = restarts;
-                });
-            }
-            CommandChange::StartFailed { exit } => ended(exit, "failed"),
-            CommandChange::Exited { exit, .. } => {
-                ended(exit, if exit.success() { "exited" } else { "failed" })
-            }
-            CommandChange::Stopped { exit: Some(exit) } => ended(exit, "stopped"),
-            CommandChange::Stopped { exit: None } => {}
         }
     }
 }
