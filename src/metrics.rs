@@ -278,4 +278,24 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
     }
+
+    #[test]
+    fn the_readme_lists_every_metric() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+            .expect("README.md");
+        let m = Metrics::new();
+        m.set_identity("e", "r", Duration::from_secs(3));
+        m.child_exits.with_label_values(&["exited"]);
+        m.etcd_errors.with_label_values(&["timeout"]);
+        m.health_checks.with_label_values(&["pass"]);
+        m.health_transitions.with_label_values(&["healthy"]);
+        for line in m.render().lines() {
+            if let Some(name) = line.strip_prefix("# TYPE ").and_then(|l| l.split(' ').next()) {
+                assert!(
+                    readme.contains(&format!("`{name}")),
+                    "README.md does not list the metric {name}"
+                );
+            }
+        }
+    }
 }
