@@ -298,12 +298,13 @@ pub fn render_status(doc: &StatusDoc) -> String {
         out.push_str(&format!("members:       unavailable: {}\n", e.error));
         return out;
     }
-    let this_id = this.map(|t| t.id.as_ref());
+    // This replica is the row of its own key (ids may repeat by mistake).
+    let this_key = this.and_then(|t| t.key.as_deref());
     let rows: Vec<[String; 7]> = list
         .iter()
         .map(|m| {
             let role = if m.leader { "leader" } else { "follower" };
-            let mark = if Some(m.id.as_str()) == this_id {
+            let mark = if Some(m.key.as_str()) == this_key {
                 "*"
             } else {
                 ""
@@ -364,7 +365,7 @@ mod tests {
     fn status_table_layout() {
         let doc: StatusDoc = serde_json::from_value(serde_json::json!({
             "this": {
-                "role": "follower", "id": "r2", "election": "svc",
+                "role": "follower", "id": "r2", "election": "svc", "key": "svc/1b",
                 "leader": {"id": "r1", "key": "svc/1a", "create_revision": 7, "member": null},
                 "fencing_token": 7,
                 "since": "2026-11-22T05:00:00.000Z", "etcd_reachable": true,

@@ -290,7 +290,10 @@ mod tests {
         m.health_checks.with_label_values(&["pass"]);
         m.health_transitions.with_label_values(&["healthy"]);
         for line in m.render().lines() {
-            if let Some(name) = line.strip_prefix("# TYPE ").and_then(|l| l.split(' ').next()) {
+            if let Some(name) = line
+                .strip_prefix("# TYPE ")
+                .and_then(|l| l.split(' ').next())
+            {
                 assert!(
                     readme.contains(&format!("`{name}")),
                     "README.md does not list the metric {name}"

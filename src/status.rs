@@ -26,6 +26,8 @@ pub struct Status {
     pub id: String,
     pub election: String,
     pub role: Role,
+    /// This replica's own candidate key, while it is in the queue.
+    pub key: Option<String>,
     /// Wall-clock time of the last role change (display only).
     pub since: SystemTime,
     pub reachable: bool,
@@ -34,7 +36,9 @@ pub struct Status {
     /// Why this replica may not lead now, if it may not (it is out of the queue).
     pub ineligible: Option<String>,
     pub priority: u32,
-    /// Bumped on every published change.
+    /// Bumped on every published change. It starts at the time this electd started, in
+    /// milliseconds since the epoch, so a restarted electd does not reuse its predecessor's
+    /// versions (a long poll `after=` an old version answers at once).
     pub version: u64,
 }
 
@@ -44,13 +48,16 @@ impl Status {
             id: id.to_string(),
             election: election.to_string(),
             role: Role::Candidate,
+            key: None,
             since: SystemTime::now(),
             reachable: false,
             last_contact: None,
             child: has_child.then(ChildStatus::default),
             ineligible: None,
             priority: crate::election::candidacy::DEFAULT_PRIORITY,
-            version: 0,
+            version: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(1, |d| d.as_millis() as u64),
         }
     }
 
@@ -70,6 +77,7 @@ impl Status {
             role: self.kind(),
             id: Cow::Borrowed(&self.id),
             election: Cow::Borrowed(&self.election),
+            key: self.key.as_deref().map(Cow::Borrowed),
             leader: self.role.leader().map(LeaderDoc::of),
             fencing_token: self.fencing_token(),
             since: Rfc3339(self.since),

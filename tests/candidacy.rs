@@ -60,7 +60,10 @@ fn a_failing_health_check_moves_leadership_away_and_the_replica_returns_as_a_fol
     let moved = failed_at.elapsed();
     eprintln!("leadership moved {moved:?} after the check began failing");
     // fall × interval + stop grace + a little (etcd round trips, process start).
-    assert!(moved < Duration::from_millis(3 * 200 + 1000 + 1500), "{moved:?}");
+    assert!(
+        moved < Duration::from_millis(3 * 200 + 1000 + 1500),
+        "{moved:?}"
+    );
     let doc = daemons[old].role().unwrap();
     assert_eq!(doc["eligible"], false, "{doc}");
     assert!(
@@ -78,12 +81,19 @@ fn a_failing_health_check_moves_leadership_away_and_the_replica_returns_as_a_fol
     assert_eq!(keys.lines().filter(|k| !k.is_empty()).count(), 1, "{keys}");
     // Healthy again: it comes back as a follower of the new leader.
     touch(&health[old]);
-    wait_until(Duration::from_secs(5), "the replica to be eligible again", || {
-        daemons[old]
-            .role()
-            .is_some_and(|r| r["eligible"] == true && r["role"] == "follower")
-    });
-    assert_eq!(leader_id(&daemons[old]).as_deref(), Some(daemons[other].id()));
+    wait_until(
+        Duration::from_secs(5),
+        "the replica to be eligible again",
+        || {
+            daemons[old]
+                .role()
+                .is_some_and(|r| r["eligible"] == true && r["role"] == "follower")
+        },
+    );
+    assert_eq!(
+        leader_id(&daemons[old]).as_deref(),
+        Some(daemons[other].id())
+    );
     assert!(daemons[other].is_leader());
     let keys = etcd.etcdctl_ok(&["get", "hc/", "--prefix", "--keys-only"]);
     assert_eq!(keys.lines().filter(|k| !k.is_empty()).count(), 2, "{keys}");
@@ -117,7 +127,9 @@ fn a_replica_that_starts_unhealthy_never_leads_even_alone_until_its_check_passes
     let keys = etcd.etcdctl_ok(&["get", "alone/", "--prefix", "--keys-only"]);
     assert!(keys.trim().is_empty(), "no candidate key: {keys}");
     touch(&health);
-    wait_until(Duration::from_secs(5), "the replica to lead", || d.is_leader());
+    wait_until(Duration::from_secs(5), "the replica to lead", || {
+        d.is_leader()
+    });
     wait_until(Duration::from_secs(5), "its command", || {
         !starts(&ledger(&l)).is_empty()
     });
@@ -243,7 +255,9 @@ fn resign_to_a_named_replica_hands_it_leadership_and_refuses_the_ineligible() {
         );
         // Join in order: r1 leads, r2 is next, r3 last.
         wait_until(Duration::from_secs(10), "the replica to join", || {
-            daemons[i - 1].role().is_some_and(|r| !r["leader"].is_null())
+            daemons[i - 1]
+                .role()
+                .is_some_and(|r| !r["leader"].is_null())
         });
     }
     // A fourth replica whose health check fails: not a candidate.

@@ -169,6 +169,17 @@ fn sigstop_of_the_leader_daemon_lets_the_watchdog_kill_its_child_in_time() {
         "{}",
         a.log_tail(20)
     );
+    // The thawed leader's log names why it stopped leading, not an election.
+    let log = a.log_text();
+    let lost = log
+        .lines()
+        .find(|l| l.contains("role changed from=leader") || l.contains("role changed from=suspect"))
+        .unwrap_or_else(|| panic!("no role change out of leader:\n{log}"));
+    assert!(!lost.contains("event=\"elected\""), "{lost}");
+    assert!(
+        lost.contains("keepalive") || lost.contains("leads now") || lost.contains("lease"),
+        "{lost}"
+    );
 }
 
 #[test]

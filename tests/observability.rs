@@ -411,3 +411,81 @@ fn control_is_refused_to_other_users_unless_allowed() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     d.wait_role("paused", Duration::from_secs(3));
 }
+
+#[test]
+fn a_long_poll_from_before_a_restart_or_ahead_answers_at_once() {
+    let etcd = Etcd::start();
+    let mut a = DaemonSpec::new(&etcd.endpoint(), "restartpoll", "a").start();
+    a.wait_role("leader", Duration::from_secs(10));
+    let old = a.role().unwrap()["version"].as_u64().unwrap();
+    a.signal(Signal::SIGTERM);
+    a.wait_exit(Duration::from_secs(10));
+    a.restart();
+    a.wait_role("leader", Duration::from_secs(10));
+    let now = a.role().unwrap()["version"].as_u64().unwrap();
+    assert!(
+        now > old,
+        "versions go on after a restart: {old} then {now}"
+    );
+    for after in [old, now + 1000] {
+        let t = Instant::now();
+        let (code, body) = http_get(&a.http, &format!("/role?wait=10s&after={after}")).unwrap();
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "after={after} (current {now}) waited {:?}",
+            t.elapsed()
+        );
+    }
+}
+
+#[test]
+fn status_into_a_closed_pipe_exits_cleanly() {
+    let etcd = Etcd::start();
+    let a = DaemonSpec::new(&etcd.endpoint(), "pipe", "a").start();
+    a.wait_role("leader", Duration::from_secs(10));
+    // `electd status --json | true`: the reader is gone before electd writes (as with `| head`
+    // once it has read enough): the write fails with EPIPE, which is not a reason to panic.
+    for args in ["status --json", "status"] {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                "'{}' {args} --socket '{}' | true; exit ${{PIPESTATUS[0]}}",
+                electd_binary(),
+                a.socket.display()
+            ))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args}: {stderr}");
+    }
+}
+
+#[test]
+fn two_replicas_with_one_id_are_warned_and_status_marks_only_this_one() {
+    let etcd = Etcd::start();
+    let a = DaemonSpec::new(&etcd.endpoint(), "twins", "same").start();
+    a.wait_role("leader", Duration::from_secs(10));
+    let b = DaemonSpec::new(&etcd.endpoint(), "twins", "same").start();
+    b.wait_role("follower", Duration::from_secs(10));
+    wait_until(
+        Duration::from_secs(5),
+        "a warning about the shared id",
+        || {
+            a.log_text()
+                .contains("another candidate uses this replica's id")
+                && b.log_text()
+                    .contains("another candidate uses this replica's id")
+        },
+    );
+    let out = Command::new(electd_binary())
+        .args(["status", "--socket"])
+        .arg(&b.socket)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    let starred: Vec<&str> = table.lines().filter(|l| l.contains("* ")).collect();
+    assert_eq!(starred.len(), 1, "{table}");
+    assert!(starred[0].starts_with("2*"), "{table}");
+}

@@ -18,6 +18,9 @@ pub struct RoleDoc<'a> {
     pub role: RoleKind,
     pub id: Cow<'a, str>,
     pub election: Cow<'a, str>,
+    /// This replica's own candidate key, while it is in the queue.
+    #[serde(default)]
+    pub key: Option<Cow<'a, str>>,
     pub leader: Option<LeaderDoc<'a>>,
     /// The current leader's create revision (null while no leader is known).
     pub fencing_token: Option<i64>,
@@ -207,6 +210,7 @@ mod tests {
             role: RoleKind::Suspect,
             id: "r1".into(),
             election: "svc".into(),
+            key: Some("svc/1a".into()),
             leader: Some(LeaderDoc::of(&info)),
             fencing_token: Some(7),
             since: Rfc3339(SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_500)),

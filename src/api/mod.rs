@@ -102,7 +102,7 @@ pub fn router(state: ApiState, transport: Transport) -> Router {
 struct RoleQuery {
     /// Long-poll: wait up to this long for a change...
     wait: Option<String>,
-    /// ...after this version (default: the current one).
+    /// ...from this version (default: the current one); any other answers at once.
     after: Option<u64>,
 }
 
@@ -121,7 +121,9 @@ async fn role(State(s): State<Arc<ApiState>>, Query(q): Query<RoleQuery>) -> Res
     };
     let mut rx = s.status.clone();
     let after = q.after.unwrap_or_else(|| rx.borrow().version);
-    let _ = tokio::time::timeout(wait, rx.wait_for(|st| st.version > after)).await;
+    // Any other version answers at once, also one from before a restart of this electd (its
+    // versions start at the time it started, so they are not reused).
+    let _ = tokio::time::timeout(wait, rx.wait_for(|st| st.version != after)).await;
     role_response(&rx.borrow(), StatusCode::OK)
 }
 

@@ -31,14 +31,18 @@ impl Publisher {
     fn publish(&self, role: &Role, role_changed: bool) {
         let view = self.view.borrow();
         let (reachable, last_contact) = (view.reachable, view.last_contact);
+        let lease = view.lease;
         drop(view);
         // Only what a watcher acts on bumps the version and wakes readers; deadlines and the
         // last contact time are refreshed silently (they are rendered at read time).
         self.status.send_if_modified(|s| {
+            let key = lease.map(|l| crate::election::keys::candidate_key(&s.election, l));
             let changed = role_changed
                 || s.role.kind() != role.kind()
                 || s.role.leader() != role.leader()
-                || s.reachable != reachable;
+                || s.reachable != reachable
+                || s.key != key;
+            s.key = key;
             if role_changed {
                 s.since = SystemTime::now();
             }

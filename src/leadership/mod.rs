@@ -522,12 +522,18 @@ fn spawn_code(e: &SupervisorError) -> i32 {
     }
 }
 
-/// One info line per role change (and per change of leader).
+/// One info line per role change (and per change of leader). A leader's loss is named by its
+/// reason (a passed deadline is not an election).
 fn log_step(from: &Role, to: &Role, event: &Event) {
     let token = to.leader().map(|l| l.create_revision);
     let leader = to.leader().map(|l| l.id.as_str());
     if from.kind() != to.kind() {
-        info!(from = %from.kind(), to = %to.kind(), token, leader, event = event_name(event), "role changed");
+        let event = if from.leads() && !to.leads() {
+            lost_reason(event)
+        } else {
+            event_name(event).to_string()
+        };
+        info!(from = %from.kind(), to = %to.kind(), token, leader, event, "role changed");
     } else if token != from.leader().map(|l| l.create_revision) && token.is_some() {
         info!(role = %to.kind(), token, leader, "leader changed");
     }

@@ -244,6 +244,22 @@ impl Driver {
             }
         };
         self.mark_contact(Some(seen.revision));
+        let queue = self.observe.queue();
+        for key in &seen.delta.joined {
+            let twin = queue
+                .get(key)
+                .and_then(candidacy::member)
+                .is_some_and(|m| m.id == self.cfg.member.id);
+            if twin
+                && !self
+                    .view
+                    .borrow()
+                    .lease
+                    .is_some_and(|l| keys::candidate_key(&self.cfg.election, l) == *key)
+            {
+                warn!(id = %self.cfg.member.id, key, "another candidate uses this replica's id: give every replica its own --id");
+            }
+        }
         for (key, why) in &seen.delta.new_foreign {
             warn!(
                 key,
