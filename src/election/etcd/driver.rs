@@ -250,13 +250,12 @@ impl Driver {
                 .get(key)
                 .and_then(candidacy::member)
                 .is_some_and(|m| m.id == self.cfg.member.id);
-            if twin
-                && !self
-                    .view
-                    .borrow()
-                    .lease
-                    .is_some_and(|l| keys::candidate_key(&self.cfg.election, l) == *key)
-            {
+            let ours = self
+                .view
+                .borrow()
+                .lease
+                .is_some_and(|l| keys::candidate_key(&self.cfg.election, l) == *key);
+            if twin && !ours {
                 warn!(id = %self.cfg.member.id, key, "another candidate uses this replica's id: give every replica its own --id");
             }
         }
@@ -490,7 +489,10 @@ impl Driver {
                 break After::Rejoin;
             }
         };
-        // Session over: make sure the old lease is gone before a new one is granted.
+        // Session over. Say so first — the role machine stops a running command on it, and must
+        // not wait for etcd (the key is gone already, or etcd is slow) — then make sure the old
+        // lease is gone before a new one is granted.
+        self.forget_session();
         self.release(lease).await;
         Ok(after)
     }
