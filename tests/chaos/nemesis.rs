@@ -472,4 +472,10 @@ fn the_schedule_is_a_function_of_the_seed() {
         let window = e.faults[0].span().max(Duration::from_millis(200));
         assert!(e.faults.iter().all(|f| f.offset <= window), "{e}");
     }
+    let combined = long.iter().filter(|e| e.faults.len() > 1).count() * 100 / long.len();
+    eprintln!("{combined}% of {} episodes combined", long.len());
+    assert!(
+        (COMBINED_PERCENT - 10..=COMBINED_PERCENT + 10).contains(&(combined as u64)),
+        "{combined}% of episodes combined"
+    );
 }

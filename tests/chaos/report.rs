@@ -420,7 +420,10 @@ pub fn write(
          bound and must never be positive (checked: a positive value is a violation). electd's \
          design keeps both below zero: the command is dead by TTL − margin after the last \
          keepalive was sent, while the lease cannot expire before TTL after etcd received it. \
-         Largest in this run: at most {}, surely {}. The budget this is held against: the \
+         In a graceful handoff (resign, pause, SIGTERM) electd stops the command and only then \
+         revokes the lease, so there *surely* sits just below zero (the revoke follows the \
+         command's `stop` by milliseconds); crashes, freezes and partitions leave a wider \
+         margin. Largest in this run: at most {}, surely {}. The budget this is held against: the \
          leader may keep its role {:.1} s (leader budget) and its command {:.1} s (+ stop \
          grace) after its last successful keepalive was sent; the lease lives {} s from when \
          etcd received it. A run that still leads at the end has no end yet and is not counted.\n",
