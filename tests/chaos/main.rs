@@ -472,25 +472,34 @@ fn run_chaos(faults: usize, seed: u64, report: Option<&Path>) -> Outcome {
     for ep in &episodes {
         let t = Instant::now();
         eprintln!("{ep}");
-        let flap_check = (ep.faults.len() == 1 && ep.faults[0].kind == "link-flap").then(|| {
-            (
-                starts(&ledger(&world.ledger)).len(),
-                world.replicas[leader].daemon.fencing_token(),
-            )
-        });
+        let flap_check = (ep.faults.len() == 1 && ep.faults[0].kind == "link-flap")
+            .then(|| world.replicas[leader].daemon.fencing_token());
         let mut et = world.run_episode(ep, leader);
-        if let Some((starts_before, token)) = flap_check
+        if let Some(token) = flap_check
             && et.faults[0].hit_leader
         {
-            // A flap shorter than the budget neither restarts nor moves the leader's command.
+            // A flap shorter than the budget neither restarts nor moves the leader's command:
+            // one start under its token (counted after the flap: its first start record may
+            // still be on its way when the episode begins), same leader, same token.
             std::thread::sleep(Duration::from_secs(1));
-            let now = starts(&ledger(&world.ledger)).len();
             let d = &world.replicas[leader].daemon;
-            if now != starts_before || !d.is_leader() || d.fencing_token() != token {
+            let id = d.id().to_string();
+            let mine = || {
+                ledger(&world.ledger)
+                    .iter()
+                    .filter(|r| r.what == "start" && r.id == id && Some(r.token) == token)
+                    .count()
+            };
+            let mut n = mine();
+            if n == 0 {
+                std::thread::sleep(Duration::from_secs(1));
+                n = mine();
+            }
+            if n != 1 || !d.is_leader() || d.fencing_token() != token {
                 world.fail(
                     seed,
                     &[format!(
-                        "a flap of the leader's link ({}) moved or restarted its command: {starts_before} → {now} starts, leader {}, token {token:?} → {:?}",
+                        "a flap of the leader's link ({}) moved or restarted its command: {n} starts of {id} under token {token:?}, leader {}, token now {:?}",
                         et.faults[0].detail,
                         d.is_leader(),
                         d.fencing_token()
