@@ -340,6 +340,14 @@ pub fn write(
         crate::STOP_GRACE.as_secs(),
         crate::LEADER_BUDGET.as_secs_f64()
     );
+    let etcd_version = std::process::Command::new(crate::common::etcd_binary())
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|v| v.lines().next().map(str::to_string))
+        .unwrap_or_default();
+    let _ = writeln!(w, "- {etcd_version}; electd's debug build.");
     let _ = writeln!(w, "\n## Fault mix\n");
     let _ = writeln!(
         w,
@@ -439,6 +447,8 @@ pub fn write(
         (crate::LEADER_BUDGET + crate::STOP_GRACE).as_secs_f64(),
         crate::TTL.as_secs()
     );
+    let _ = writeln!(w, "\n## Findings\n");
+    let _ = writeln!(w, "{FINDINGS}");
     if !verdict.violations.is_empty() {
         let _ = writeln!(w, "\n## Violations\n");
         for v in &verdict.violations {
@@ -495,6 +505,35 @@ pub fn write(
     let _ = writeln!(w, "\n</details>");
     std::fs::write(dir.join("safety.md"), md).expect("write safety.md");
 }
+
+/// What runs of this nemesis have found so far (kept in the report until fixed).
+const FINDINGS: &str = "\
+**A thawed etcd raft leader revokes live leases, and electd stops its command one revoke round \
+trip after its key is gone.** Seen once in the suite's 10-fault form (seed 33) and about every \
+other run of `chaos_regression_thawed_raft_leader` (the raft leader frozen for 4 s, three \
+times); both tests are `#[ignore]`d until it is fixed (`cargo nextest run --test chaos \
+--run-ignored only chaos_regression`).
+
+1. etcd 3.4.23 (Debian's) lets a raft leader that was frozen longer than the lease TTL revoke, \
+when it thaws, every lease that expired in its stale view (etcd-io/etcd#15247, fixed by #16822, \
+in 3.4 by #17465), although their owners kept them alive through the new leader. In the \
+reproduction the etcd logs show the revokes coming from the thawed member (request ids with its \
+member prefix) right at the thaw, and three replicas' keys vanish at one revision, the electd \
+leader's among them, while it was `leader` (never `suspect`).
+2. electd reacts to its key vanishing in the wrong order: the election driver revokes the \
+(already gone) lease first (`src/election/mod.rs`, `SessionLost` → `release(lease)` → only then \
+the view loses the session) and the role machine stops the command after that round trip \
+(11–15 ms here; the revoke waits up to the reply pace, so longer on a slow etcd). Meanwhile the \
+next replica is elected and starts its command: seed 33, n3's command was reaped 21.5818 and n0 \
+spawned its command at 21.5811; the reproduction, 12 ms with two commands alive. Fencing tokens \
+stayed ordered (8 → 304, 133 → 282), so a fenced downstream would still refuse the old leader's \
+late writes.
+3. The children's ledger alone shows no overlap in either case (the old command writes `stop` on \
+SIGTERM before the new one writes `start`): the etcd check (alive after its key's deletion \
+revision) is what catches it.
+
+The suite's short run uses a fixed seed without a freeze longer than the TTL (`CI_SEED`) so \
+that etcd's bug does not fail it at random; `scripts/chaos.sh` keeps member freezes of 1–5 s.";
 
 // ---------------------------------------------------------------------------
 // Pictures
