@@ -309,3 +309,88 @@ fn http_helpers_handle_length_chunked_and_unix_sockets() {
 
     assert!(http_get(&format!("127.0.0.1:{}", free_port()), "/").is_err());
 }
+
+/// `set_delays(up, down)` delays each direction on its own: the server sees a request late
+/// only when the upstream direction is slow, and the round trip pays both.
+#[test]
+fn proxy_delays_each_direction_separately() {
+    // An echo server that reports when each line arrived.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (arrived_tx, arrived) = std::sync::mpsc::channel::<Instant>();
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        let mut line = String::new();
+        while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+            let _ = arrived_tx.send(Instant::now());
+            if writer.write_all(line.as_bytes()).is_err() {
+                break;
+            }
+            line.clear();
+        }
+    });
+    let proxy = TcpProxy::start(upstream);
+    let mut s = connect(&proxy);
+    let slow = Duration::from_millis(300);
+    for (up, down) in [(slow, Duration::ZERO), (Duration::ZERO, slow)] {
+        proxy.set_delays(up, down);
+        let sent = Instant::now();
+        assert_eq!(echo_roundtrip(&mut s, "x").unwrap(), "x");
+        let round_trip = sent.elapsed();
+        let one_way = arrived.recv().unwrap() - sent;
+        assert!(
+            round_trip >= slow,
+            "up {up:?} down {down:?}: {round_trip:?}"
+        );
+        assert!(
+            round_trip < slow * 2,
+            "up {up:?} down {down:?}: {round_trip:?}"
+        );
+        if up > down {
+            assert!(one_way >= slow, "the request was not held: {one_way:?}");
+        } else {
+            assert!(one_way < slow / 2, "the request was held: {one_way:?}");
+        }
+    }
+}
+
+/// With its peer traffic through a [`common::PeerMesh`], the raft leader can be cut from the
+/// other two members: they elect a new leader while the isolated member still accepts client
+/// connections (and has no leader); after healing it rejoins and catches up.
+#[test]
+fn peer_proxied_cluster_isolates_the_raft_leader() {
+    let cluster = EtcdCluster::start_peer_proxied(3);
+    cluster.etcdctl_ok(&["put", "k1", "v1"]);
+    let old = cluster.leader().expect("a raft leader");
+    cluster.isolate_peer(old, ProxyMode::Blackhole);
+    let mut new = None;
+    wait_until(Duration::from_secs(10), "a leader among the others", || {
+        new = (0..3).find(|i| *i != old && cluster.members()[*i].is_leader());
+        new.is_some()
+    });
+    let isolated = &cluster.members()[old];
+    wait_until(
+        Duration::from_secs(10),
+        "the isolated member to step down",
+        || !isolated.is_leader(),
+    );
+    // Its client port still answers (its metrics), but it cannot serve a linearizable read.
+    assert!(!isolated.is_healthy());
+    let out = isolated.etcdctl(&["get", "k1", "--command-timeout=1s"]);
+    assert!(
+        !out.status.success(),
+        "a cut-off member served a quorum read"
+    );
+    let others = new.map(|n| cluster.members()[n].etcdctl_ok(&["put", "k2", "v2"]));
+    assert_eq!(others.as_deref(), Some("OK"));
+
+    cluster.heal_peers();
+    wait_until(Duration::from_secs(10), "the healed member sees k2", || {
+        let out = isolated.etcdctl(&["get", "k2", "--print-value-only", "--command-timeout=1s"]);
+        String::from_utf8_lossy(&out.stdout).trim() == "v2"
+    });
+    let mesh = cluster.mesh().expect("peer proxied");
+    assert_eq!(mesh.len(), 3);
+}

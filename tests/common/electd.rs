@@ -28,6 +28,8 @@ pub struct DaemonSpec {
     pub socket: Option<PathBuf>,
     /// Extra environment variables for the electd process.
     pub env: Vec<(String, String)>,
+    /// `--log-level` (default `debug`).
+    pub log_level: String,
 }
 
 impl DaemonSpec {
@@ -41,7 +43,13 @@ impl DaemonSpec {
             command: Vec::new(),
             socket: None,
             env: Vec::new(),
+            log_level: "debug".to_string(),
         }
+    }
+
+    pub fn log_level(mut self, level: &str) -> Self {
+        self.log_level = level.to_string();
+        self
     }
 
     pub fn ttl(mut self, ttl: &str) -> Self {
@@ -130,7 +138,7 @@ impl Daemon {
             "--socket",
         ])
         .arg(&self.socket)
-        .args(["--log-level", "debug"])
+        .args(["--log-level", &self.spec.log_level])
         .args(&self.spec.extra)
         .env_remove("RUST_LOG")
         .envs(self.spec.env.iter().map(|(k, v)| (k, v)))

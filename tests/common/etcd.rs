@@ -1,7 +1,7 @@
 //! Real etcd processes (single member or a small loopback cluster).
 
+use super::{PeerMesh, ProxyMode, http, wait_child_timeout};
 use super::{etcd_binary, etcdctl_binary, file_tail, free_port, signal_pid, spawn_tied};
-use super::{http, wait_child_timeout};
 use nix::sys::signal::Signal;
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -82,6 +82,8 @@ pub struct Etcd {
     initial_cluster: String,
     cluster_token: String,
     cluster_member: bool,
+    /// The peer URL other members reach this one at (a [`PeerMesh`] proxy), if not its own.
+    advertise_peer_url: Option<String>,
     dir: TempDir,
     child: Option<Child>,
     paused: AtomicBool,
@@ -147,6 +149,7 @@ impl Etcd {
             initial_cluster,
             cluster_token,
             cluster_member,
+            advertise_peer_url: None,
             dir,
             child: None,
             paused: AtomicBool::new(false),
@@ -228,6 +231,7 @@ impl Etcd {
         );
         let client_url = self.endpoint();
         let peer_url = self.peer_url();
+        let advertise_peer_url = self.advertise_peer_url.clone().unwrap_or(peer_url.clone());
         let mut cmd = Command::new(etcd_binary());
         // etcd also reads ETCD_* variables as flags (and refuses a flag given
         // both ways): keep the environment out of it.
@@ -243,7 +247,9 @@ impl Etcd {
             .arg(format!("--listen-client-urls={client_url}"))
             .arg(format!("--advertise-client-urls={client_url}"))
             .arg(format!("--listen-peer-urls={peer_url}"))
-            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls={advertise_peer_url}"
+            ))
             .arg(format!("--initial-cluster={}", self.initial_cluster))
             .arg(format!("--initial-cluster-state={cluster_state}"))
             .arg(format!("--initial-cluster-token={}", self.cluster_token))
@@ -372,6 +378,20 @@ impl Etcd {
         self.wait_healthy(START_TIMEOUT);
     }
 
+    /// Like [`Etcd::restart`] but returns once the process is spawned, without waiting for
+    /// it to be healthy (which a member cannot be while the cluster has no quorum).
+    pub fn start_again(&mut self) {
+        if self.is_running() {
+            self.stop();
+        }
+        let state = if self.cluster_member {
+            "existing"
+        } else {
+            "new"
+        };
+        self.spawn(state);
+    }
+
     /// SIGSTOP: the process keeps its sockets but answers nothing.
     pub fn pause(&self) {
         if let Some(pid) = self.pid() {
@@ -440,6 +460,8 @@ fn output_ok(out: Output, args: &[&str]) -> String {
 /// An n-member etcd cluster on loopback. Drop kills every member.
 pub struct EtcdCluster {
     members: Vec<Etcd>,
+    /// With [`EtcdCluster::start_peer_proxied`]: the proxies all peer traffic goes through.
+    mesh: Option<PeerMesh>,
 }
 
 impl EtcdCluster {
@@ -453,12 +475,32 @@ impl EtcdCluster {
     }
 
     pub fn start_opts(n: usize, opts: EtcdOptions) -> EtcdCluster {
+        Self::start_inner(n, opts, false)
+    }
+
+    /// Like [`EtcdCluster::start`], with every member's peer (raft) traffic going through a
+    /// [`PeerMesh`] of proxies, so members can be cut from each other ([`Self::isolate_peer`])
+    /// while clients still reach all of them.
+    pub fn start_peer_proxied(n: usize) -> EtcdCluster {
+        Self::start_inner(n, EtcdOptions::default(), true)
+    }
+
+    fn start_inner(n: usize, opts: EtcdOptions, proxied: bool) -> EtcdCluster {
         assert!(n >= 1, "a cluster needs at least one member");
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
-        let initial_cluster = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+        let mesh = proxied.then(|| {
+            let upstreams: Vec<SocketAddr> = ports
+                .iter()
+                .map(|(_, peer)| SocketAddr::from(([127, 0, 0, 1], *peer)))
+                .collect();
+            PeerMesh::start(&upstreams)
+        });
+        let advertised = |i: usize| match &mesh {
+            Some(mesh) => mesh.url(i),
+            None => format!("http://127.0.0.1:{}", ports[i].1),
+        };
+        let initial_cluster = (0..n)
+            .map(|i| format!("m{i}={}", advertised(i)))
             .collect::<Vec<_>>()
             .join(",");
         let token = unique_token();
@@ -466,7 +508,7 @@ impl EtcdCluster {
             .iter()
             .enumerate()
             .map(|(i, &(client, peer))| {
-                Etcd::new(
+                let mut m = Etcd::new(
                     format!("m{i}"),
                     opts.clone(),
                     client,
@@ -474,14 +516,16 @@ impl EtcdCluster {
                     initial_cluster.clone(),
                     token.clone(),
                     true,
-                )
+                );
+                m.advertise_peer_url = mesh.as_ref().map(|mesh| mesh.url(i));
+                m
             })
             .collect();
         // All members must be up before any of them can elect a leader.
         for m in &mut members {
             m.spawn("new");
         }
-        let mut cluster = EtcdCluster { members };
+        let mut cluster = EtcdCluster { members, mesh };
         cluster.wait_healthy(START_TIMEOUT);
         cluster
     }
@@ -515,6 +559,27 @@ impl EtcdCluster {
 
     pub fn members(&self) -> &[Etcd] {
         &self.members
+    }
+
+    /// The peer proxies (with [`EtcdCluster::start_peer_proxied`]).
+    pub fn mesh(&self) -> Option<&PeerMesh> {
+        self.mesh.as_ref()
+    }
+
+    /// Cuts member `m`'s peer links to every other member (`Blackhole` or `Reset`); clients
+    /// still reach it. Needs [`EtcdCluster::start_peer_proxied`].
+    pub fn isolate_peer(&self, m: usize, mode: ProxyMode) {
+        self.mesh
+            .as_ref()
+            .expect("isolate_peer needs EtcdCluster::start_peer_proxied")
+            .isolate(m, mode);
+    }
+
+    /// Every peer link back to `Pass`.
+    pub fn heal_peers(&self) {
+        if let Some(mesh) = &self.mesh {
+            mesh.heal();
+        }
     }
 
     /// Index of the member that currently reports itself leader (among the

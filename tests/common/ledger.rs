@@ -1,6 +1,7 @@
 //! Children that record what they did: every wrapped test command appends lines
 //! `WHAT ID TOKEN NANOS` (start, tick, stop; NANOS from `date +%s%N`) to a shared ledger, and
-//! checkers read it back.
+//! checkers read it back. A ticking child's `start` line also names its leader key
+//! (`start ID TOKEN NANOS KEY`, from `ELECTD_LEADER_KEY`).
 
 use std::path::Path;
 
@@ -17,7 +18,8 @@ pub fn ledger_script(ledger: &Path) -> String {
     )
 }
 
-/// A child that records `start`, a `tick` every 50 ms while alive, and `stop` on SIGTERM.
+/// A child that records `start` (with its leader key), a `tick` every 50 ms while alive, and
+/// `stop` on SIGTERM.
 ///
 /// At start it also checks, exactly, the invariant "no other child is running": it registers
 /// its pid under `<ledger>.pids/` and looks at every other registered pid in /proc. One that
@@ -28,7 +30,7 @@ pub fn ticking_script(ledger: &Path) -> String {
     format!(
         "now() {{ date +%s%N; }}; \
          d={l}.pids; mkdir -p $d; touch $d/$$; \
-         echo \"start $ELECTD_ID $ELECTD_FENCING_TOKEN $(now)\" >> {l}; \
+         echo \"start $ELECTD_ID $ELECTD_FENCING_TOKEN $(now) $ELECTD_LEADER_KEY\" >> {l}; \
          for f in $d/*; do p=${{f##*/}}; [ \"$p\" = $$ ] && continue; \
            st=$(awk '{{print $3}}' /proc/$p/stat 2>/dev/null); \
            if [ -n \"$st\" ] && [ \"$st\" != Z ] && tr '\\0' '\\n' < /proc/$p/environ 2>/dev/null | grep -qx \"ELECTD_ELECTION=$ELECTD_ELECTION\"; then \
@@ -44,6 +46,8 @@ pub struct Record {
     pub id: String,
     pub token: i64,
     pub at: u128,
+    /// The leader key, on the `start` records of children that name it.
+    pub key: Option<String>,
 }
 
 /// Parse the ledger. A torn last line (a child killed mid-write) is ignored.
@@ -52,7 +56,7 @@ pub fn ledger(path: &Path) -> Vec<Record> {
         .iter()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            if f.len() != 4 {
+            if f.len() != 4 && f.len() != 5 {
                 return None;
             }
             Some(Record {
@@ -60,6 +64,7 @@ pub fn ledger(path: &Path) -> Vec<Record> {
                 id: f[1].into(),
                 token: f[2].parse().ok()?,
                 at: f[3].parse().ok()?,
+                key: f.get(4).map(|k| k.to_string()),
             })
         })
         .collect()
@@ -76,6 +81,8 @@ pub struct Run {
     pub token: i64,
     pub start: u128,
     pub last: u128,
+    /// The leader key its `start` record names, if it does.
+    pub key: Option<String>,
     /// Ended with a `stop` record (a graceful stop); else it was killed and `last` is its
     /// last tick, shortly before its death.
     pub stopped: bool,
@@ -91,6 +98,7 @@ pub fn runs(records: &[Record]) -> Vec<Run> {
                 token: r.token,
                 start: r.at,
                 last: r.at,
+                key: r.key.clone(),
                 stopped: false,
             });
         } else if let Some(run) = runs

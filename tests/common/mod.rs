@@ -17,7 +17,7 @@ pub use electd::{Daemon, DaemonSpec, electd_binary, leaders, read_lines, wait_on
 pub use etcd::{Etcd, EtcdCluster, EtcdOptions};
 pub use http::{http_get, http_request, unix_http};
 pub use ledger::*;
-pub use proxy::{ProxyMode, TcpProxy};
+pub use proxy::{PeerMesh, ProxyMode, TcpProxy};
 pub use tls::*;
 
 use std::collections::HashSet;
