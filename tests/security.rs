@@ -704,3 +704,57 @@ fn api_cuts_off_slow_clients_and_refuses_oversized_requests_on_tcp_and_socket() 
     assert_eq!(code, 413, "{text}");
     assert!(d.is_leader(), "an oversized pause request must not pause");
 }
+
+/// The status line of a request sent on a fresh connection that is then kept open.
+fn open_request(addr: &str, path: &str) -> (std::net::TcpStream, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut head = [0u8; 12];
+    let n = s.read(&mut head).unwrap_or(0);
+    (s, String::from_utf8_lossy(&head[..n]).into_owned())
+}
+
+/// How long a `/leader` probe over TCP takes to be answered.
+fn probe(addr: &str) -> Duration {
+    let t = Instant::now();
+    let (code, _) = http_get(addr, "/leader").unwrap();
+    assert_eq!(code, 200);
+    t.elapsed()
+}
+
+#[test]
+fn event_streams_and_idle_connections_cannot_lock_probes_out() {
+    let etcd = Etcd::start();
+    let d = DaemonSpec::new(&etcd.endpoint(), "probes", "a").start();
+    d.wait_role("leader", Duration::from_secs(15));
+    // Event streams beyond 64 are refused; the 64 open ones keep streaming.
+    let mut streams = Vec::new();
+    for i in 0..70 {
+        let (s, status) = open_request(&d.http, "/watch");
+        let want = if i < 64 {
+            "HTTP/1.1 200"
+        } else {
+            "HTTP/1.1 503"
+        };
+        assert_eq!(status, want, "stream {i}");
+        streams.push(s);
+    }
+    // Then idle connections beyond the connection cap (512).
+    let idle: Vec<std::net::TcpStream> = (0..530)
+        .map(|_| std::net::TcpStream::connect(&d.http).unwrap())
+        .collect();
+    // Probes are answered within a second, over TCP and over the socket.
+    for _ in 0..5 {
+        let took = probe(&d.http);
+        assert!(took < Duration::from_secs(1), "a probe took {took:?}");
+    }
+    let t = Instant::now();
+    let (code, _) = unix_http(&d.socket, "GET", "/leader", None).unwrap();
+    assert_eq!(code, 200);
+    assert!(t.elapsed() < Duration::from_secs(1));
+    drop(idle);
+    drop(streams);
+}

@@ -77,6 +77,14 @@ fn error(code: StatusCode, message: impl Into<String>) -> Response {
 /// The longest `/role?wait=` honoured.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
+/// Open `/watch` streams per listener at most; more are refused with 503. Streams never end on
+/// their own, so without a cap of their own they could hold every connection probes need.
+pub const MAX_STREAMS: usize = 64;
+
+/// The `/watch` streams a listener may still open.
+#[derive(Clone)]
+struct Streams(Arc<tokio::sync::Semaphore>);
+
 /// The router for one listener.
 pub fn router(state: ApiState, transport: Transport) -> Router {
     // Limits on connections, headers and bodies are applied in `serve`, before routing.
@@ -94,6 +102,9 @@ pub fn router(state: ApiState, transport: Transport) -> Router {
         .route("/resume", post(resume))
         .route("/watch", get(watch_role))
         .layer(Extension(transport))
+        .layer(Extension(Streams(Arc::new(tokio::sync::Semaphore::new(
+            MAX_STREAMS,
+        )))))
         // Shared, not cloned per request: ApiState holds an etcd client and the metrics.
         .with_state(Arc::new(state))
 }
@@ -161,19 +172,34 @@ async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
         .into_response()
 }
 
-/// Server-Sent Events: the current state first, then one event per change.
+/// Server-Sent Events: the current state first, then one event per change. At most
+/// [`MAX_STREAMS`] per listener: the stream holds its permit while open.
 async fn watch_role(
     State(s): State<Arc<ApiState>>,
-) -> Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>> {
-    let stream = WatchStream::new(s.status.clone()).map(|st| {
+    Extension(streams): Extension<Streams>,
+) -> Response {
+    let Ok(permit) = streams.0.try_acquire_owned() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "too many /watch streams open ({MAX_STREAMS}); close one, or long-poll GET /role?wait=30s"
+            ),
+        );
+    };
+    let stream = WatchStream::new(s.status.clone()).map(move |st| {
+        let _held = &permit;
         let doc =
             serde_json::to_string(&st.doc(Instant::now())).expect("invariant: RoleDoc serialises");
-        Ok(SseEvent::default()
-            .event("role")
-            .id(st.version.to_string())
-            .data(doc))
+        Ok::<_, Infallible>(
+            SseEvent::default()
+                .event("role")
+                .id(st.version.to_string())
+                .data(doc),
+        )
     });
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
 }
 
 /// Every candidate in queue order, read from etcd.

@@ -1,6 +1,12 @@
 //! Serving a router on a listener, with the limits `axum::serve` does not offer: a deadline for
 //! a request's headers (slow or idle clients are cut off), caps on header and body size and on
 //! open connections. Unix-socket connections carry the peer's credentials as `ConnectInfo<Peer>`.
+//!
+//! Probes must be answered whatever other clients do. So the connection cap is soft: at the cap a
+//! new connection is still accepted, and the oldest open one is asked to close — at once if it
+//! is idle, after its request if one is in flight. Only twice the cap stops accepting (clients
+//! then wait in the listen backlog). Event streams, which never end on their own, are capped
+//! apart (see `api::MAX_STREAMS`), so they cannot hold the room probes need.
 
 use std::future::Future;
 use std::pin::pin;
@@ -16,8 +22,10 @@ use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
+use std::collections::VecDeque;
 use tokio::net::{TcpStream, UnixStream};
-use tokio::sync::watch;
+
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 use tracing::{debug, warn};
@@ -31,7 +39,8 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// send a small one anyway.
 pub const MAX_BODY_BYTES: u64 = 4096;
 
-/// Open connections per listener at most (the default for [`Limits::max_connections`]).
+/// Open connections per listener before the oldest are asked to close (the default for
+/// [`Limits::max_connections`]).
 pub const MAX_CONNECTIONS: usize = 512;
 
 /// How long in-flight requests may run on after shutdown begins (a long poll or an event stream
@@ -43,7 +52,8 @@ pub struct Limits {
     /// Time a client has to send a request's headers, counted from the first byte it may send
     /// (so it also closes idle keep-alive connections).
     pub read_header_timeout: Duration,
-    /// Open connections at most; further clients wait in the listen backlog.
+    /// Open connections before the oldest are asked to close; at twice this, further clients
+    /// wait in the listen backlog.
     pub max_connections: usize,
 }
 
@@ -101,12 +111,23 @@ pub async fn serve<L>(
         .max_header_size(MAX_HEADER_BYTES);
     let (closing_tx, closing_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
+    // Each open connection's "please close", oldest first.
+    let mut open: VecDeque<oneshot::Sender<()>> = VecDeque::new();
     let mut stop = pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            (io, _) = listener.accept(), if conns.len() < limits.max_connections => {
+            (io, _) = listener.accept(), if conns.len() < 2 * limits.max_connections => {
+                open.retain(|c| !c.is_closed());
+                if conns.len() >= limits.max_connections {
+                    // Make room: the oldest connection closes (at once if idle).
+                    if let Some(oldest) = open.pop_front() {
+                        let _ = oldest.send(());
+                    }
+                }
+                let (close_tx, close_rx) = oneshot::channel::<()>();
+                open.push_back(close_tx);
                 let peer = io.peer();
                 let router = router.clone();
                 let service = tower::service_fn(move |req: hyper::Request<Incoming>| {
@@ -128,7 +149,10 @@ pub async fn serve<L>(
                 conns.spawn(async move {
                     let mut conn = pin!(conn);
                     let closing = async move {
-                        let _ = closing.wait_for(|c| *c).await;
+                        tokio::select! {
+                            _ = closing.wait_for(|c| *c) => {}
+                            Ok(()) = close_rx => {}
+                        }
                     };
                     let result = tokio::select! {
                         r = conn.as_mut() => r,
@@ -171,17 +195,26 @@ mod tests {
     use super::*;
 
     fn app() -> Router {
-        Router::new().route("/", get(|| async { "ok" })).route(
-            "/peer",
-            get(
-                |peer: Option<axum::Extension<ConnectInfo<Peer>>>| async move {
-                    match peer {
-                        Some(p) => format!("uid={}", p.0.0.uid),
-                        None => "none".to_string(),
-                    }
-                },
-            ),
-        )
+        Router::new()
+            .route("/", get(|| async { "ok" }))
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    "ok"
+                }),
+            )
+            .route(
+                "/peer",
+                get(
+                    |peer: Option<axum::Extension<ConnectInfo<Peer>>>| async move {
+                        match peer {
+                            Some(p) => format!("uid={}", p.0.0.uid),
+                            None => "none".to_string(),
+                        }
+                    },
+                ),
+            )
     }
 
     struct Server {
@@ -325,22 +358,65 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn clients_beyond_the_connection_cap_wait_until_one_closes() {
-        let server = start(Duration::from_secs(30), 1).await;
-        let mut first = TcpStream::connect(server.addr).await.unwrap();
-        first.write_all(GET).await.unwrap();
-        assert!(read_response(&mut first).await.starts_with("HTTP/1.1 200"));
-        // The kernel completes the handshake, but electd does not take the connection.
-        let mut second = TcpStream::connect(server.addr).await.unwrap();
-        second.write_all(GET).await.unwrap();
-        let mut byte = [0u8; 1];
-        let early = tokio::time::timeout(Duration::from_millis(300), second.read(&mut byte)).await;
-        assert!(early.is_err(), "answered beyond the cap: {early:?}");
-        drop(first);
-        let response = tokio::time::timeout(Duration::from_secs(5), read_response(&mut second))
+    async fn at_the_cap_the_oldest_connection_closes_and_a_new_client_is_served_at_once() {
+        let server = start(Duration::from_secs(30), 2).await;
+        // Two idle keep-alive connections fill the cap.
+        let mut idle = Vec::new();
+        for _ in 0..2 {
+            let mut s = TcpStream::connect(server.addr).await.unwrap();
+            s.write_all(GET).await.unwrap();
+            assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+            idle.push(s);
+        }
+        // A probe is served at once, not after the idle ones' header timeout (30 s).
+        let began = Instant::now();
+        let mut probe = TcpStream::connect(server.addr).await.unwrap();
+        probe.write_all(GET).await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(1), read_response(&mut probe))
             .await
-            .expect("served once the first connection closed");
+            .expect("answered within a second at the cap");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(began.elapsed() < Duration::from_secs(1));
+        // ...and the oldest idle connection was closed to make room, the other one kept.
+        let closed = read_to_close(&mut idle[0], Duration::from_secs(2)).await;
+        assert!(closed.is_empty(), "{closed}");
+        idle[1].write_all(GET).await.unwrap();
+        assert!(
+            read_response(&mut idle[1])
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+    }
+
+    #[tokio::test]
+    async fn at_twice_the_cap_clients_wait_until_one_closes() {
+        let server = start(Duration::from_secs(30), 1).await;
+        // A request in flight: asked to close, its connection finishes the request first.
+        let mut busy = TcpStream::connect(server.addr).await.unwrap();
+        busy.write_all(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _quiet = TcpStream::connect(server.addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Twice the cap: the kernel completes the handshake, but electd does not take it yet.
+        let began = Instant::now();
+        let mut waiting = TcpStream::connect(server.addr).await.unwrap();
+        waiting.write_all(GET).await.unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(5), read_response(&mut waiting))
+            .await
+            .expect("served once the busy connection finished and closed");
         assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(
+            began.elapsed() >= Duration::from_millis(500),
+            "taken beyond twice the cap after {:?}",
+            began.elapsed()
+        );
+        let slow = read_to_close(&mut busy, Duration::from_secs(2)).await;
+        assert!(
+            slow.contains("200 OK"),
+            "the request in flight was finished: {slow}"
+        );
     }
 
     #[tokio::test]

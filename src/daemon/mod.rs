@@ -68,8 +68,23 @@ impl DaemonError {
     }
 }
 
+/// Raise the soft limit of open files to the hard one (at most 65536): each API connection is a
+/// file, and the API keeps room for probes by accepting beyond its cap (see `api::serve`).
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let want = hard.min(65_536);
+        if soft < want
+            && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, want, hard)
+        {
+            tracing::debug!(error = %e, "cannot raise the open files limit");
+        }
+    }
+}
+
 /// Run the daemon until SIGTERM/SIGINT; returns the process exit code.
 pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonError> {
+    raise_open_files_limit();
     let timing = config.timing();
     let metrics = Metrics::new();
     metrics.set_identity(&config.election, &config.id, config.ttl);
