@@ -223,8 +223,16 @@ async fn run_command(cmd: &str, env: &[(String, String)], limit: Duration) -> Ou
         Ok(c) => c,
         Err(e) => return Outcome::Fail(format!("cannot run sh: {e}")),
     };
-    let pgid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
-    match timeout(limit, child.wait_with_output()).await {
+    let pid = child.id();
+    if let Some(p) = pid {
+        crate::supervisor::tree::own::register(p);
+    }
+    let pgid = pid.map(|p| nix::unistd::Pid::from_raw(p as i32));
+    let result = timeout(limit, child.wait_with_output()).await;
+    if let Some(p) = pid {
+        crate::supervisor::tree::own::unregister(p);
+    }
+    match result {
         Ok(Ok(out)) if out.status.success() => Outcome::Pass,
         Ok(Ok(out)) => {
             let status = crate::supervisor::ExitInfo::from_status(out.status);

@@ -249,6 +249,7 @@ fn rfc3339_now() -> String {
 /// Run elect-run; returns the exit code for outcomes that are not errors (CMD's code, 75).
 pub async fn run(config: Config, opts: RunOptions) -> Result<i32, RunError> {
     let mut signals = Signals::install()?;
+    crate::supervisor::tree::become_subreaper();
     match opts.socket.clone() {
         Some(path) => via_socket(&config, &opts, &path, &mut signals).await,
         None => via_etcd(&config, &opts, &mut signals).await,

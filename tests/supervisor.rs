@@ -454,3 +454,88 @@ fn signals_are_forwarded_and_the_environment_carries_the_fencing_token() {
         "forwarded signals do not affect electd itself"
     );
 }
+
+/// Whether a file keeps growing over `over`.
+fn grows(file: &std::path::Path, over: Duration) -> bool {
+    let size = || std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    let before = size();
+    std::thread::sleep(over);
+    size() > before
+}
+
+/// A process that leaves the command's process group and session, writing to `file`.
+fn escapee(file: &std::path::Path) -> String {
+    format!(
+        "setsid sh -c 'while :; do date >> {}; sleep 0.1; done' &",
+        file.display()
+    )
+}
+
+#[test]
+fn a_process_that_escapes_the_group_with_setsid_is_stopped_with_the_command() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    // The command's shell stays: the escapee is found in its tree.
+    let kept = dir.path().join("kept");
+    let d = DaemonSpec::new(&etcd.endpoint(), "escape", "a")
+        .sh(&format!("{} sleep 1000", escapee(&kept)))
+        .start();
+    d.wait_role("leader", Duration::from_secs(10));
+    wait_until(Duration::from_secs(5), "the escapee to write", || {
+        grows(&kept, Duration::from_millis(300))
+    });
+    // Paused, it stops its command and does not start another.
+    let (code, _) = d.control("/pause");
+    assert_eq!(code, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !grows(&kept, Duration::from_millis(600)),
+        "the setsid'd process outlived the command's stop"
+    );
+}
+
+#[test]
+fn an_orphan_that_escaped_the_group_is_adopted_and_stopped_when_the_command_ends() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    // The command's shell exits at once: the escapee is orphaned and reparented to electd.
+    let orphan = dir.path().join("orphan");
+    let d = DaemonSpec::new(&etcd.endpoint(), "orphan", "a")
+        .args(&["--on-exit", "exit"])
+        .sh(&format!("{} sleep 0.5", escapee(&orphan)))
+        .start();
+    let mut d = d;
+    let status = d.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{}", d.log_tail(20));
+    assert!(
+        !grows(&orphan, Duration::from_millis(600)),
+        "the orphan outlived the command: {}",
+        d.log_tail(20)
+    );
+}
+
+#[test]
+fn stopping_a_command_with_background_children_reaps_them_at_once() {
+    let etcd = Etcd::start();
+    let d = DaemonSpec::new(&etcd.endpoint(), "reap", "a")
+        .sh("trap '' TERM; sleep 1000 & sleep 1000 & wait")
+        .args(&["--stop-grace", "500ms"])
+        .start();
+    d.wait_role("leader", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    let (code, _) = d.control("/pause");
+    assert_eq!(code, 200);
+    // The grace (the shell ignores SIGTERM), then SIGKILL and the reaping: well under a second
+    // more — not the 1 s wait for a group whose orphans nobody reaped.
+    assert!(
+        t.elapsed() < Duration::from_millis(1300),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(
+        !d.log_text().contains("still present after SIGKILL"),
+        "{}",
+        d.log_tail(20)
+    );
+}

@@ -85,6 +85,16 @@ fn raise_open_files_limit() {
 /// Run the daemon until SIGTERM/SIGINT; returns the process exit code.
 pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonError> {
     raise_open_files_limit();
+    crate::supervisor::tree::become_subreaper();
+    // Orphans adopted as a subreaper (from health checks, say) are reaped even with no command.
+    let reaper = tokio::spawn(async {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            crate::supervisor::tree::reap_adopted();
+        }
+    });
+    let _reaper = crate::election::AbortOnDrop(reaper);
     let timing = config.timing();
     let metrics = Metrics::new();
     metrics.set_identity(&config.election, &config.id, config.ttl);

@@ -310,3 +310,12 @@ pub trait MemberSource: Send + Sync {
     /// Every candidate in queue order, or why they cannot be read.
     fn members(&self) -> MemberSourceFuture<'_>;
 }
+
+/// Aborts a spawned task when dropped, so a task never outlives what it works for.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -8,7 +8,11 @@
 //!   group is left (or after a bounded wait past the SIGKILL, which is logged).
 //! - The child gets SIGKILL if electd dies (`PR_SET_PDEATHSIG`), and the [`watchdog`] process
 //!   kills the whole group if electd dies or stops extending its deadline.
+//! - Processes that left the group (`setsid`, a daemonising fork) are stopped with it: electd
+//!   is a child subreaper, and every stop or exit also kills the command's descendants and the
+//!   orphans electd adopted, and reaps them at once ([`tree`]).
 
+pub mod tree;
 pub mod watchdog;
 
 use std::os::unix::process::ExitStatusExt;
@@ -150,6 +154,7 @@ impl Supervisor {
         let pid = child
             .id()
             .expect("invariant: a just-spawned child has a pid");
+        tree::own::register(pid);
         let pgid = Pid::from_raw(pid as i32);
         self.running = Some(Running {
             child,
@@ -167,9 +172,12 @@ impl Supervisor {
         };
         let status = running.child.wait().await;
         let running = self.running.take().expect("invariant: checked above");
+        tree::own::unregister(running.pgid.as_raw() as u32);
         let ran = running.started.elapsed();
-        // The leader exited; anything it left in its group must not keep working.
+        // The leader exited; anything it left, in its group or out of it, must not keep working.
         kill_group(running.pgid, Signal::SIGKILL);
+        tree::signal_all(&tree::adopted(), Signal::SIGKILL);
+        wait_group_gone(running.pgid, Duration::from_secs(1)).await;
         if let Some(w) = self.watchdog.as_mut() {
             w.disarm();
         }
@@ -192,7 +200,10 @@ impl Supervisor {
         let mut running = self.running.take()?;
         let pid = running.child.id();
         info!(pid, signal = %self.spec.stop_signal, grace = ?self.spec.stop_grace, "stopping child");
+        // Its whole tree, whatever the groups and sessions, while the tree is still intact.
+        let tree = tree::descendants(running.pgid);
         kill_group(running.pgid, self.spec.stop_signal);
+        tree::signal_all(&tree, self.spec.stop_signal);
         let status = match timeout(self.spec.stop_grace, running.child.wait()).await {
             Ok(s) => s.ok(),
             Err(_) => {
@@ -201,8 +212,11 @@ impl Supervisor {
                 running.child.wait().await.ok()
             }
         };
-        // The group leader is gone; make sure its group is too.
+        tree::own::unregister(running.pgid.as_raw() as u32);
+        // The group leader is gone; make sure its group and every escaped process are too.
         kill_group(running.pgid, Signal::SIGKILL);
+        tree::signal_all(&tree, Signal::SIGKILL);
+        tree::signal_all(&tree::adopted(), Signal::SIGKILL);
         wait_group_gone(running.pgid, Duration::from_secs(1)).await;
         if let Some(w) = self.watchdog.as_mut() {
             w.disarm();
@@ -228,10 +242,12 @@ fn kill_group(pgid: Pid, signal: Signal) {
     let _ = killpg(pgid, signal);
 }
 
-/// Poll until no process is left in the group (signal 0 fails with ESRCH), up to `limit`.
+/// Poll until no process is left in the group (signal 0 fails with ESRCH) and every adopted
+/// orphan is reaped, up to `limit`. Orphans of the group are reparented to electd (a child
+/// subreaper), so their zombies are reaped here, at once.
 async fn wait_group_gone(pgid: Pid, limit: Duration) {
     let until = Instant::now() + limit;
-    while killpg(pgid, None).is_ok() {
+    while tree::reap_adopted() > 0 || killpg(pgid, None).is_ok() {
         if Instant::now() >= until {
             warn!(
                 pgid = pgid.as_raw(),

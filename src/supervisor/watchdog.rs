@@ -51,6 +51,7 @@ impl Watchdog {
             .stdout(Stdio::null());
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut process = cmd.spawn()?;
+        super::tree::own::register(process.id());
         let stdin = process.stdin.take().expect("invariant: stdin was piped");
         Ok(Watchdog {
             stdin: Some(stdin),

@@ -57,14 +57,7 @@ pub(super) enum KeepaliveEvent {
     Gone,
 }
 
-/// Aborts a spawned task when dropped, so a session's keepalive never outlives it.
-pub(super) struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
+use crate::election::AbortOnDrop;
 
 /// One session: a granted lease and the task that keeps it alive, reporting on a channel whose
 /// events the owner must keep reading. Dropping the session stops the keepalive (the lease then

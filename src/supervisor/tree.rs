@@ -1,0 +1,187 @@
+//! The wrapped command's processes beyond its process group. A command can leave its group
+//! (`setsid`, a daemonising double fork); electd is a child subreaper, so when such a process's
+//! parent exits it is reparented to electd instead of init. On every stop electd finds them —
+//! the command's descendants while its tree is intact, and the orphans it adopted — kills them
+//! with the group, and reaps the adopted ones at once.
+//!
+//! Processes electd starts on purpose (the command, the freeze watchdog, health checks, hooks)
+//! are registered with [`own`] so they are never taken for adopted orphans.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::unistd::Pid;
+
+/// Make this process a child subreaper (best effort: a failure only loses the adoption).
+pub fn become_subreaper() {
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        tracing::debug!(error = %e, "cannot become a child subreaper");
+    }
+}
+
+static OWN: Mutex<Option<HashSet<i32>>> = Mutex::new(None);
+
+/// Processes this one started on purpose, and that something else waits for.
+pub mod own {
+    use super::OWN;
+
+    pub fn register(pid: u32) {
+        let mut own = OWN.lock().unwrap_or_else(|p| p.into_inner());
+        own.get_or_insert_with(Default::default).insert(pid as i32);
+    }
+
+    pub fn unregister(pid: u32) {
+        let mut own = OWN.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(set) = own.as_mut() {
+            set.remove(&(pid as i32));
+        }
+    }
+
+    pub(super) fn contains(pid: i32) -> bool {
+        let own = OWN.lock().unwrap_or_else(|p| p.into_inner());
+        own.as_ref().is_some_and(|s| s.contains(&pid))
+    }
+}
+
+/// One process, as /proc says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Proc {
+    pid: i32,
+    ppid: i32,
+}
+
+/// Every process (best effort: one that vanishes while being read is skipped).
+fn processes() -> Vec<Proc> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+            let rest = stat.get(stat.rfind(')')? + 2..)?;
+            let mut fields = rest.split(' ');
+            let _state = fields.next()?;
+            let ppid = fields.next()?.parse().ok()?;
+            Some(Proc { pid, ppid })
+        })
+        .collect()
+}
+
+/// Every descendant of `root` (not `root` itself), whatever its group or session.
+pub fn descendants(root: Pid) -> Vec<Pid> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    for p in processes() {
+        children.entry(p.ppid).or_default().push(p.pid);
+    }
+    let mut out = Vec::new();
+    let mut todo = vec![root.as_raw()];
+    while let Some(p) = todo.pop() {
+        for &c in children.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
+            out.push(Pid::from_raw(c));
+            todo.push(c);
+        }
+    }
+    out
+}
+
+/// This process's children, from `/proc/self/task/*/children` (cheap: no scan of every
+/// process).
+fn children() -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect()
+}
+
+/// Whether `pid` is a zombie (exited, not yet reaped).
+fn zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let rest = stat.get(stat.rfind(')')? + 2..)?;
+            Some(rest.starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Children of this process that it did not start on purpose: orphans it adopted as a
+/// subreaper (and their descendants).
+pub fn adopted() -> Vec<Pid> {
+    let orphans: Vec<Pid> = children()
+        .into_iter()
+        .filter(|p| !own::contains(*p))
+        .map(Pid::from_raw)
+        .collect();
+    if orphans.is_empty() {
+        return orphans;
+    }
+    let mut all = orphans.clone();
+    for o in orphans {
+        all.extend(descendants(o));
+    }
+    all
+}
+
+/// Send `signal` to each of `pids` (gone ones are skipped).
+pub fn signal_all(pids: &[Pid], signal: Signal) {
+    for &p in pids {
+        let _ = kill(p, signal);
+    }
+}
+
+/// Reap the adopted orphans that have exited; how many are left (alive or not yet reaped).
+pub fn reap_adopted() -> usize {
+    let mut left = 0;
+    for pid in children().into_iter().filter(|p| !own::contains(*p)) {
+        let reaped = zombie(pid)
+            && matches!(
+                waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)),
+                Ok(s) if s.pid().is_some()
+            );
+        if !reaped {
+            left += 1;
+        }
+    }
+    left
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descendants_cross_sessions_and_stop_at_the_root() {
+        // sh → (setsid) sh → sleep: the grandchild left the group and the session.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "setsid sh -c 'sleep 30' & sleep 30"])
+            .spawn()
+            .unwrap();
+        let root = Pid::from_raw(child.id() as i32);
+        let mut found = Vec::new();
+        for _ in 0..100 {
+            found = descendants(root);
+            if found.len() >= 3 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(
+            found.len() >= 3,
+            "sleep, setsid'd sh and its sleep: {found:?}"
+        );
+        assert!(!found.contains(&root));
+        signal_all(&found, Signal::SIGKILL);
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
