@@ -38,6 +38,9 @@ use crate::leadership::source::Source;
 use crate::leadership::{ElectionSource, ExitPolicy, Identity, Leadership, Next, SocketSource};
 use crate::supervisor::{ChildSpec, Supervisor, watchdog::Watchdog};
 
+/// The longest `--once-per` slot (a slot record lives on a lease of two periods).
+pub const MAX_ONCE_PER: Duration = Duration::from_secs(366 * 24 * 3600);
+
 /// The least time etcd gets to answer before elect-run calls it unreachable.
 pub const CONTACT_WAIT: Duration = Duration::from_secs(5);
 
@@ -148,12 +151,14 @@ impl RunOptions {
                         &format!("expected a duration such as `1m`, `1h` or `24h` ({e})"),
                     )
                 })?;
-                if d < Duration::from_secs(1) || d.subsec_nanos() != 0 {
+                if d < Duration::from_secs(1) || d > MAX_ONCE_PER || d.subsec_nanos() != 0 {
                     return Err(invalid(
                         "once_per",
                         "--once-per",
                         v,
-                        "must be a whole number of seconds, at least 1s (e.g. `1m`, `1h`, `24h`)",
+                        "must be a whole number of seconds, at least 1s and at most 366d (e.g. \
+                         `1m`, `1h`, `24h`): a slot record is kept for two periods, on an etcd \
+                         lease",
                     ));
                 }
                 Some(d)
@@ -808,6 +813,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--once-per") && err.contains("whole"), "{err}");
+        let err = RunOptions::from_flags(None, Some("1000000000000s"), None, cmd())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--once-per") && err.contains("366d"), "{err}");
         let err = RunOptions::from_flags(None, Some("1m"), Some("/s".into()), cmd())
             .unwrap_err()
             .to_string();

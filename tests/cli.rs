@@ -201,3 +201,22 @@ fn version_names_the_release_and_the_commit() {
         );
     }
 }
+
+#[test]
+fn values_etcd_would_refuse_are_configuration_errors_at_start() {
+    assert_config_error(
+        &["--election", "e", "--ttl", "9000000001s"],
+        &[],
+        &["invalid ttl", "--ttl", "etcd's largest lease TTL"],
+    );
+    // A 2 MB election name (too long for a flag or a variable: from the file).
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("electd.toml");
+    std::fs::write(&file, format!("election = \"{}\"\n", "x".repeat(2 << 20))).unwrap();
+    let (code, err) = run(&["--config", file.to_str().unwrap()], &[]);
+    assert_eq!(code, 78, "{err}");
+    assert!(
+        err.contains("at most 512 bytes") && err.len() < 1000,
+        "{err}"
+    );
+}

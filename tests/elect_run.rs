@@ -474,6 +474,18 @@ fn bad_flags_exit_64_or_78_and_name_the_field() {
             &["invalid once_per", "--once-per", "at least 1s"],
         ),
         (
+            &[
+                "--election",
+                "e",
+                "--once-per",
+                "1000000000000s",
+                "--",
+                "true",
+            ],
+            78,
+            &["invalid once_per", "--once-per", "at most 366d"],
+        ),
+        (
             &["--election", "e", "--ttl", "1s", "--", "true"],
             78,
             &["invalid ttl", "--ttl", "at least 2s"],

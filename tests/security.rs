@@ -184,6 +184,9 @@ fn no_ca_or_mismatched_scheme_fails_fast_with_the_tls_hint() {
         ("http endpoint", &http_endpoint, strs(&tls)),
         // https:// to a plain-HTTP etcd.
         ("https to plain etcd", &https_to_plain, strs(&tls)),
+        // The same two mismatches with no TLS flag at all: not an outage either.
+        ("http endpoint, no flags", &http_endpoint, vec![]),
+        ("https to plain etcd, no flags", &https_to_plain, vec![]),
     ];
     for (what, endpoint, args) in cases {
         let log = exits_with(

@@ -28,6 +28,8 @@ use table::{Shape, spec_of};
 
 /// Etcd's smallest lease TTL.
 pub const MIN_TTL: Duration = Duration::from_secs(2);
+/// Etcd's largest lease TTL (`MaxLeaseTTL`): a longer one is refused by every grant.
+pub const MAX_TTL: Duration = Duration::from_secs(9_000_000_000);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -338,6 +340,15 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Settings, ConfigError> {
     Ok(settings)
 }
 
+/// A value as quoted in an error: long ones cut to their first 60 characters.
+fn shorten(v: &str) -> String {
+    if v.chars().count() <= 80 {
+        return v.to_string();
+    }
+    let head: String = v.chars().take(60).collect();
+    format!("{head}… ({} bytes)", v.len())
+}
+
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -428,7 +439,7 @@ impl Layers {
             Ok(value) => Ok(Some(Got { value, origin })),
             Err(expected) => Err(ConfigError::Invalid {
                 field: spec.key,
-                value: text,
+                value: shorten(&text),
                 origin,
                 expected,
             }),

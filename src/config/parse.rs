@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{LogFormat, MIN_TTL, OnExit};
+use super::{LogFormat, MAX_TTL, MIN_TTL, OnExit};
 
 /// Parse a duration like `5s`, `500ms`, `1m30s`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -49,6 +49,12 @@ pub fn ttl(s: &str) -> Result<Duration, String> {
             "must be a whole number of seconds (etcd leases count in seconds), e.g. `3s`".into(),
         );
     }
+    if d > MAX_TTL {
+        return Err(format!(
+            "must be at most {}s (etcd's largest lease TTL)",
+            MAX_TTL.as_secs()
+        ));
+    }
     Ok(d)
 }
 
@@ -72,7 +78,18 @@ pub fn endpoint(e: &str) -> Result<String, String> {
     Ok(e.to_string())
 }
 
+/// The longest election name: it is part of every key, and etcd refuses large requests.
+pub const MAX_ELECTION_BYTES: usize = 512;
+/// The longest member id: it is in every candidate key's value.
+pub const MAX_ID_BYTES: usize = 256;
+
 pub fn election(v: &str) -> Result<String, String> {
+    if v.len() > MAX_ELECTION_BYTES {
+        return Err(format!(
+            "must be at most {MAX_ELECTION_BYTES} bytes (it is part of every key); got {} bytes",
+            v.len()
+        ));
+    }
     if v.trim().is_empty() {
         return Err("must be a non-empty name such as `my-service`".into());
     }
@@ -85,6 +102,12 @@ pub fn election(v: &str) -> Result<String, String> {
 pub fn id(v: &str) -> Result<String, String> {
     if v.trim().is_empty() {
         return Err("must be non-empty (default: the host name)".into());
+    }
+    if v.len() > MAX_ID_BYTES {
+        return Err(format!(
+            "must be at most {MAX_ID_BYTES} bytes; got {} bytes",
+            v.len()
+        ));
     }
     Ok(v.to_string())
 }

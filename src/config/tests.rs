@@ -316,3 +316,19 @@ fn environment_names_follow_the_table() {
         "{err}"
     );
 }
+
+#[test]
+fn names_too_long_for_etcd_are_refused_with_their_size() {
+    let long = "x".repeat(2 * 1024 * 1024);
+    let msg = error(&[("election", &long), ("id", "a")], false);
+    assert!(
+        msg.contains("invalid election") && msg.contains("at most 512 bytes") && msg.len() < 500,
+        "{}",
+        &msg[msg.len().saturating_sub(200)..]
+    );
+    let msg = error(&[("election", "e"), ("id", &"i".repeat(300))], false);
+    assert!(
+        msg.contains("invalid id") && msg.contains("at most 256 bytes"),
+        "{msg}"
+    );
+}

@@ -217,7 +217,7 @@ pub async fn connect_and_probe(config: &Config) -> Result<Clients, EtcdError> {
     let mut warned = false;
     loop {
         let err = match connect(config).await {
-            Ok(client) => match probe(&client, &prefix, t, config.etcd_tls.is_some()).await {
+            Ok(client) => match probe(&client, &prefix, t, expects_tls(config)).await {
                 Ok(_) => return Ok(client),
                 // Unreachable but well configured so far: the driver keeps retrying.
                 Err(e) if !e.is_fatal() => {
@@ -239,33 +239,41 @@ pub async fn connect_and_probe(config: &Config) -> Result<Clients, EtcdError> {
     }
 }
 
-/// How long the startup probe keeps retrying TLS connections that etcd drops before
-/// concluding that the drops are a misconfiguration rather than an outage.
+/// Whether electd talks TLS to etcd: TLS files given, or an https:// endpoint.
+fn expects_tls(config: &Config) -> bool {
+    config.etcd_tls.is_some() || config.endpoints.iter().any(|e| e.starts_with("https://"))
+}
+
+/// How long the startup probe keeps retrying connections that etcd drops before concluding
+/// that the drops are a misconfiguration rather than an outage.
 const PROBE_DROPPED_FOR: Duration = Duration::from_secs(3);
 
 /// The startup read of the election's prefix. Over TLS 1.3 the server checks our client
 /// certificate only after our side of the handshake is done, so a refused certificate shows up
 /// either as the server's alert (a fatal "tls" error) or, when the connection dies before our
 /// request is under way, as a dropped connection ("connection closed", "broken pipe") that
-/// tells nothing; an https:// endpoint on a plain-HTTP port ends in "tls handshake eof". Those
-/// are also what an etcd restart looks like, so they are not fatal in themselves: retry them
-/// here until the alert is seen, and if every connection is dropped for [`PROBE_DROPPED_FOR`],
-/// report [`EtcdError::TlsDropped`] rather than letting the driver retry for ever.
+/// tells nothing; an https:// endpoint on a plain-HTTP port ends in "tls handshake eof", and an
+/// http:// endpoint on a TLS port in "broken pipe". Those are also what an etcd restart looks
+/// like, so they are not fatal in themselves: retry them here until the alert is seen, and if
+/// every connection is dropped for [`PROBE_DROPPED_FOR`], report [`EtcdError::TlsDropped`] (or
+/// [`EtcdError::PlainDropped`]) rather than letting the driver retry for ever.
 async fn probe(client: &Clients, prefix: &str, t: Duration, tls: bool) -> Result<(), EtcdError> {
     let started = tokio::time::Instant::now();
     let mut tries = 0;
     loop {
         match candidates(client, prefix, t).await {
             Ok(_) => return Ok(()),
-            Err(e) if tls && dropped_in_tls(&e) => {
+            Err(e) if dropped(&e) => {
                 tries += 1;
                 if started.elapsed() >= PROBE_DROPPED_FOR {
-                    return Err(EtcdError::TlsDropped {
-                        tries,
-                        last: e.to_string(),
+                    let last = e.to_string();
+                    return Err(if tls {
+                        EtcdError::TlsDropped { tries, last }
+                    } else {
+                        EtcdError::PlainDropped { tries, last }
                     });
                 }
-                tracing::debug!(error = %e, "etcd dropped the TLS connection; probing again");
+                tracing::debug!(error = %e, "etcd dropped the connection; probing again");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => return Err(e),
@@ -275,7 +283,7 @@ async fn probe(client: &Clients, prefix: &str, t: Duration, tls: bool) -> Result
 
 /// A connection that etcd accepted and then dropped, during the TLS handshake or right after
 /// it, before an answer (not one refused or timed out: that is etcd being down).
-fn dropped_in_tls(e: &EtcdError) -> bool {
+fn dropped(e: &EtcdError) -> bool {
     let EtcdError::Request { source, .. } = e else {
         return false;
     };

@@ -28,6 +28,11 @@ pub enum EtcdError {
          error: {last})"
     )]
     TlsDropped { tries: u32, last: String },
+    #[error(
+        "etcd closed {tries} plain-text connections in a row right after they were made: it most \
+         likely serves TLS on that port, so --endpoints must use https:// (last error: {last})"
+    )]
+    PlainDropped { tries: u32, last: String },
 }
 
 impl EtcdError {
@@ -81,7 +86,7 @@ impl EtcdError {
             EtcdError::LeaseGone { .. } => "lease_gone",
             EtcdError::StreamClosed { .. } => "stream_closed",
             EtcdError::Setup(_) => "setup",
-            EtcdError::TlsDropped { .. } => "tls",
+            EtcdError::TlsDropped { .. } | EtcdError::PlainDropped { .. } => "tls",
         }
     }
 
