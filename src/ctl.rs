@@ -323,6 +323,11 @@ pub fn render_status(doc: &StatusDoc) -> String {
             ]
         })
         .collect();
+    if let Members::List(m) = &doc.members {
+        for f in &m.foreign {
+            out.push_str(&format!("ignored key:   {} ({})\n", f.key, f.reason));
+        }
+    }
     out.push('\n');
     out.push_str(&table(
         &["#", "ID", "ROLE", "CREATE REV", "PRIO", "LEASE", "HTTP"],

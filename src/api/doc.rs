@@ -107,6 +107,17 @@ pub struct MembersDoc {
     pub election: String,
     pub revision: i64,
     pub members: Vec<MemberDoc>,
+    /// Keys under the election's prefix that are not candidates, and why they are ignored.
+    #[serde(default)]
+    pub foreign: Vec<ForeignDoc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForeignDoc {
+    pub key: String,
+    pub reason: String,
+    /// The lease id the key is bound to, in hex (0: none).
+    pub lease: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -134,6 +145,15 @@ impl MembersDoc {
                 .iter()
                 .enumerate()
                 .map(|(i, c)| MemberDoc::new(i, c))
+                .collect(),
+            foreign: list
+                .foreign
+                .iter()
+                .map(|(c, why)| ForeignDoc {
+                    key: c.key.clone(),
+                    reason: why.as_str().to_string(),
+                    lease: format!("{:x}", c.lease),
+                })
                 .collect(),
         }
     }

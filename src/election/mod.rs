@@ -37,11 +37,26 @@ pub struct Candidate {
     pub lease: i64,
 }
 
-/// Every candidate in queue order (lowest create revision first), read at `revision`.
+/// Every candidate in queue order (lowest create revision first), read at `revision`, and the
+/// keys under the prefix that are not candidates.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MemberList {
     pub revision: i64,
     pub candidates: Vec<Candidate>,
+    pub foreign: Vec<(Candidate, queue::Foreign)>,
+}
+
+impl MemberList {
+    /// Sort a read of the election's prefix the way the queue does.
+    pub fn from_read(election: &str, revision: i64, keys: Vec<Candidate>) -> MemberList {
+        let mut q = queue::Queue::new(election);
+        q.reset(revision, keys);
+        MemberList {
+            revision,
+            candidates: q.candidates().cloned().collect(),
+            foreign: q.foreign().map(|(c, w)| (c.clone(), w)).collect(),
+        }
+    }
 }
 
 /// What a candidate key's value says about its replica (JSON).

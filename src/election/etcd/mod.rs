@@ -76,11 +76,8 @@ impl EtcdBackend {
     /// Every candidate of `election` in queue order.
     pub async fn members(&self, election: &str, after: Duration) -> Result<MemberList, EtcdError> {
         let prefix = keys::election_prefix(election);
-        let (revision, candidates) = txn::candidates(&self.clients, &prefix, after).await?;
-        Ok(MemberList {
-            revision,
-            candidates,
-        })
+        let (revision, keys) = txn::candidates(&self.clients, &prefix, after).await?;
+        Ok(MemberList::from_read(election, revision, keys))
     }
 
     /// `/members` for `election`, each read bounded by `after`.
