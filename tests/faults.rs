@@ -420,3 +420,48 @@ fn a_slow_link_or_reset_connections_keep_leader_token_and_child() {
         "the child was neither stopped nor restarted: {records:?}"
     );
 }
+
+/// An endpoint that dies must not cost the next replica a TTL: the revoke at shutdown moves on
+/// to the next endpoint. Each replica talks to etcd through a proxy listed first; the proxy
+/// starts refusing connections just before the leader gets SIGTERM.
+#[test]
+fn when_the_first_endpoint_dies_sigterm_still_hands_over_at_once() {
+    let etcd = Etcd::start();
+    let mut proxies = Vec::new();
+    let mut daemons: Vec<Daemon> = ["a", "b"]
+        .iter()
+        .map(|id| {
+            let proxy = TcpProxy::start_to(&etcd.endpoint());
+            let endpoints = format!("{},{}", proxy.endpoint(), etcd.endpoint());
+            proxies.push(proxy);
+            DaemonSpec::new(&endpoints, "deadep", id).ttl("10s").start()
+        })
+        .collect();
+    for round in 0..3 {
+        let l = wait_one_leader(&daemons, Duration::from_secs(20));
+        let other = 1 - l;
+        proxies[l].set_mode(ProxyMode::Reset);
+        let t = Instant::now();
+        daemons[l].signal(Signal::SIGTERM);
+        daemons[l].wait_exit(Duration::from_secs(10));
+        let exited = t.elapsed();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !daemons[other].is_leader() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let took = t.elapsed();
+        assert!(
+            took < Duration::from_secs(3),
+            "round {round}: handover took {took:?}, exit after {exited:?} (the lease was not \
+             revoked?)\n{}",
+            daemons[l].log_tail(20)
+        );
+        assert!(
+            !daemons[l].log_text().contains("could not revoke"),
+            "round {round}: {}",
+            daemons[l].log_tail(20)
+        );
+        proxies[l].set_mode(ProxyMode::Pass);
+        daemons[l].restart();
+    }
+}

@@ -75,6 +75,8 @@ impl EtcdError {
                     etcd_client::Error::GRpcStatus(s) => match s.code() {
                         tonic::Code::Unavailable => "unavailable",
                         tonic::Code::DeadlineExceeded => "deadline",
+                        // The connection under the call closed (an endpoint going away).
+                        tonic::Code::Cancelled => "cancelled",
                         tonic::Code::Unauthenticated => "unauthenticated",
                         tonic::Code::PermissionDenied => "permission_denied",
                         _ => "grpc",
@@ -95,7 +97,13 @@ impl EtcdError {
     pub fn moves_endpoint(&self) -> bool {
         matches!(
             self.kind(),
-            "timeout" | "unavailable" | "deadline" | "transport" | "stream_closed"
+            "timeout"
+                | "unavailable"
+                | "deadline"
+                | "cancelled"
+                | "transport"
+                | "stream_closed"
+                | "grpc"
         )
     }
 
