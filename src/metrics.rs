@@ -29,6 +29,7 @@ pub struct Metrics {
     pub health_checks: IntCounterVec,
     pub health_transitions: IntCounterVec,
     pub eligible: IntGauge,
+    pub history_rewound: IntGauge,
     pub keepalive_rtt: Histogram,
     pub keepalive_failures: IntCounter,
     pub etcd_errors: IntCounterVec,
@@ -117,6 +118,11 @@ impl Metrics {
                 "1 while this replica may lead (campaigns), 0 while it may not (a failing health check, priority 0)",
             )
             .expect("invariant: valid metric"),
+            history_rewound: IntGauge::new(
+                "electd_history_rewound",
+                "1 while this replica refuses to lead because etcd answered below a revision it had seen (history rewound)",
+            )
+            .expect("invariant: valid metric"),
             keepalive_rtt: Histogram::with_opts(
                 HistogramOpts::new(
                     "electd_keepalive_rtt_seconds",
@@ -177,6 +183,7 @@ impl Metrics {
             Box::new(m.health_checks.clone()),
             Box::new(m.health_transitions.clone()),
             Box::new(m.eligible.clone()),
+            Box::new(m.history_rewound.clone()),
             Box::new(m.keepalive_rtt.clone()),
             Box::new(m.keepalive_failures.clone()),
             Box::new(m.etcd_errors.clone()),

@@ -465,3 +465,189 @@ fn when_the_first_endpoint_dies_sigterm_still_hands_over_at_once() {
         daemons[l].restart();
     }
 }
+
+/// Freeze each chosen member of a 3-member etcd for 5 s (SIGSTOP, then SIGCONT), one after the
+/// other, under two replicas wrapping a command (stop grace 1 s). With a quorum healthy
+/// leadership must not move and the command must not restart: calls that hang on the frozen
+/// member are retried on another, and a watch stuck on it is moved. Returns the member indexes
+/// frozen, with whether each was the raft leader.
+fn freezes_change_nothing(ttl: &str, raft_leaders_too: bool) -> Vec<(usize, bool)> {
+    let mut cluster = EtcdCluster::start(3);
+    let endpoints = cluster.endpoints().join(",");
+    let dir = tempfile::tempdir().unwrap();
+    let l = dir.path().join("ledger");
+    let daemons: Vec<Daemon> = ["a", "b"]
+        .iter()
+        .map(|id| {
+            DaemonSpec::new(&endpoints, "frozen", id)
+                .ttl(ttl)
+                .env("RUST_LOG", "electd=trace")
+                .args(&["--stop-grace", "1s"])
+                .sh(&ledger_script(&l))
+                .start()
+        })
+        .collect();
+    let leader = wait_one_leader(&daemons, Duration::from_secs(15));
+    let token = daemons[leader].fencing_token().unwrap();
+    wait_until(Duration::from_secs(3), "the child", || {
+        ledger(&l).len() == 1
+    });
+    let check = |what: &str| {
+        assert_eq!(
+            leaders(&daemons),
+            vec![leader],
+            "TTL {ttl}, {what}: leadership changed\n{}\n---\n{}",
+            daemons[0].log_tail(300),
+            daemons[1].log_tail(300)
+        );
+        assert_eq!(daemons[leader].fencing_token(), Some(token), "{what}");
+        assert_eq!(
+            ledger(&l).len(),
+            1,
+            "TTL {ttl}, {what}: the child was restarted"
+        );
+    };
+    let mut frozen = Vec::new();
+    for m in 0..3 {
+        let raft_leader = cluster.leader() == Some(m);
+        if raft_leader && !raft_leaders_too {
+            continue;
+        }
+        eprintln!(
+            "freezing member {m} ({}) raft leader {raft_leader} at {:?}",
+            cluster.endpoints()[m],
+            std::time::SystemTime::now()
+        );
+        cluster.member(m).pause();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(5) {
+            check(&format!("member {m} frozen (raft leader: {raft_leader})"));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster.member(m).resume();
+        cluster.wait_healthy(Duration::from_secs(20));
+        std::thread::sleep(Duration::from_millis(500));
+        check(&format!("member {m} thawed"));
+        frozen.push((m, raft_leader));
+    }
+    frozen
+}
+
+#[test]
+fn a_frozen_raft_follower_changes_nothing_at_ttl_3s() {
+    let frozen = freezes_change_nothing("3s", false);
+    assert_eq!(
+        frozen.len(),
+        2,
+        "both raft followers were frozen: {frozen:?}"
+    );
+}
+
+#[test]
+fn any_frozen_member_changes_nothing_at_ttl_6s() {
+    let frozen = freezes_change_nothing("6s", true);
+    assert_eq!(frozen.len(), 3, "{frozen:?}");
+    assert!(
+        frozen.iter().any(|(_, leader)| *leader),
+        "the raft leader too: {frozen:?}"
+    );
+}
+
+/// Bump etcd's revision by `n` writes of a key outside any election.
+fn bump(etcd: &Etcd, n: usize) {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "for i in $(seq {n}); do '{}' --endpoints {} put bump $i >/dev/null || exit 1; done",
+            etcdctl_binary().display(),
+            etcd.endpoint()
+        ))
+        .env("ETCDCTL_API", "3")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn revision(etcd: &Etcd) -> i64 {
+    let out = etcd.etcdctl_ok(&["endpoint", "status", "-w", "json"]);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    doc[0]["Status"]["header"]["revision"].as_i64().unwrap()
+}
+
+/// etcd rebuilt from empty restarts its revisions at 1: a fencing token handed out before would
+/// be handed out again. electd refuses to lead (and says why) until the revision passes the one
+/// it had seen; a snapshot restored with its history goes on as before.
+#[test]
+fn etcd_rebuilt_from_empty_is_refused_until_its_revision_passes_the_old_one() {
+    let mut etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let l = dir.path().join("ledger");
+    let daemons: Vec<Daemon> = ["a", "b"]
+        .iter()
+        .map(|id| {
+            DaemonSpec::new(&etcd.endpoint(), "rewind", id)
+                .sh(&ticking_script(&l))
+                .start()
+        })
+        .collect();
+    let leader = wait_one_leader(&daemons, Duration::from_secs(10));
+    bump(&etcd, 40);
+    let old = revision(&etcd);
+    let old_token = daemons[leader].fencing_token().unwrap();
+    wait_until(Duration::from_secs(5), "the leader's command", || {
+        !starts(&ledger(&l)).is_empty()
+    });
+
+    // A snapshot of the current history, restored (new cluster id, same revisions): nothing
+    // refused, a leader with a token at least the old one.
+    let snap = dir.path().join("snap.db");
+    etcd.etcdctl_ok(&["snapshot", "save", snap.to_str().unwrap()]);
+    etcd.restore_snapshot(&snap);
+    let leader = wait_one_leader(&daemons, Duration::from_secs(20));
+    assert!(daemons[leader].fencing_token().unwrap() >= old_token);
+    for d in &daemons {
+        assert_eq!(d.role().unwrap()["eligible"], true, "{}", d.log_tail(20));
+    }
+
+    // Rebuilt from empty: the command stops, nobody leads, every replica says why.
+    let seen = revision(&etcd).max(old);
+    etcd.rebuild_empty();
+    wait_until(Duration::from_secs(15), "both replicas to refuse", || {
+        daemons.iter().all(|d| {
+            d.role().is_some_and(|r| {
+                r["eligible"] == false
+                    && r["reason"]
+                        .as_str()
+                        .is_some_and(|s| s.contains("history was rewound"))
+            })
+        })
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(leaders(&daemons).is_empty());
+    let runs = starts(&ledger(&l)).len();
+    let records = ledger(&l);
+    assert!(
+        records.last().is_some_and(|r| r.what == "stop"),
+        "the command stopped: {records:?}"
+    );
+    let (_, m) = http_get(&daemons[0].http, "/metrics").unwrap();
+    assert!(m.contains("electd_history_rewound 1"), "{m}");
+    assert!(daemons[0].log_text().contains("history was rewound"));
+
+    // The operator moves the revision past the old one: leading resumes with a higher token.
+    bump(&etcd, (seen - revision(&etcd) + 5).max(1) as usize);
+    let leader = wait_one_leader(&daemons, Duration::from_secs(20));
+    let token = daemons[leader].fencing_token().unwrap();
+    assert!(
+        token > seen,
+        "token {token} after the history seen up to {seen}"
+    );
+    wait_until(Duration::from_secs(5), "a new command", || {
+        starts(&ledger(&l)).len() > runs
+    });
+    assert_no_overlap(&ledger(&l));
+}

@@ -1,6 +1,7 @@
 //! Whether this replica may lead, and why not. The reasons combine — an observer (priority 0)
-//! never may; a failing health check forbids it until the check passes again — and the role
-//! machine hears only when the answer changes.
+//! never may; a failing health check forbids it until the check passes again; a rewound etcd
+//! history until its revision passes the one seen — and the role machine hears only when the
+//! answer changes.
 
 use crate::election::role::Event;
 use crate::health::Change;
@@ -11,6 +12,8 @@ pub struct Eligibility {
     observer: bool,
     /// Why the health check fails (or has not passed yet), while it does.
     health: Option<String>,
+    /// Why the election driver refuses to lead (etcd's history rewound), while it does.
+    history: Option<String>,
 }
 
 impl Eligibility {
@@ -19,6 +22,7 @@ impl Eligibility {
         Eligibility {
             observer: priority == 0,
             health: has_check.then(|| "health check has not passed yet".to_string()),
+            history: None,
         }
     }
 
@@ -31,7 +35,7 @@ impl Eligibility {
         if self.observer {
             return Some("priority 0: this replica only observes".into());
         }
-        self.health.clone()
+        self.history.clone().or_else(|| self.health.clone())
     }
 
     /// After a change of health: the new eligibility, and the event for the role machine when
@@ -42,6 +46,17 @@ impl Eligibility {
             Change::Healthy => None,
             Change::Unhealthy(why) => Some(why.clone()),
         };
+        self.then(next)
+    }
+
+    /// After the election driver's refusal to lead changed (or not).
+    pub fn refusal(&self, refusal: Option<&str>) -> (Eligibility, Option<Event>) {
+        let mut next = self.clone();
+        next.history = refusal.map(str::to_string);
+        self.then(next)
+    }
+
+    fn then(&self, next: Eligibility) -> (Eligibility, Option<Event>) {
         let event = match (self.eligible(), next.eligible()) {
             (true, false) => Some(Event::Ineligible),
             (false, true) => Some(Event::Eligible),
@@ -54,6 +69,33 @@ impl Eligibility {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    enum Step {
+        Health(Change),
+        Refusal(Option<&'static str>),
+    }
+
+    /// Steps after each case's health steps: a rewound history on top.
+    fn extra(name: &str) -> Vec<(Step, Option<Event>, Option<&'static str>)> {
+        const REWOUND: &str = "etcd's history was rewound";
+        if name.starts_with("an observer") {
+            return vec![(
+                Step::Refusal(Some(REWOUND)),
+                None,
+                Some("priority 0: this replica only observes"),
+            )];
+        }
+        vec![
+            // Healthy at the end of the case: the refusal makes it ineligible, and says why.
+            (
+                Step::Refusal(Some(REWOUND)),
+                Some(Event::Ineligible),
+                Some(REWOUND),
+            ),
+            (Step::Refusal(Some(REWOUND)), None, Some(REWOUND)),
+            (Step::Refusal(None), Some(Event::Eligible), None),
+        ]
+    }
 
     #[test]
     fn eligibility_table() {
@@ -95,10 +137,18 @@ mod tests {
             ),
         ];
         for (name, priority, check, steps) in cases {
+            let steps: Vec<(Step, Option<Event>, Option<&str>)> = steps
+                .into_iter()
+                .map(|(c, e, r)| (Step::Health(c), e, r))
+                .collect();
+            let steps = steps.into_iter().chain(extra(name));
             let mut e = Eligibility::new(priority, check);
             assert!(!e.eligible(), "{name}: starts ineligible");
-            for (i, (change, event, reason)) in steps.into_iter().enumerate() {
-                let (next, got) = e.health(&change);
+            for (i, (step, event, reason)) in steps.into_iter().enumerate() {
+                let (next, got) = match &step {
+                    Step::Health(change) => e.health(change),
+                    Step::Refusal(r) => e.refusal(*r),
+                };
                 assert_eq!(got, event, "{name}: step {i} event");
                 assert_eq!(next.reason().as_deref(), reason, "{name}: step {i} reason");
                 e = next;

@@ -340,7 +340,17 @@ impl Owner {
                     None => continue,
                 },
             };
+            // etcd's history rewound (or mended): leave (or rejoin) the queue right after.
+            let refusal = match &event {
+                Event::Observed(o) => self.refusal_changed(o.refusal.as_deref()),
+                _ => None,
+            };
             let mut applied = self.lead.apply(event).await;
+            if let Some(then) = refusal
+                && !applied.exit
+            {
+                applied = self.lead.apply(then).await;
+            }
             if let Some(exit) = applied.ended {
                 // The command could not start and the policy says stop.
                 self.exit_code = exit.code;
@@ -358,6 +368,34 @@ impl Owner {
                 });
             }
         }
+    }
+
+    /// The driver's refusal to lead (etcd's history rewound) as seen in a view: publish the
+    /// eligibility; the event for the role machine when it changed.
+    fn refusal_changed(&mut self, refusal: Option<&str>) -> Option<Event> {
+        let (next, event) = self.eligibility.refusal(refusal);
+        if next == self.eligibility {
+            return None;
+        }
+        self.eligibility = next;
+        self.metrics.history_rewound.set(refusal.is_some() as i64);
+        self.publish_eligibility();
+        event
+    }
+
+    fn publish_eligibility(&self) {
+        self.metrics
+            .eligible
+            .set(self.eligibility.eligible() as i64);
+        let reason = self.eligibility.reason();
+        self.status.send_if_modified(|s| {
+            let changed = s.ineligible != reason;
+            if changed {
+                s.ineligible = reason;
+                s.version += 1;
+            }
+            changed
+        });
     }
 
     /// A change of health: publish the eligibility; the event for the role machine when it

@@ -179,6 +179,8 @@ pub struct ElectionView {
     /// While leading: the candidate (member id) this leader should hand leadership to now — a
     /// switchover target, or a candidate of higher priority that waited its takeover delay.
     pub handoff: Option<String>,
+    /// Why this replica must not lead whatever the queue says (etcd's history was rewound).
+    pub refusal: Option<String>,
 }
 
 impl ElectionView {
@@ -192,6 +194,7 @@ impl ElectionView {
             revision: 0,
             wakeups: 0,
             handoff: None,
+            refusal: None,
         }
     }
 }

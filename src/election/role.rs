@@ -139,6 +139,9 @@ pub struct Observed {
     pub reachable: bool,
     /// While leading: hand leadership to this candidate now (see `ElectionView::handoff`).
     pub handoff: Option<String>,
+    /// Why this replica must not lead whatever the queue says (`ElectionView::refusal`); its
+    /// owner turns it into [`Event::Ineligible`].
+    pub refusal: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -414,6 +417,7 @@ mod tests {
             last_ok_sent: Some(sent),
             reachable,
             handoff: None,
+            refusal: None,
         }))
     }
 
@@ -433,6 +437,7 @@ mod tests {
             last_ok_sent: Some(sent),
             reachable: true,
             handoff: None,
+            refusal: None,
         }))
     }
 
@@ -451,6 +456,7 @@ mod tests {
             last_ok_sent: None,
             reachable: false,
             handoff: None,
+            refusal: None,
         }))
     }
 

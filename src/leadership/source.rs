@@ -112,6 +112,7 @@ pub fn observed(v: &ElectionView) -> Observed {
         last_ok_sent: v.last_ok_sent,
         reachable: v.reachable,
         handoff: v.handoff.clone(),
+        refusal: v.refusal.clone(),
     }
 }
 
@@ -244,6 +245,7 @@ impl Source for SocketSource {
             last_ok_sent: Some(*sent),
             reachable: true,
             handoff: None,
+            refusal: None,
         }
     }
 

@@ -86,6 +86,7 @@ impl Source for FakeSource {
             last_ok_sent: self.last_ok_sent,
             reachable: !cut,
             handoff: None,
+            refusal: None,
         }
     }
 

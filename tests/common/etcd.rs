@@ -6,7 +6,7 @@ use nix::sys::signal::Signal;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -390,6 +390,44 @@ impl Etcd {
             "new"
         };
         self.spawn(state);
+    }
+
+    /// Stop, delete the data dir, and start a brand-new etcd on the same ports: its history
+    /// starts over at revision 1 (same cluster token and peer URL: same cluster id).
+    pub fn rebuild_empty(&mut self) {
+        self.stop();
+        std::fs::remove_dir_all(self.data_dir()).expect("remove the data dir");
+        self.spawn("new");
+        self.wait_healthy(START_TIMEOUT);
+    }
+
+    /// Stop, and start again from `snapshot` (`etcdctl snapshot save`) restored into a fresh
+    /// data dir with a new cluster token (so a new cluster id), on the same ports.
+    pub fn restore_snapshot(&mut self, snapshot: &Path) {
+        self.stop();
+        std::fs::remove_dir_all(self.data_dir()).expect("remove the data dir");
+        self.cluster_token = unique_token();
+        let out = Command::new(etcdctl_binary())
+            .env("ETCDCTL_API", "3")
+            .arg("snapshot")
+            .arg("restore")
+            .arg(snapshot)
+            .arg("--name")
+            .arg(&self.name)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg(format!("--initial-cluster={}", self.initial_cluster))
+            .arg(format!("--initial-cluster-token={}", self.cluster_token))
+            .arg(format!("--initial-advertise-peer-urls={}", self.peer_url()))
+            .output()
+            .expect("run etcdctl snapshot restore");
+        assert!(
+            out.status.success(),
+            "snapshot restore failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.spawn("new");
+        self.wait_healthy(START_TIMEOUT);
     }
 
     /// SIGSTOP: the process keeps its sockets but answers nothing.

@@ -26,6 +26,16 @@ struct Inner {
     clients: Vec<Client>,
     endpoints: Vec<String>,
     current: AtomicUsize,
+    history: std::sync::Mutex<History>,
+}
+
+/// What this process has seen of etcd's history: the highest revision, and the cluster.
+#[derive(Debug, Default)]
+struct History {
+    max_revision: i64,
+    cluster_id: Option<u64>,
+    /// The last answer below `max_revision`, until one passes it.
+    rewound: Option<i64>,
 }
 
 impl Clients {
@@ -49,6 +59,7 @@ impl Clients {
             clients,
             endpoints,
             current: AtomicUsize::new(0),
+            history: std::sync::Mutex::new(History::default()),
         }))
     }
 
@@ -82,6 +93,74 @@ impl Clients {
         self.0.clients.len()
     }
 
+    /// The highest revision seen so far.
+    pub fn max_revision(&self) -> i64 {
+        self.history().max_revision
+    }
+
+    fn history(&self) -> std::sync::MutexGuard<'_, History> {
+        // A poisoned lock only means a panic elsewhere; the value is still valid.
+        self.0.history.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Check a linearizable answer (a read, a transaction, a grant: each confirmed by a quorum)
+    /// against the history seen so far. A revision below one already seen means etcd's history
+    /// was rewound — rebuilt from empty, or restored from an older snapshot — and fencing tokens
+    /// would repeat: [`EtcdError::HistoryRewound`], until the revision passes the old one. A
+    /// changed cluster id with a history that goes on (a restore of the latest snapshot) is fine.
+    /// (Keepalive and watch answers are not checked: a member that was frozen can answer those
+    /// from its stale state.)
+    pub fn check(&self, header: Option<&etcd_client::ResponseHeader>) -> Result<(), EtcdError> {
+        let Some(h) = header else { return Ok(()) };
+        let mut history = self.history();
+        if h.revision() < history.max_revision {
+            if history.rewound.is_none() {
+                tracing::error!(
+                    seen = history.max_revision,
+                    now = h.revision(),
+                    "etcd's history was rewound (rebuilt from empty, or restored from an older snapshot?): refusing to lead until its revision passes the one seen"
+                );
+            }
+            history.rewound = Some(h.revision());
+            return Err(EtcdError::HistoryRewound {
+                seen: history.max_revision,
+                now: h.revision(),
+            });
+        }
+        if history.rewound.take().is_some() {
+            tracing::info!(
+                revision = h.revision(),
+                "etcd's revision passed the one seen before its history was rewound: leading is safe again"
+            );
+        }
+        if let Some(old) = history.cluster_id
+            && old != h.cluster_id()
+        {
+            tracing::warn!(
+                old = format!("{old:x}"),
+                new = format!("{:x}", h.cluster_id()),
+                revision = h.revision(),
+                "etcd's cluster id changed, its history goes on (restored from a snapshot?); fencing tokens keep increasing"
+            );
+        }
+        history.cluster_id = Some(h.cluster_id());
+        history.max_revision = h.revision();
+        Ok(())
+    }
+
+    /// Why leading is refused now, while etcd's history is rewound (the text stays the same
+    /// until the revision passes the one seen).
+    pub fn refusal(&self) -> Option<String> {
+        let h = self.history();
+        h.rewound.map(|_| refusal(h.max_revision))
+    }
+
+    /// Note a revision seen on a watch (not confirmed by a quorum: it only raises the mark).
+    pub fn saw(&self, revision: i64) {
+        let mut history = self.history();
+        history.max_revision = history.max_revision.max(revision);
+    }
+
     /// Run one call on the current endpoint with a deadline; a timeout or an unavailable
     /// member moves later calls to the next endpoint.
     pub async fn call<T, F, Fut>(
@@ -105,6 +184,15 @@ impl Clients {
         }
         r
     }
+}
+
+/// Why a replica does not lead while etcd's history is rewound below `seen`.
+pub fn refusal(seen: i64) -> String {
+    format!(
+        "etcd's history was rewound below revision {seen} seen before (etcd rebuilt from empty, \
+         or restored from an older snapshot?): fencing tokens would repeat, so this replica does \
+         not lead until the revision passes {seen} (see docs/operations.md)"
+    )
 }
 
 /// A client per configured endpoint (see [`Clients`]). Connections are made lazily; HTTP/2

@@ -223,12 +223,14 @@ impl Driver {
     }
 
     fn mark_contact(&self, revision: Option<i64>) {
+        let refusal = self.clients.refusal();
         self.view.send_modify(|v| {
             v.reachable = true;
             v.last_contact = Some(Instant::now());
             if let Some(r) = revision {
                 v.revision = v.revision.max(r);
             }
+            v.refusal = refusal;
         });
     }
 
@@ -592,9 +594,19 @@ fn answer_without_session(cmd: Option<DriverCommand>) -> Option<After> {
     }
 }
 
-/// A failed call: count it and mark etcd unreachable until the next success.
+/// A failed call: count it and mark etcd unreachable until the next success — unless etcd
+/// answered with a rewound history, which makes this replica refuse to lead instead.
 fn mark_error(view: &watch::Sender<ElectionView>, telemetry: &dyn Telemetry, e: &EtcdError) {
     debug!(error = %e, kind = e.kind(), "etcd call failed");
     telemetry.backend_error(e.kind());
+    if let EtcdError::HistoryRewound { seen, .. } = e {
+        let refusal = Some(super::client::refusal(*seen));
+        view.send_if_modified(|v| {
+            let changed = v.refusal != refusal;
+            v.refusal = refusal;
+            changed
+        });
+        return;
+    }
     view.send_if_modified(|v| std::mem::replace(&mut v.reachable, false));
 }

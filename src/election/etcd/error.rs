@@ -33,6 +33,13 @@ pub enum EtcdError {
          likely serves TLS on that port, so --endpoints must use https:// (last error: {last})"
     )]
     PlainDropped { tries: u32, last: String },
+    #[error(
+        "etcd's history was rewound: it answered at revision {now}, below revision {seen} seen \
+         before (etcd rebuilt from empty, or restored from an older snapshot?); fencing tokens \
+         would repeat, so this replica does not lead until the revision passes {seen} (see \
+         docs/operations.md)"
+    )]
+    HistoryRewound { seen: i64, now: i64 },
 }
 
 impl EtcdError {
@@ -89,6 +96,7 @@ impl EtcdError {
             EtcdError::StreamClosed { .. } => "stream_closed",
             EtcdError::Setup(_) => "setup",
             EtcdError::TlsDropped { .. } | EtcdError::PlainDropped { .. } => "tls",
+            EtcdError::HistoryRewound { .. } => "history",
         }
     }
 

@@ -125,8 +125,10 @@ impl Observe {
                 }
                 _ = sleep_until(quiet_until) => {
                     if w.progress_asked.is_some() {
+                        // A stuck watch is a frozen member, not a slow link: it does not lengthen
+                        // the reply wait the keepalives share (that would let a hung keepalive
+                        // outlast the leader's budget).
                         let after = pace.now();
-                        pace.with(|p| p.timed_out());
                         return Err(self.failed(EtcdError::Timeout { op: "watch progress", after }));
                     }
                     if let Err(source) = w.stream.request_progress().await {
@@ -163,6 +165,7 @@ impl Observe {
             })
             .await;
         let resp = pace.note(sent, resp)?;
+        self.clients.check(resp.header())?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         let delta = self.queue.reset(revision, resp.kvs().iter().map(candidate));
         self.need_read = false;
@@ -212,8 +215,16 @@ impl Observe {
             return Seen { delta, revision };
         }
         if resp.events().is_empty() {
-            // A progress report: every event up to `revision` has been sent.
+            // A progress report: every event up to `revision` has been sent. Below a revision
+            // already seen, the member is behind — or etcd's history was rewound (a watch from a
+            // revision it has not reached waits silently): a read, which a quorum confirms, tells.
+            if revision < self.clients.max_revision() {
+                self.need_read = true;
+                self.watch = None;
+                return Seen { delta, revision };
+            }
             self.queue.advance(revision);
+            self.clients.saw(revision);
             return Seen { delta, revision };
         }
         // The queue is as of the last event applied: a batch's header may already be ahead of
@@ -227,6 +238,7 @@ impl Observe {
             };
             delta.merge(d);
         }
+        self.clients.saw(self.queue.revision());
         Seen { delta, revision }
     }
 }

@@ -26,6 +26,7 @@ pub(super) async fn grant(
             c.lease_grant(secs, None).await
         })
         .await?;
+    clients.check(resp.header())?;
     Ok(resp.id())
 }
 
@@ -265,7 +266,7 @@ pub(super) async fn keepalive(
                 tokio::select! {
                     _ = &mut tick => break,
                     Some(ev) = late_reply(&mut late, pace.cap()), if late.is_some() => {
-                        if !report(&tx, ev, &pace).await {
+                        if !report(&tx, ev, None).await {
                             return;
                         }
                     }
@@ -294,7 +295,7 @@ pub(super) async fn keepalive(
                     break Err(EtcdError::Timeout { op: "lease keepalive", after });
                 }
                 Some(ev) = late_reply(&mut late, pace.cap()), if late.is_some() => {
-                    if !report(&tx, ev, &pace).await {
+                    if !report(&tx, ev, None).await {
                         return;
                     }
                 }
@@ -314,18 +315,27 @@ pub(super) async fn keepalive(
                 KeepaliveEvent::Failed(e)
             }
         };
-        if !report(&tx, event, &pace).await {
+        if !report(&tx, event, Some(&pace)).await {
             return;
         }
     }
 }
 
-/// Hand a keepalive event to the session, adapting the reply wait to a success's round trip.
-/// Returns false when the keepalive task should end.
-async fn report(tx: &mpsc::Sender<KeepaliveEvent>, event: KeepaliveEvent, pace: &Pace) -> bool {
+/// Hand a keepalive event to the session, adapting the reply wait to a success's round trip
+/// (`pace`; `None` for a late reply: an answer that came after its wait timed out tells of a
+/// stalled member — frozen, or thawed just now — not of the link's round trip, and learning
+/// from it would let the next stalled keepalive outlast the leader's budget). Returns false when
+/// the keepalive task should end.
+async fn report(
+    tx: &mpsc::Sender<KeepaliveEvent>,
+    event: KeepaliveEvent,
+    pace: Option<&Pace>,
+) -> bool {
     if let KeepaliveEvent::Ok { sent } = &event {
-        trace!(rtt = ?sent.elapsed(), "keepalive ok");
-        pace.with(|w| w.answered(sent.elapsed()));
+        trace!(rtt = ?sent.elapsed(), late = pace.is_none(), "keepalive ok");
+        if let Some(pace) = pace {
+            pace.with(|w| w.answered(sent.elapsed()));
+        }
     }
     let gone = matches!(event, KeepaliveEvent::Gone);
     tx.send(event).await.is_ok() && !gone

@@ -58,6 +58,7 @@ pub(super) async fn put_if_absent(
     let resp = clients
         .call(op, after, lease, |mut c| async move { c.txn(txn).await })
         .await?;
+    clients.check(resp.header())?;
     if resp.succeeded() {
         return Ok(PutIfAbsent::Created(
             resp.header().map(|h| h.revision()).unwrap_or_default(),
@@ -84,6 +85,7 @@ pub(super) async fn candidates(
             c.get(prefix, Some(opts)).await
         })
         .await?;
+    clients.check(resp.header())?;
     let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
     Ok((revision, resp.kvs().iter().map(candidate).collect()))
 }
@@ -114,6 +116,7 @@ pub(super) async fn update_candidate(
             c.txn(txn).await
         })
         .await?;
+    clients.check(resp.header())?;
     Ok(resp.succeeded())
 }
 
@@ -190,5 +193,6 @@ pub(super) async fn update_slot(
             c.txn(txn).await
         })
         .await?;
+    clients.check(resp.header())?;
     Ok(resp.succeeded())
 }
