@@ -195,6 +195,13 @@ impl Metrics {
             r.register(c).expect("invariant: metric names are unique");
         }
         m.set_role(RoleKind::Candidate);
+        // Counters with known labels exist from the start, at 0, so rates see their first step.
+        for result in ["pass", "fail"] {
+            m.health_checks.with_label_values(&[result]);
+        }
+        for to in ["healthy", "unhealthy"] {
+            m.health_transitions.with_label_values(&[to]);
+        }
         // Winning the election is the only way into `leader`: start those series at 0 so that
         // `increase()` counts the first win too (a series that appears at 1 counts 0).
         for from in [RoleKind::Candidate, RoleKind::Follower] {
