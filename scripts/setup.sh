@@ -17,6 +17,8 @@ command -v bc >/dev/null || need+=(bc)
 # scripts/package.sh (and tests/package.rs through it) unpacks and checks the Debian package.
 command -v dpkg-deb >/dev/null || need+=(dpkg)
 command -v lintian >/dev/null || need+=(lintian)
+# tests/haproxy.rs and the routing benchmark put HAProxy in front of the replicas.
+command -v haproxy >/dev/null || need+=(haproxy)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

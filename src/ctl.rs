@@ -300,29 +300,7 @@ pub fn render_status(doc: &StatusDoc) -> String {
     }
     // This replica is the row of its own key (ids may repeat by mistake).
     let this_key = this.and_then(|t| t.key.as_deref());
-    let rows: Vec<[String; 7]> = list
-        .iter()
-        .map(|m| {
-            let role = if m.leader { "leader" } else { "follower" };
-            let mark = if Some(m.key.as_str()) == this_key {
-                "*"
-            } else {
-                ""
-            };
-            [
-                format!("{}{mark}", m.position),
-                m.id.clone(),
-                role.to_string(),
-                m.create_revision.to_string(),
-                m.priority.to_string(),
-                m.lease.clone(),
-                m.member
-                    .as_ref()
-                    .and_then(|i| i.http.clone())
-                    .unwrap_or_else(|| "-".into()),
-            ]
-        })
-        .collect();
+    let rows: Vec<[String; 8]> = list.iter().map(|m| member_row(m, this_key)).collect();
     if let Members::List(m) = &doc.members {
         for f in &m.foreign {
             out.push_str(&format!("ignored key:   {} ({})\n", f.key, f.reason));
@@ -330,10 +308,42 @@ pub fn render_status(doc: &StatusDoc) -> String {
     }
     out.push('\n');
     out.push_str(&table(
-        &["#", "ID", "ROLE", "CREATE REV", "PRIO", "LEASE", "HTTP"],
+        &[
+            "#",
+            "ID",
+            "ROLE",
+            "CREATE REV",
+            "PRIO",
+            "LEASE",
+            "HTTP",
+            "ADVERTISE",
+        ],
         &rows,
     ));
     out
+}
+
+/// One member's row of the status table; `*` marks this replica's own key.
+fn member_row(m: &crate::api::doc::MemberDoc, this_key: Option<&str>) -> [String; 8] {
+    let role = if m.leader { "leader" } else { "follower" };
+    let mark = if Some(m.key.as_str()) == this_key {
+        "*"
+    } else {
+        ""
+    };
+    let info = |f: fn(&crate::election::MemberInfo) -> Option<String>| {
+        m.member.as_ref().and_then(f).unwrap_or_else(|| "-".into())
+    };
+    [
+        format!("{}{mark}", m.position),
+        m.id.clone(),
+        role.to_string(),
+        m.create_revision.to_string(),
+        m.priority.to_string(),
+        m.lease.clone(),
+        info(|i| i.http.clone()),
+        info(|i| i.advertise.clone()),
+    ]
 }
 
 /// Columns padded to their widest cell, two spaces apart; the last column unpadded.
@@ -378,7 +388,7 @@ mod tests {
             },
             "members": {"election": "svc", "revision": 9, "members": [
                 {"position": 1, "id": "r1", "key": "svc/1a", "create_revision": 7, "lease": "1a",
-                 "leader": true, "priority": 10, "member": {"id": "r1", "http": "127.0.0.1:4041"}},
+                 "leader": true, "priority": 10, "member": {"id": "r1", "http": "127.0.0.1:4041", "advertise": "10.0.0.1:5432"}},
                 {"position": 2, "id": "r2", "key": "svc/1b", "create_revision": 8, "lease": "1b",
                  "leader": false, "priority": 1, "member": {"id": "r2", "http": "127.0.0.1:4042"}},
                 {"position": 3, "id": "replica-three", "key": "svc/1c", "create_revision": 9,
@@ -392,10 +402,10 @@ leader:        r1 (fencing token 7)
 etcd:          reachable (last contact 120 ms ago)
 this replica:  r2 is follower since 2026-11-22T05:00:00.000Z
 
-#   ID             ROLE      CREATE REV  PRIO  LEASE  HTTP
-1   r1             leader    7           10    1a     127.0.0.1:4041
-2*  r2             follower  8           1     1b     127.0.0.1:4042
-3   replica-three  follower  9           1     1c     -
+#   ID             ROLE      CREATE REV  PRIO  LEASE  HTTP            ADVERTISE
+1   r1             leader    7           10    1a     127.0.0.1:4041  10.0.0.1:5432
+2*  r2             follower  8           1     1b     127.0.0.1:4042  -
+3   replica-three  follower  9           1     1c     -               -
 ";
         assert_eq!(render_status(&doc), expected);
     }

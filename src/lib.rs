@@ -22,6 +22,8 @@
 //! - [`status`] — the published snapshot the API reads.
 //! - [`api`] — one router served on TCP and on the Unix socket ([`api::serve`]: time and size
 //!   limits per connection); the typed documents both sides (de)serialise ([`api::doc`]).
+//! - [`proxy`] — the leader-following TCP proxy (`--proxy`) and its pure "may I route?".
+//! - [`hooks`] — role-change hooks (`--on-role-change`), one at a time, never blocking.
 //! - [`metrics`] — Prometheus metrics, fed by the election's telemetry and the publisher.
 //! - [`ctl`] — `electd status|resign|pause|resume`: the operator's client.
 //! - [`run`] — `elect-run`: one command on exactly one replica, optionally once per slot.
@@ -35,8 +37,10 @@ pub mod daemon;
 pub mod election;
 pub mod exit;
 pub mod health;
+pub mod hooks;
 pub mod leadership;
 pub mod metrics;
+pub mod proxy;
 pub mod run;
 pub mod status;
 pub mod supervisor;

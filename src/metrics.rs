@@ -30,6 +30,12 @@ pub struct Metrics {
     pub health_transitions: IntCounterVec,
     pub eligible: IntGauge,
     pub history_rewound: IntGauge,
+    pub proxy_connections: IntCounter,
+    pub proxy_open: IntGauge,
+    pub proxy_closed: IntCounterVec,
+    pub proxy_bytes: IntCounterVec,
+    pub proxy_wait_seconds: Histogram,
+    pub hooks: IntCounterVec,
     pub keepalive_rtt: Histogram,
     pub keepalive_failures: IntCounter,
     pub etcd_errors: IntCounterVec,
@@ -123,6 +129,48 @@ impl Metrics {
                 "1 while this replica refuses to lead because etcd answered below a revision it had seen (history rewound)",
             )
             .expect("invariant: valid metric"),
+            proxy_connections: IntCounter::new(
+                "electd_proxy_connections_total",
+                "Connections accepted by the leader-following proxy (--proxy)",
+            )
+            .expect("invariant: valid metric"),
+            proxy_open: IntGauge::new(
+                "electd_proxy_connections_open",
+                "Proxied connections open now",
+            )
+            .expect("invariant: valid metric"),
+            proxy_closed: IntCounterVec::new(
+                Opts::new(
+                    "electd_proxy_closed_total",
+                    "Proxied connections ended, by reason: closed (by either side), leader_changed, view_stale (cut off from etcd longer than the leader budget), no_leader (none within --proxy-wait), upstream_unreachable, shutdown",
+                ),
+                &["reason"],
+            )
+            .expect("invariant: valid metric"),
+            proxy_bytes: IntCounterVec::new(
+                Opts::new(
+                    "electd_proxy_bytes_total",
+                    "Bytes forwarded by the proxy, by direction (to_leader, from_leader)",
+                ),
+                &["direction"],
+            )
+            .expect("invariant: valid metric"),
+            proxy_wait_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "electd_proxy_wait_seconds",
+                    "Time a proxied connection waited for a leader to route to",
+                )
+                .buckets(vec![0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            )
+            .expect("invariant: valid metric"),
+            hooks: IntCounterVec::new(
+                Opts::new(
+                    "electd_role_change_hooks_total",
+                    "Role-change hooks (--on-role-change), by result: ok, failed, timeout, dropped (the queue was full)",
+                ),
+                &["result"],
+            )
+            .expect("invariant: valid metric"),
             keepalive_rtt: Histogram::with_opts(
                 HistogramOpts::new(
                     "electd_keepalive_rtt_seconds",
@@ -184,6 +232,12 @@ impl Metrics {
             Box::new(m.health_transitions.clone()),
             Box::new(m.eligible.clone()),
             Box::new(m.history_rewound.clone()),
+            Box::new(m.proxy_connections.clone()),
+            Box::new(m.proxy_open.clone()),
+            Box::new(m.proxy_closed.clone()),
+            Box::new(m.proxy_bytes.clone()),
+            Box::new(m.proxy_wait_seconds.clone()),
+            Box::new(m.hooks.clone()),
             Box::new(m.keepalive_rtt.clone()),
             Box::new(m.keepalive_failures.clone()),
             Box::new(m.etcd_errors.clone()),
@@ -201,6 +255,15 @@ impl Metrics {
         }
         for to in ["healthy", "unhealthy"] {
             m.health_transitions.with_label_values(&[to]);
+        }
+        for reason in ["closed", "leader_changed", "view_stale", "no_leader"] {
+            m.proxy_closed.with_label_values(&[reason]);
+        }
+        for direction in ["to_leader", "from_leader"] {
+            m.proxy_bytes.with_label_values(&[direction]);
+        }
+        for result in ["ok", "failed", "timeout", "dropped"] {
+            m.hooks.with_label_values(&[result]);
         }
         // Winning the election is the only way into `leader`: start those series at 0 so that
         // `increase()` counts the first win too (a series that appears at 1 counts 0).

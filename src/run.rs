@@ -311,7 +311,7 @@ fn supervisor(config: &Config, opts: &RunOptions) -> Result<Supervisor, RunError
 
 /// How the campaign ended.
 enum Campaign {
-    Elected { token: i64, leader: LeaderInfo },
+    Elected { token: i64, leader: Box<LeaderInfo> },
     NotElected,
 }
 
@@ -396,7 +396,7 @@ struct Claimed {
 impl EtcdRun<'_> {
     async fn go(&mut self, started: Instant, signals: &mut Signals) -> Result<i32, RunError> {
         let (token, leader) = match self.campaign(started, signals).await? {
-            Campaign::Elected { token, leader } => (token, leader),
+            Campaign::Elected { token, leader } => (token, *leader),
             Campaign::NotElected => return Ok(exit::NOT_ELECTED),
         };
         let claimed = match self.slot {
@@ -438,7 +438,10 @@ impl EtcdRun<'_> {
             match self.lead.next(signals.until(timer)).await {
                 Next::Event(event) => {
                     if let Some((token, leader)) = self.lead.apply(event).await.elected {
-                        return Ok(Campaign::Elected { token, leader });
+                        return Ok(Campaign::Elected {
+                            token,
+                            leader: Box::new(leader),
+                        });
                     }
                 }
                 Next::Input(Some(sig)) => {

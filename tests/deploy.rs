@@ -28,6 +28,7 @@ use serde_json::Value;
 const SURVIVE: Duration = Duration::from_millis(1500);
 /// The member id the test gives the Downward API's `metadata.name`.
 const POD_NAME: &str = "my-service-7d9f8c6b5-x2k4q";
+const POD_IP: &str = "10.244.1.17";
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -256,28 +257,32 @@ impl Example {
             .clone()
     }
 
-    /// The sidecar's environment, with the Downward API's pod name filled in.
+    /// The sidecar's environment, with the Downward API's pod name and IP filled in and
+    /// `$(VAR)` references to earlier variables expanded, as the kubelet does.
     fn env(&self) -> Vec<(String, String)> {
-        self.sidecar()
-            .env
-            .iter()
-            .flatten()
-            .map(|e| {
-                let value = match (&e.value, &e.value_from) {
-                    (Some(v), None) => v.clone(),
-                    (None, Some(from)) => {
-                        let field = from
-                            .field_ref
-                            .as_ref()
-                            .unwrap_or_else(|| panic!("{}: only fieldRef is understood", e.name));
-                        assert_eq!(field.field_path, "metadata.name", "{}", e.name);
-                        POD_NAME.to_string()
+        let mut out: Vec<(String, String)> = Vec::new();
+        for e in self.sidecar().env.iter().flatten() {
+            let value = match (&e.value, &e.value_from) {
+                (Some(v), None) => out.iter().fold(v.clone(), |v, (name, value)| {
+                    v.replace(&format!("$({name})"), value)
+                }),
+                (None, Some(from)) => {
+                    let field = from
+                        .field_ref
+                        .as_ref()
+                        .unwrap_or_else(|| panic!("{}: only fieldRef is understood", e.name));
+                    match field.field_path.as_str() {
+                        "metadata.name" => POD_NAME.to_string(),
+                        "status.podIP" => POD_IP.to_string(),
+                        other => panic!("{}: unexpected fieldRef {other}", e.name),
                     }
-                    other => panic!("{}: unexpected value {other:?}", e.name),
-                };
-                (e.name.clone(), value)
-            })
-            .collect()
+                }
+                other => panic!("{}: unexpected value {other:?}", e.name),
+            };
+            assert!(!value.contains("$("), "{}: unexpanded {value}", e.name);
+            out.push((e.name.clone(), value));
+        }
+        out
     }
 }
 
@@ -288,11 +293,12 @@ fn pod_spec(d: &Deployment) -> &PodSpec {
         .expect("the Deployment has a pod template")
 }
 
-/// The config as electd resolves it (with a command, so the stop grace counts).
-fn resolved(toml_path: &Path) -> electd::config::Config {
+/// The config as electd resolves it with the sidecar's environment `env` (with a command, so
+/// the stop grace counts).
+fn resolved(toml_path: &Path, env: &[(String, String)]) -> electd::config::Config {
     Layers {
         flags: Settings::default().set("id", POD_NAME),
-        env: Settings::default(),
+        env: electd::config::from_env(|k| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())),
         file: Some((
             toml_path.to_path_buf(),
             load_file(toml_path).expect("electd.toml loads"),
@@ -411,7 +417,7 @@ fn deployment_runs_three_replicas_with_a_hardened_sidecar() {
     let tmp = tempfile::tempdir().unwrap();
     let toml_path = tmp.path().join("electd.toml");
     std::fs::write(&toml_path, example.toml()).unwrap();
-    let config = resolved(&toml_path);
+    let config = resolved(&toml_path, &example.env());
     let http = config.http.expect("the example keeps the HTTP API on");
     assert!(
         http.ip().is_loopback(),
@@ -512,7 +518,7 @@ fn config_points_at_the_example_etcd_and_the_budget_covers_the_deployment() {
     let tmp = tempfile::tempdir().unwrap();
     let toml_path = tmp.path().join("electd.toml");
     std::fs::write(&toml_path, example.toml()).unwrap();
-    assert_eq!(resolved(&toml_path).endpoints, expected);
+    assert_eq!(resolved(&toml_path, &example.env()).endpoints, expected);
     let args = spec
         .template
         .spec
@@ -554,6 +560,90 @@ fn config_points_at_the_example_etcd_and_the_budget_covers_the_deployment() {
 }
 
 #[test]
+fn a_service_over_every_pods_proxy_reaches_the_leaders_app_and_every_pod_is_ready() {
+    let example = Example::load();
+    let tmp = tempfile::tempdir().unwrap();
+    let toml_path = tmp.path().join("electd.toml");
+    std::fs::write(&toml_path, example.toml()).unwrap();
+    let config = resolved(&toml_path, &example.env());
+    let sidecar = example.sidecar();
+    let port_named = |c: &Container, port: u16| {
+        c.ports
+            .iter()
+            .flatten()
+            .find(|p| p.container_port == port as i32)
+            .map(|p| p.name.clone().unwrap_or_default())
+    };
+
+    // The proxy listens on a port the sidecar declares, on every address of the pod.
+    let proxy = config.proxy.expect("the example runs the proxy");
+    assert!(
+        proxy.ip().is_unspecified(),
+        "the proxy listens on the pod's addresses"
+    );
+    let proxy_port = port_named(sidecar, proxy.port())
+        .unwrap_or_else(|| panic!("electd declares no containerPort {}", proxy.port()));
+
+    // Each pod advertises its own IP and the port its app listens on.
+    let advertise = config.advertise.expect("the example advertises the app");
+    let (host, port) = advertise.rsplit_once(':').unwrap();
+    assert_eq!(host, POD_IP, "advertise the pod IP from the Downward API");
+    let app_port: u16 = port.parse().unwrap();
+    assert!(
+        port_named(example.app(), app_port).is_some(),
+        "the app declares no containerPort {app_port}"
+    );
+    assert_ne!(app_port, proxy.port());
+
+    // A Service selects every pod and targets the proxy port.
+    let labels = example
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .expect("pod labels");
+    let services: Vec<Service> = manifests()
+        .into_iter()
+        .filter_map(|(_, o)| match o {
+            Object::Service(s) => Some(*s),
+            _ => None,
+        })
+        .collect();
+    let service = services
+        .iter()
+        .find(|s| {
+            let spec = s.spec.as_ref().unwrap();
+            spec.selector
+                .as_ref()
+                .is_some_and(|sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        })
+        .expect("a Service selecting the Deployment's pods");
+    let target = service.spec.as_ref().unwrap().ports.as_ref().unwrap()[0]
+        .target_port
+        .clone()
+        .expect("a targetPort");
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    match target {
+        IntOrString::String(name) => assert_eq!(name, proxy_port),
+        IntOrString::Int(n) => assert_eq!(n, proxy.port() as i32),
+    }
+
+    // Every pod is ready while it can route: the readiness probe asks /ready, not /leader.
+    let http = config.http.expect("HTTP API");
+    let readiness = sidecar
+        .readiness_probe
+        .as_ref()
+        .and_then(|p| p.exec.as_ref())
+        .and_then(|e| e.command.clone())
+        .expect("an exec readiness probe");
+    assert!(
+        readiness.contains(&format!("http://{http}/ready")),
+        "{readiness:?} should ask http://{http}/ready"
+    );
+}
+
+#[test]
 fn sidecar_arguments_and_config_pass_electd_validation() {
     let example = Example::load();
     let tmp = tempfile::tempdir().unwrap();
@@ -566,6 +656,8 @@ fn sidecar_arguments_and_config_pass_electd_validation() {
         set_flag(&mut args, "--config", &toml_path.to_string_lossy());
         let mut env = example.env();
         sandbox(&mut args, &mut env, tmp.path());
+        // electd.toml's proxy listens on every address: the test keeps to loopback.
+        env.push(("ELECTD_PROXY".into(), "127.0.0.1:0".into()));
         if !command.is_empty() {
             args.push("--".into());
             args.extend(command.iter().map(|s| s.to_string()));

@@ -263,6 +263,7 @@ impl InProcess {
             control: control_tx,
             metrics: Metrics::new(),
             members: None,
+            ready: electd::api::Ready::default(),
             allow: AllowList {
                 uids: Vec::new(),
                 gids: Vec::new(),

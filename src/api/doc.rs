@@ -206,6 +206,20 @@ impl ControlReply {
     }
 }
 
+/// `GET /ready`: whether this replica can route clients to the leader (200) or not (503).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadyDoc {
+    pub ready: bool,
+    /// Where clients are routed: the leader's advertised address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fencing_token: Option<i64>,
+    /// Why not, when not ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// An error answer: `{"error": "..."}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorDoc {

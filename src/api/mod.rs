@@ -30,7 +30,7 @@ use tokio_stream::wrappers::WatchStream;
 use crate::election::MemberSource;
 use crate::metrics::Metrics;
 use crate::status::Status;
-use doc::{ControlReply, ErrorDoc, MembersDoc};
+use doc::{ControlReply, ErrorDoc, MembersDoc, ReadyDoc};
 use socket::{AllowList, Peer};
 
 /// Which listener a request arrived on.
@@ -61,6 +61,16 @@ pub struct ApiState {
     /// Where `/members` reads the election from.
     pub members: Option<Arc<dyn MemberSource>>,
     pub allow: AllowList,
+    /// What `/ready` decides with: this replica's app address, the leader budget.
+    pub ready: Ready,
+}
+
+/// What `GET /ready` needs beyond the snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct Ready {
+    /// This replica's `--advertise` address.
+    pub own: Option<String>,
+    pub budget: Duration,
 }
 
 /// An error document with `code`.
@@ -95,6 +105,7 @@ pub fn router(state: ApiState, transport: Transport) -> Router {
         .route("/role", get(role))
         .route("/leader", get(leader))
         .route("/healthz", get(healthz))
+        .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/members", get(members))
         .route("/resign", post(resign))
@@ -159,6 +170,34 @@ async fn leader(State(s): State<Arc<ApiState>>) -> Response {
 
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+/// 200 when this replica can route clients to the leader (a leader with an advertised address
+/// is known and the view is fresh, or it leads itself), else 503 with the reason: the readiness
+/// probe of every pod whose clients go through the proxy.
+async fn ready(State(s): State<Arc<ApiState>>) -> Response {
+    let route = crate::proxy::route_of(&s.status.borrow(), s.ready.own.as_deref(), s.ready.budget);
+    let (code, doc) = match route {
+        crate::proxy::Route::To { addr, token } => (
+            StatusCode::OK,
+            ReadyDoc {
+                ready: true,
+                leader: Some(addr),
+                fencing_token: Some(token),
+                reason: None,
+            },
+        ),
+        crate::proxy::Route::Hold(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            ReadyDoc {
+                ready: false,
+                leader: None,
+                fencing_token: None,
+                reason: Some(why.to_string()),
+            },
+        ),
+    };
+    (code, Json(doc)).into_response()
 }
 
 async fn metrics(State(s): State<Arc<ApiState>>) -> Response {

@@ -21,6 +21,7 @@ fn main() {
     let mut layers = cli
         .config
         .layers(cli.flags.settings)
+        .map(electd::config::Layers::for_elect_run)
         .unwrap_or_else(|e| config_error(&e));
     let level_given = layers.given("log_level");
     opts.election_given = layers.given("election");

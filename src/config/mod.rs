@@ -180,6 +180,15 @@ pub struct Config {
     /// How long a candidate of higher priority waits before a running leader hands over to
     /// it; `None`: never pre-empt a running leader.
     pub takeover_delay: Option<Duration>,
+    /// This replica's app, published to the others (`--advertise`).
+    pub advertise: Option<String>,
+    /// Where the leader-following proxy listens, if it runs.
+    pub proxy: Option<SocketAddr>,
+    /// How long a proxied connection waits for a leader.
+    pub proxy_wait: Duration,
+    /// Run on every change of this replica's role.
+    pub on_role_change: Option<String>,
+    pub on_role_change_timeout: Duration,
     pub etcd_tls: Option<TlsFiles>,
     pub etcd_auth: Option<Auth>,
     /// Whether a command is wrapped (`-- CMD`); tightens the timing checks.
@@ -383,6 +392,21 @@ pub struct Got<T> {
 }
 
 impl Layers {
+    /// Only the settings elect-run uses: a config file or environment shared with electd
+    /// never fails elect-run on a value only the daemon reads (its proxy, health check, ...).
+    pub fn for_elect_run(mut self) -> Layers {
+        let daemon_only = |k: &str| {
+            table::SETTINGS
+                .iter()
+                .any(|s| s.key == k && s.scope == table::Scope::Daemon)
+        };
+        self.env.0.retain(|k, _| !daemon_only(k));
+        if let Some((_, file)) = self.file.as_mut() {
+            file.0.retain(|k, _| !daemon_only(k));
+        }
+        self
+    }
+
     /// The raw value of `key` from the highest layer that sets it.
     fn pick(&self, key: &'static str) -> Option<(Raw, Origin)> {
         let spec = spec_of(key);
@@ -514,7 +538,7 @@ impl Layers {
         if has_command {
             check_grace_fits(&ttl, &stop_grace)?;
         }
-        Ok(Config {
+        let config = Config {
             endpoints,
             election,
             id: match self.optional("id", parse::id)? {
@@ -548,10 +572,24 @@ impl Layers {
                 .value("priority", parse::number_between(0, 1000))?
                 .value,
             takeover_delay: self.value("takeover_delay", parse::duration_or_off)?.value,
+            advertise: self.optional("advertise", parse::host_port)?,
+            proxy: self.optional("proxy", parse::listen_addr)?,
+            proxy_wait: self
+                .optional("proxy_wait", parse::duration_between("0s", "10m"))?
+                .unwrap_or(ttl.value),
+            on_role_change: self.optional("on_role_change", parse::command)?,
+            on_role_change_timeout: self
+                .value(
+                    "on_role_change_timeout",
+                    parse::duration_between("100ms", "1h"),
+                )?
+                .value,
             etcd_tls: self.tls()?,
             etcd_auth: self.auth()?,
             has_command,
-        })
+        };
+        check_routing(&config)?;
+        Ok(config)
     }
 
     fn health(&self) -> Result<Option<crate::health::HealthCheck>, ConfigError> {
@@ -623,6 +661,27 @@ impl Layers {
             })?,
         };
         Ok(Some(Auth { user, password }))
+    }
+}
+
+/// The proxy forwards to the leader's advertised address, its own when it leads: a replica
+/// that may lead needs one, and it must not be the proxy itself.
+fn check_routing(c: &Config) -> Result<(), ConfigError> {
+    let Some(proxy) = c.proxy else { return Ok(()) };
+    match c.advertise.as_deref() {
+        None if c.priority > 0 => Err(ConfigError::Inconsistent(
+            "--proxy needs --advertise HOST:PORT, the address of this replica's app, where \
+             the proxies send clients while it leads (only an observer, --priority 0, may run \
+             a proxy without one)"
+                .into(),
+        )),
+        Some(a) if a.parse::<SocketAddr>().ok() == Some(proxy) => {
+            Err(ConfigError::Inconsistent(format!(
+                "--advertise {a} is the proxy's own address (--proxy): advertise the app's \
+                 address, which the proxy forwards to"
+            )))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -123,6 +123,31 @@ pub fn listen_addr_or_off(v: &str) -> Result<Option<SocketAddr>, String> {
     })
 }
 
+/// `HOST:PORT` of an app: a host name or address, and a port.
+pub fn host_port(v: &str) -> Result<String, String> {
+    let expected = "expected HOST:PORT such as 10.0.0.5:5432 or db-0.db:5432";
+    let v = v.trim();
+    let (host, port) = v
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{expected} (missing port)"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.contains(char::is_whitespace) || host.contains('/') {
+        return Err(format!("{expected} (bad host)"));
+    }
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{expected} (bad port {port:?})"))?;
+    Ok(v.to_string())
+}
+
+/// A listen address `HOST:PORT` with a numeric address.
+pub fn listen_addr(v: &str) -> Result<SocketAddr, String> {
+    v.trim()
+        .parse::<SocketAddr>()
+        .map_err(|_| "expected HOST:PORT with a numeric address such as 0.0.0.0:5433".into())
+}
+
 pub fn path(v: &str) -> Result<PathBuf, String> {
     if v.trim().is_empty() {
         return Err("expected a file path such as /run/electd/electd.sock".into());

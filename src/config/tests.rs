@@ -114,6 +114,39 @@ fn bad_values_name_the_field_source_and_accepted_values() {
             &[("on_exit", "panic")],
             &["invalid on_exit", "`restart`, `resign` or `exit`"],
         ),
+        (
+            &[("advertise", "db-0")],
+            &["invalid advertise", "HOST:PORT", "missing port"],
+        ),
+        (
+            &[("advertise", "db-0:0")],
+            &["invalid advertise", "bad port"],
+        ),
+        (
+            &[("advertise", "http://db:5432")],
+            &["invalid advertise", "bad host"],
+        ),
+        (
+            &[("proxy", "db:5433")],
+            &["invalid proxy", "numeric address"],
+        ),
+        (
+            &[("proxy_wait", "1h")],
+            &["invalid proxy_wait", "between 0s and 10m"],
+        ),
+        (
+            &[("on_role_change_timeout", "10ms")],
+            &["invalid on_role_change_timeout", "between 100ms and 1h"],
+        ),
+        (&[("on_role_change", " ")], &["invalid on_role_change"]),
+        (
+            &[("proxy", "0.0.0.0:6432")],
+            &["--proxy needs --advertise HOST:PORT", "--priority 0"],
+        ),
+        (
+            &[("proxy", "127.0.0.1:6432"), ("advertise", "127.0.0.1:6432")],
+            &["--advertise 127.0.0.1:6432 is the proxy's own address"],
+        ),
     ];
     for (pairs, needles) in cases {
         let mut all = vec![("election", "svc"), ("id", "a")];
@@ -331,4 +364,67 @@ fn names_too_long_for_etcd_are_refused_with_their_size() {
         msg.contains("invalid id") && msg.contains("at most 256 bytes"),
         "{msg}"
     );
+}
+
+#[test]
+fn routing_settings() {
+    let c = resolve(&[("election", "svc"), ("id", "a"), ("ttl", "7s")], false).unwrap();
+    assert_eq!((c.advertise, c.proxy), (None, None));
+    assert_eq!(
+        c.proxy_wait,
+        Duration::from_secs(7),
+        "proxy_wait defaults to the TTL"
+    );
+    assert_eq!(c.on_role_change_timeout, Duration::from_secs(10));
+    let c = resolve(
+        &[
+            ("election", "svc"),
+            ("id", "a"),
+            ("advertise", "db-0.db:5432"),
+            ("proxy", "0.0.0.0:6432"),
+            ("proxy_wait", "0s"),
+            ("on_role_change", "echo $ELECTD_ROLE"),
+        ],
+        false,
+    )
+    .unwrap();
+    assert_eq!(c.advertise.as_deref(), Some("db-0.db:5432"));
+    assert_eq!(c.proxy, Some("0.0.0.0:6432".parse().unwrap()));
+    assert_eq!(c.proxy_wait, Duration::ZERO);
+    assert_eq!(c.on_role_change.as_deref(), Some("echo $ELECTD_ROLE"));
+    let observer = resolve(
+        &[
+            ("election", "svc"),
+            ("id", "a"),
+            ("priority", "0"),
+            ("proxy", "0.0.0.0:6432"),
+        ],
+        false,
+    );
+    assert!(
+        observer.is_ok(),
+        "an observer proxies without an address of its own"
+    );
+}
+
+#[test]
+fn elect_run_ignores_what_only_the_daemon_reads() {
+    let layers = || Layers {
+        flags: Settings::default().set("election", "svc").set("id", "a"),
+        env: Settings::default()
+            .set("proxy", "0.0.0.0:6432")
+            .set("ttl", "5s"),
+        file: Some((
+            PathBuf::from("/etc/electd/svc.toml"),
+            Settings::default().set("health_interval", "never"),
+        )),
+    };
+    let err = layers().resolve(true).unwrap_err().to_string();
+    assert!(
+        err.contains("health_interval"),
+        "the daemon refuses it: {err}"
+    );
+    let c = layers().for_elect_run().resolve(true).unwrap();
+    assert_eq!(c.proxy, None);
+    assert_eq!(c.ttl, Duration::from_secs(5), "shared settings still count");
 }

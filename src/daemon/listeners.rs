@@ -10,10 +10,11 @@ use super::DaemonError;
 use crate::api::{self, ApiState, Transport};
 use crate::config::Config;
 
-/// The API's listeners, bound before the campaign starts.
+/// The API's listeners and the proxy's, bound before the campaign starts.
 pub(super) struct Listeners {
     http: Option<tokio::net::TcpListener>,
     socket: Option<(tokio::net::UnixListener, api::socket::SocketGuard)>,
+    proxy: Option<tokio::net::TcpListener>,
 }
 
 impl Listeners {
@@ -34,7 +35,19 @@ impl Listeners {
             )?),
             None => None,
         };
-        Ok(Listeners { http, socket })
+        let proxy = match config.proxy {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| DaemonError::Proxy { addr, source })?,
+            ),
+            None => None,
+        };
+        Ok(Listeners {
+            http,
+            socket,
+            proxy,
+        })
     }
 
     /// The HTTP API's address, published in the member info.
@@ -45,8 +58,13 @@ impl Listeners {
             .map(|a| a.to_string())
     }
 
-    /// Serve one router per listener until [`Api::stop`].
-    pub(super) fn serve(self, state: ApiState, limits: api::serve::Limits) -> Api {
+    /// Serve one router per listener, and the proxy, until [`Api::stop`].
+    pub(super) fn serve(
+        self,
+        state: ApiState,
+        limits: api::serve::Limits,
+        proxy: crate::proxy::ProxyConfig,
+    ) -> Api {
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut stop: watch::Receiver<bool>| async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -57,6 +75,14 @@ impl Listeners {
             let app = api::router(state.clone(), Transport::Tcp);
             let stop = stopped(stop_rx.clone());
             servers.push(tokio::spawn(api::serve::serve(listener, app, limits, stop)));
+        }
+        if let Some(listener) = self.proxy {
+            info!(addr = ?listener.local_addr().ok(), "proxy listening");
+            let stop = stopped(stop_rx.clone());
+            let (status, metrics) = (state.status.clone(), state.metrics.clone());
+            servers.push(tokio::spawn(crate::proxy::serve(
+                listener, status, proxy, metrics, stop,
+            )));
         }
         let mut guard = None;
         if let Some((listener, g)) = self.socket {

@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::status::Status;
 use crate::supervisor::{ChildSpec, Supervisor, watchdog::Watchdog};
 use eligibility::Eligibility;
-use listeners::Listeners;
+use listeners::{Api, Listeners};
 use publisher::Publisher;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,12 @@ pub enum DaemonError {
     Etcd(#[from] EtcdError),
     #[error("cannot listen on HTTP address {addr}: {source}")]
     Http {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on proxy address {addr}: {source}")]
+    Proxy {
         addr: std::net::SocketAddr,
         #[source]
         source: std::io::Error,
@@ -107,7 +113,8 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonErro
         DriverConfig {
             election: config.election.clone(),
             member: MemberInfo::new(&config.id, listeners.http_addr())
-                .with_priority(config.priority),
+                .with_priority(config.priority)
+                .with_advertise(config.advertise.clone()),
             timing,
             observe_first: !eligibility.eligible(),
             policy: Policy {
@@ -123,39 +130,26 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonErro
     metrics.eligible.set(eligibility.eligible() as i64);
     let (status_tx, status_rx) = watch::channel(status);
     let (control_tx, control_rx) = mpsc::channel(8);
-    let api = listeners.serve(
+    let api = serve_api(
+        listeners,
+        &config,
+        &backend,
         ApiState {
             status: status_rx,
             control: control_tx,
             metrics: metrics.clone(),
-            members: Some(backend.member_source(
-                &config.election,
-                timing.request_timeout.max(Duration::from_secs(2)),
-            )),
+            members: None,
             allow: api::socket::AllowList {
                 uids: config.control_uids.clone(),
                 gids: config.control_gids.clone(),
             },
-        },
-        api::serve::Limits {
-            read_header_timeout: config.read_header_timeout,
-            max_connections: api::serve::MAX_CONNECTIONS,
+            ready: api::Ready {
+                own: config.advertise.clone(),
+                budget: timing.leader_budget(),
+            },
         },
     );
-
-    let supervisor = if command.is_empty() {
-        None
-    } else {
-        let watchdog = Watchdog::spawn().map_err(DaemonError::Watchdog)?;
-        Some(Supervisor::new(
-            ChildSpec {
-                argv: command,
-                stop_signal: config.stop_signal,
-                stop_grace: config.stop_grace,
-            },
-            Some(watchdog),
-        ))
-    };
+    let supervisor = supervisor_for(&config, command)?;
     let publisher = Publisher {
         status: status_tx.clone(),
         metrics: metrics.clone(),
@@ -173,12 +167,22 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonErro
         source,
         supervisor,
         ExitPolicy::new(config.on_exit),
-        identity,
+        identity.clone(),
     )
     .observe(Box::new(publisher));
     if !eligibility.eligible() {
         lead = lead.ineligible();
     }
+    let hooks = config.on_role_change.clone().map(|cmd| {
+        let (observer, task) = crate::hooks::start(
+            cmd,
+            config.on_role_change_timeout,
+            identity,
+            metrics.clone(),
+        );
+        lead.add_observer(Box::new(observer));
+        task
+    });
     let mut owner = Owner {
         lead,
         exit_code: 0,
@@ -191,12 +195,60 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonErro
     };
     let result = owner.run(control_rx).await;
 
-    // Stop order: the command is already stopped and the lease released; now the API.
+    // Stop order: the command is already stopped and the lease released; now the API and the
+    // proxy. The hooks already queued run to their end (each bounded by its timeout).
     api.stop().await;
     let driver_result = owner.lead.into_source().shutdown().await;
+    if let Some(task) = hooks {
+        let limit = config.on_role_change_timeout * 2 + Duration::from_secs(1);
+        let _ = tokio::time::timeout(limit, task).await;
+    }
     let code = result?;
     driver_result?;
     Ok(code)
+}
+
+/// Serve the API (with `/members` read through `backend`) and the proxy until [`Api::stop`].
+fn serve_api(listeners: Listeners, config: &Config, backend: &EtcdBackend, state: ApiState) -> Api {
+    let timing = config.timing();
+    let state = ApiState {
+        members: Some(backend.member_source(
+            &config.election,
+            timing.request_timeout.max(Duration::from_secs(2)),
+        )),
+        ..state
+    };
+    listeners.serve(
+        state,
+        api::serve::Limits {
+            read_header_timeout: config.read_header_timeout,
+            max_connections: api::serve::MAX_CONNECTIONS,
+        },
+        crate::proxy::ProxyConfig {
+            own: config.advertise.clone(),
+            wait: config.proxy_wait,
+            budget: timing.leader_budget(),
+        },
+    )
+}
+
+/// The supervisor of the wrapped command, with its freeze watchdog; none without a command.
+fn supervisor_for(
+    config: &Config,
+    command: Vec<String>,
+) -> Result<Option<Supervisor>, DaemonError> {
+    if command.is_empty() {
+        return Ok(None);
+    }
+    let watchdog = Watchdog::spawn().map_err(DaemonError::Watchdog)?;
+    Ok(Some(Supervisor::new(
+        ChildSpec {
+            argv: command,
+            stop_signal: config.stop_signal,
+            stop_grace: config.stop_grace,
+        },
+        Some(watchdog),
+    )))
 }
 
 /// Run the health check, reporting changes on a bounded channel and every check to metrics.

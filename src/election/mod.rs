@@ -77,6 +77,9 @@ pub struct MemberInfo {
     /// Written by a leader handing leadership to the candidate at this key (a switchover).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handoff_to: Option<String>,
+    /// HOST:PORT of this replica's app (`--advertise`): where clients reach it when it leads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
 }
 
 impl MemberInfo {
@@ -91,7 +94,13 @@ impl MemberInfo {
             started: Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string()),
             priority: None,
             handoff_to: None,
+            advertise: None,
         }
+    }
+
+    pub fn with_advertise(mut self, advertise: Option<String>) -> MemberInfo {
+        self.advertise = advertise;
+        self
     }
 
     pub fn with_priority(mut self, priority: u32) -> MemberInfo {

@@ -242,6 +242,10 @@ impl<S: Source, R: Runner> Leadership<S, R> {
         self
     }
 
+    pub fn add_observer(&mut self, observer: Box<dyn Observer>) {
+        self.observers.push(observer);
+    }
+
     pub fn role(&self) -> &Role {
         &self.machine.role
     }

@@ -6,6 +6,7 @@
 //! `#[tokio::test]`s; the proxy runs its own runtime on a background thread.
 #![allow(dead_code, unused_imports)]
 
+mod app;
 mod electd;
 mod etcd;
 mod http;
@@ -13,6 +14,7 @@ mod ledger;
 mod proxy;
 mod tls;
 
+pub use app::{NameApp, ask, ask_once, connect};
 pub use electd::{Daemon, DaemonSpec, electd_binary, leaders, read_lines, wait_one_leader};
 pub use etcd::{Etcd, EtcdCluster, EtcdOptions};
 pub use http::{http_get, http_request, unix_http};

@@ -1,0 +1,156 @@
+//! Role-change hooks (`--on-role-change`) against a real etcd: they run in order with their
+//! environment, and a hook that hangs delays neither the election nor the wrapped command.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A hook that appends one line per change: role, previous role, id, election, leader, token.
+fn recording(file: &Path) -> String {
+    format!(
+        "echo \"$ELECTD_ROLE $ELECTD_PREV_ROLE $ELECTD_ID $ELECTD_ELECTION \
+         ${{ELECTD_LEADER_ID:--}} ${{ELECTD_FENCING_TOKEN:--}}\" >> {}",
+        file.display()
+    )
+}
+
+fn hook_metric(d: &Daemon, result: &str) -> f64 {
+    let (_, page) = http_get(&d.http, "/metrics").unwrap();
+    metric_sum(
+        &page,
+        "electd_role_change_hooks_total",
+        &[&format!("result=\"{result}\"")],
+    )
+}
+
+#[test]
+fn hooks_run_in_order_with_the_role_change_in_their_environment() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (fa, fb) = (dir.path().join("a"), dir.path().join("b"));
+    let a = DaemonSpec::new(&etcd.endpoint(), "hooks", "a")
+        .args(&["--on-role-change", &recording(&fa)])
+        .start();
+    wait_until(Duration::from_secs(10), "a to lead", || a.is_leader());
+    let t1 = a.fencing_token().unwrap();
+    let b = DaemonSpec::new(&etcd.endpoint(), "hooks", "b")
+        .args(&["--on-role-change", &recording(&fb)])
+        .start();
+    wait_until(Duration::from_secs(5), "b's hook", || {
+        !read_lines(&fb).is_empty()
+    });
+    assert_eq!(
+        read_lines(&fb),
+        [format!("follower candidate b hooks a {t1}")],
+        "b found a leading"
+    );
+    let (code, reply) = a.control("/resign");
+    assert_eq!(code, 200, "{reply}");
+    wait_until(Duration::from_secs(5), "b to lead", || b.is_leader());
+    let t2 = b.fencing_token().unwrap();
+    assert!(t2 > t1);
+    wait_until(Duration::from_secs(5), "the hooks of the handoff", || {
+        read_lines(&fb).len() == 2
+            && read_lines(&fa)
+                .last()
+                .is_some_and(|l| l.starts_with("follower"))
+    });
+    assert_eq!(
+        read_lines(&fb),
+        [
+            format!("follower candidate b hooks a {t1}"),
+            format!("leader follower b hooks b {t2}"),
+        ]
+    );
+    // a: elected, then out of the lead; whatever it passed through on the way back (a short
+    // spell as candidate), its changes are consecutive and end as b's follower.
+    let la = read_lines(&fa);
+    assert_eq!(la[0], format!("leader candidate a hooks a {t1}"), "{la:?}");
+    assert_eq!(
+        la.last().unwrap(),
+        &format!("follower {} a hooks b {t2}", prev_role(&la))
+    );
+    for w in la.windows(2) {
+        let role = w[0].split(' ').next().unwrap();
+        let prev = w[1].split(' ').nth(1).unwrap();
+        assert_eq!(
+            role, prev,
+            "each hook's previous role is the role before: {la:?}"
+        );
+    }
+    // Shutdown is a change too: the hook runs before electd exits.
+    let mut b = b;
+    b.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(b.wait_exit(Duration::from_secs(10)).success());
+    assert_eq!(
+        read_lines(&fb).last().unwrap(),
+        "stopping leader b hooks - -",
+        "{:?}",
+        read_lines(&fb)
+    );
+    assert!(hook_metric(&a, "ok") >= 2.0);
+}
+
+/// The previous role on the last line of a hook file.
+fn prev_role(lines: &[String]) -> String {
+    lines
+        .last()
+        .and_then(|l| l.split(' ').nth(1))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_hook_that_hangs_delays_nothing_and_is_killed_after_its_timeout() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledger");
+    let pids = dir.path().join("hook-pids");
+    let hook = format!("echo $$ >> {}; exec sleep 1000", pids.display());
+    let spec = |id: &str| {
+        DaemonSpec::new(&etcd.endpoint(), "hang", id)
+            .args(&["--on-role-change", &hook, "--on-role-change-timeout", "2s"])
+            .sh(&format!(
+                "echo \"$ELECTD_ID start\" >> {}; exec sleep 1000",
+                ledger.display()
+            ))
+    };
+    let a = spec("a").start();
+    wait_until(Duration::from_secs(10), "a to lead", || a.is_leader());
+    // The command starts with its hook still hanging.
+    wait_until(Duration::from_secs(2), "a's command", || {
+        read_lines(&ledger).contains(&"a start".to_string())
+    });
+    let b = spec("b").start();
+    wait_until(Duration::from_secs(5), "b to follow", || {
+        b.role().is_some_and(|r| r["role"] == "follower")
+    });
+    // A handoff with every hook hanging is as quick as without: a stops its command (1 s
+    // grace at most; `sleep` stops at once on SIGTERM), b leads and starts its own.
+    let asked = Instant::now();
+    let (code, reply) = a.control("/resign");
+    assert_eq!(code, 200, "{reply}");
+    wait_until(Duration::from_secs(5), "b's command", || {
+        read_lines(&ledger).contains(&"b start".to_string())
+    });
+    let took = asked.elapsed();
+    eprintln!("handoff with hanging hooks: {took:?}");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    // The hanging hooks are killed after their timeout and counted.
+    wait_until(Duration::from_secs(8), "a hook timeout counted", || {
+        hook_metric(&a, "timeout") >= 1.0
+    });
+    // The first hook (a's, on being elected) is gone, killed.
+    let first: i32 = read_lines(&pids)[0].parse().unwrap();
+    assert!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), None).is_err(),
+        "hook {first} still runs after its timeout"
+    );
+    assert!(
+        a.log_text()
+            .contains("role-change hook killed after its timeout")
+    );
+}
