@@ -92,6 +92,13 @@ pub enum Op {
     /// Cut the member's raft links to its peers (clients still reach it); heal all of them.
     Isolate(ProxyMode),
     HealPeers,
+    /// Make the replica's health check fail / pass again.
+    HealthFail,
+    HealthPass,
+    /// Once the SIGTERMed electd has exited, start it again with this priority.
+    Reprioritize(u32),
+    /// `electd resign --to n<J> --socket …` on the replica.
+    SwitchTo(usize),
 }
 
 /// What a fault holds while it runs; two faults of one episode never hold the same one.
@@ -101,17 +108,23 @@ pub enum Resource {
     Link(usize),
     Member(usize),
     Peers,
+    Health(usize),
 }
 
 impl Op {
     /// What this op holds when done to replica or member `i`.
     pub fn resources(self, i: usize) -> Vec<Resource> {
         match self {
-            Op::Kill9 | Op::Restart | Op::Freeze | Op::Thaw | Op::Term | Op::StartWhenExited => {
-                vec![Resource::Process(i)]
-            }
+            Op::Kill9
+            | Op::Restart
+            | Op::Freeze
+            | Op::Thaw
+            | Op::Term
+            | Op::StartWhenExited
+            | Op::Reprioritize(_) => vec![Resource::Process(i)],
             Op::Link(_) | Op::Delay(..) => vec![Resource::Link(i)],
-            Op::Control(_) => vec![],
+            Op::Control(_) | Op::SwitchTo(_) => vec![],
+            Op::HealthFail | Op::HealthPass => vec![Resource::Health(i)],
             Op::MemberKill | Op::MemberStart | Op::MemberFreeze | Op::MemberThaw => {
                 vec![Resource::Member(i)]
             }
@@ -345,6 +358,51 @@ pub const KINDS: &[Kind] = &[
             }
             f.detail = actions.join(",");
             f
+        },
+    },
+    Kind {
+        name: "health-flap",
+        weight: 8,
+        what: "a replica's health check (the leader's half the time) failing for 0.3–4 s, then \
+               passing (checked every 200 ms; 2 failures make it ineligible, 2 passes eligible)",
+        plan: |rng| {
+            let r = replica(rng);
+            let failing = rng.millis(300, 4000);
+            Fault::new("health-flap", format!("failing {failing:?}"))
+                .target(Target::Replica(r))
+                .step(Duration::ZERO, 0, Op::HealthFail)
+                .step(failing, 0, Op::HealthPass)
+        },
+    },
+    Kind {
+        name: "priority-shift",
+        weight: 6,
+        what: "SIGTERM of electd, started again 0.2–1 s after it exited with another priority: \
+               0 (an observer; at most two at once), 1, 2 or 3 (a higher one takes over from a \
+               running leader after the 1 s takeover delay)",
+        plan: |rng| {
+            let r = replica(rng);
+            let after = rng.millis(200, 1000);
+            let priority = rng.below(4) as u32;
+            Fault::new(
+                "priority-shift",
+                format!("priority {priority} after {after:?}"),
+            )
+            .target(Target::Replica(r))
+            .step(Duration::ZERO, 0, Op::Term)
+            .step(after, 0, Op::Reprioritize(priority))
+        },
+    },
+    Kind {
+        name: "switchover",
+        weight: 6,
+        what: "`electd resign --to nJ` on the leader, to any replica (refused, exit 1, when nJ \
+               is the leader itself or not an eligible candidate)",
+        plan: |rng| {
+            let to = rng.below(REPLICAS as u64) as usize;
+            Fault::new("switchover", format!("to n{to}"))
+                .target(Target::Replica(Replica::Leader))
+                .step(Duration::ZERO, 0, Op::SwitchTo(to))
         },
     },
 ];

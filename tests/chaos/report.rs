@@ -508,32 +508,35 @@ pub fn write(
 
 /// What runs of this nemesis have found so far (kept in the report until fixed).
 const FINDINGS: &str = "\
-**A thawed etcd raft leader revokes live leases, and electd stops its command one revoke round \
-trip after its key is gone.** Seen once in the suite's 10-fault form (seed 33) and about every \
-other run of `chaos_regression_thawed_raft_leader` (the raft leader frozen for 4 s, three \
-times); both tests are `#[ignore]`d until it is fixed (`cargo nextest run --test chaos \
+**A thawed etcd raft leader revokes live leases (etcd's bug), so two commands can run for a few \
+milliseconds.** Seen once in the suite's 10-fault form (seed 33) and about every other run of \
+`chaos_regression_thawed_raft_leader` (the raft leader frozen for 4 s, three times); both tests \
+are `#[ignore]`d because they fail on Debian's etcd (`cargo nextest run --test chaos \
 --run-ignored only chaos_regression`).
 
 1. etcd 3.4.23 (Debian's) lets a raft leader that was frozen longer than the lease TTL revoke, \
 when it thaws, every lease that expired in its stale view (etcd-io/etcd#15247, fixed by #16822, \
-in 3.4 by #17465), although their owners kept them alive through the new leader. In the \
-reproduction the etcd logs show the revokes coming from the thawed member (request ids with its \
-member prefix) right at the thaw, and three replicas' keys vanish at one revision, the electd \
-leader's among them, while it was `leader` (never `suspect`).
-2. electd reacts to its key vanishing in the wrong order: the election driver revokes the \
-(already gone) lease first (`src/election/mod.rs`, `SessionLost` → `release(lease)` → only then \
-the view loses the session) and the role machine stops the command after that round trip \
-(11–15 ms here; the revoke waits up to the reply pace, so longer on a slow etcd). Meanwhile the \
-next replica is elected and starts its command: seed 33, n3's command was reaped 21.5818 and n0 \
-spawned its command at 21.5811; the reproduction, 12 ms with two commands alive. Fencing tokens \
-stayed ordered (8 → 304, 133 → 282), so a fenced downstream would still refuse the old leader's \
-late writes.
-3. The children's ledger alone shows no overlap in either case (the old command writes `stop` on \
-SIGTERM before the new one writes `start`): the etcd check (alive after its key's deletion \
-revision) is what catches it.
+in 3.4 by #17465: etcd 3.4.30 and 3.5.13), although their owners kept them alive through the new \
+leader. In the reproduction the etcd logs show the revokes coming from the thawed member \
+(request ids with its member prefix) right at the thaw, and three replicas' keys vanish at one \
+revision, the electd leader's among them, while it was `leader` (never `suspect`). Leadership \
+moves at once: the next replica is elected within milliseconds, with no TTL to wait out.
+2. electd used to make it worse: its election driver revoked the (already gone) lease before the \
+role machine heard that the session was lost, so the command was stopped one revoke round trip \
+late (11–15 ms). Fixed: the driver now publishes the loss first and the stop signal goes out \
+before anything else. Since then the old command has lived 2–14 ms after its key's deletion \
+(the watch event's delivery, then SIGTERM and the child's exit), and the ledger showed no \
+overlap in 4 runs of the reproduction; the etcd check still flags those milliseconds, because \
+no client can stop before it learns of a revocation it did not ask for. Fencing tokens stay \
+ordered (the new leader's is higher), so a fenced downstream refuses the old leader's late \
+writes: that is the defence against this etcd bug, together with running a fixed etcd.
+3. The children's ledger alone shows no overlap (the old command writes `stop` on SIGTERM before \
+the new one writes `start`): the etcd check (alive after its key's deletion revision) is what \
+catches it.
 
 The suite's short run uses a fixed seed without a freeze longer than the TTL (`CI_SEED`) so \
-that etcd's bug does not fail it at random; `scripts/chaos.sh` keeps member freezes of 1–5 s.";
+that etcd's bug does not fail it at random; `scripts/chaos.sh` keeps member freezes of 1–5 s, \
+so a long run on Debian's etcd can report this finding.";
 
 // ---------------------------------------------------------------------------
 // Pictures
@@ -548,7 +551,7 @@ const REPLICA_COLOURS: [RGBColor; REPLICAS] = [
 ];
 
 fn kind_colour(kind: &str) -> RGBColor {
-    const C: [RGBColor; 10] = [
+    const C: [RGBColor; 13] = [
         RGBColor(214, 39, 40),
         RGBColor(127, 127, 127),
         RGBColor(23, 190, 207),
@@ -559,6 +562,9 @@ fn kind_colour(kind: &str) -> RGBColor {
         RGBColor(174, 199, 232),
         RGBColor(197, 176, 213),
         RGBColor(247, 182, 210),
+        RGBColor(140, 86, 75),
+        RGBColor(31, 119, 180),
+        RGBColor(219, 219, 141),
     ];
     let i = KINDS.iter().position(|k| k.name == kind).unwrap_or(0);
     C[i % C.len()]
