@@ -326,10 +326,20 @@ fn keys_deleted_or_leases_revoked_from_outside_stop_the_child_at_once_and_everyo
                 l.len() == 1 && daemons[l[0]].fencing_token().is_some_and(|t| t > token)
             },
         );
-        wait_until(Duration::from_secs(5), "three new candidate keys", || {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
             let now = keys();
-            now.len() == 3 && now.iter().all(|k| !old_keys.contains(k))
-        });
+            if now.len() == 3 && now.iter().all(|k| !old_keys.contains(k)) {
+                break;
+            }
+            if Instant::now() > deadline {
+                for d in &daemons {
+                    eprintln!("==== {}\n{}", d.id(), d.log_tail(40));
+                }
+                panic!("{what}: no three new candidate keys: old {old_keys:?}, now {now:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let new_token = daemons[leaders(&daemons)[0]].fencing_token().unwrap();
         wait_until(Duration::from_secs(3), "the new leader's child", || {
             starts(&ledger(&l))

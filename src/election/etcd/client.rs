@@ -104,16 +104,29 @@ impl Clients {
     }
 
     /// Check a linearizable answer (a read, a transaction, a grant: each confirmed by a quorum)
-    /// against the history seen so far. A revision below one already seen means etcd's history
-    /// was rewound — rebuilt from empty, or restored from an older snapshot — and fencing tokens
-    /// would repeat: [`EtcdError::HistoryRewound`], until the revision passes the old one. A
-    /// changed cluster id with a history that goes on (a restore of the latest snapshot) is fine.
+    /// against `floor`, the highest revision seen before the request was sent
+    /// ([`Clients::max_revision`]): a linearizable request sent after revision R was seen
+    /// answers at R or later. Below means etcd's history was rewound — rebuilt from empty, or
+    /// restored from an older snapshot — and fencing tokens would repeat:
+    /// [`EtcdError::HistoryRewound`], until the revision passes the highest seen. (Not against
+    /// the highest revision seen *now*: a watch event can raise that while the request is in
+    /// flight, and the answer is then older than the event yet perfectly fine.) A changed
+    /// cluster id with a history that goes on (a restore of the latest snapshot) is fine.
     /// (Keepalive and watch answers are not checked: a member that was frozen can answer those
     /// from its stale state.)
-    pub fn check(&self, header: Option<&etcd_client::ResponseHeader>) -> Result<(), EtcdError> {
+    pub fn check(
+        &self,
+        floor: i64,
+        header: Option<&etcd_client::ResponseHeader>,
+    ) -> Result<(), EtcdError> {
         let Some(h) = header else { return Ok(()) };
         let mut history = self.history();
-        if h.revision() < history.max_revision {
+        if rewound(
+            floor,
+            h.revision(),
+            history.max_revision,
+            history.rewound.is_some(),
+        ) {
             if history.rewound.is_none() {
                 tracing::error!(
                     seen = history.max_revision,
@@ -144,7 +157,7 @@ impl Clients {
             );
         }
         history.cluster_id = Some(h.cluster_id());
-        history.max_revision = h.revision();
+        history.max_revision = history.max_revision.max(h.revision());
         Ok(())
     }
 
@@ -184,6 +197,13 @@ impl Clients {
         }
         r
     }
+}
+
+/// Whether an answer at `revision`, to a linearizable request sent when `floor` was the highest
+/// revision seen, shows etcd's history rewound; `max_seen` is the highest revision seen now and
+/// `already` whether the history is known to be rewound (then only passing `max_seen` ends it).
+fn rewound(floor: i64, revision: i64, max_seen: i64, already: bool) -> bool {
+    revision < floor || (already && revision < max_seen)
 }
 
 /// Why a replica does not lead while etcd's history is rewound below `seen`.
@@ -387,4 +407,30 @@ fn dropped(e: &EtcdError) -> bool {
     ]
     .iter()
     .any(|s| text.contains(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rewound;
+
+    #[test]
+    fn rewound_table() {
+        #[rustfmt::skip]
+        let cases: &[(&str, i64, i64, i64, bool, bool)] = &[
+            // name, floor, revision, max seen now, already rewound, want
+            ("at the floor", 8, 8, 8, false, false),
+            ("past it", 8, 12, 8, false, false),
+            ("below it: rewound", 8, 3, 8, false, true),
+            ("a watch event raised the mark while the request was in flight: fine", 7, 7, 8, false, false),
+            ("still below the mark once rewound", 3, 5, 8, true, true),
+            ("passing the mark ends it", 3, 8, 8, true, false),
+        ];
+        for (name, floor, revision, max_seen, already, want) in cases {
+            assert_eq!(
+                rewound(*floor, *revision, *max_seen, *already),
+                *want,
+                "{name}"
+            );
+        }
+    }
 }

@@ -158,6 +158,7 @@ impl Observe {
             .with_sort(SortTarget::Create, SortOrder::Ascend);
         let prefix = self.prefix.clone();
         let sent = Instant::now();
+        let floor = self.clients.max_revision();
         let resp = self
             .clients
             .call("election read", pace.now(), 0, |mut c| async move {
@@ -165,7 +166,7 @@ impl Observe {
             })
             .await;
         let resp = pace.note(sent, resp)?;
-        self.clients.check(resp.header())?;
+        self.clients.check(floor, resp.header())?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         let delta = self.queue.reset(revision, resp.kvs().iter().map(candidate));
         self.need_read = false;

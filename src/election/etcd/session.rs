@@ -21,12 +21,13 @@ pub(super) async fn grant(
     after: Duration,
 ) -> Result<i64, EtcdError> {
     let secs = ttl.as_secs() as i64;
+    let floor = clients.max_revision();
     let resp = clients
         .call("lease grant", after, 0, |mut c| async move {
             c.lease_grant(secs, None).await
         })
         .await?;
-    clients.check(resp.header())?;
+    clients.check(floor, resp.header())?;
     Ok(resp.id())
 }
 

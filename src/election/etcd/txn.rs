@@ -55,10 +55,11 @@ pub(super) async fn put_if_absent(
             Some(PutOptions::new().with_lease(lease)),
         )])
         .or_else([TxnOp::get(key, None)]);
+    let floor = clients.max_revision();
     let resp = clients
         .call(op, after, lease, |mut c| async move { c.txn(txn).await })
         .await?;
-    clients.check(resp.header())?;
+    clients.check(floor, resp.header())?;
     if resp.succeeded() {
         return Ok(PutIfAbsent::Created(
             resp.header().map(|h| h.revision()).unwrap_or_default(),
@@ -80,12 +81,13 @@ pub(super) async fn candidates(
     let opts = GetOptions::new()
         .with_prefix()
         .with_sort(SortTarget::Create, SortOrder::Ascend);
+    let floor = clients.max_revision();
     let resp = clients
         .call("election list", after, 0, |mut c| async move {
             c.get(prefix, Some(opts)).await
         })
         .await?;
-    clients.check(resp.header())?;
+    clients.check(floor, resp.header())?;
     let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
     Ok((revision, resp.kvs().iter().map(candidate).collect()))
 }
@@ -111,12 +113,13 @@ pub(super) async fn update_candidate(
             value,
             Some(PutOptions::new().with_lease(lease)),
         )]);
+    let floor = clients.max_revision();
     let resp = clients
         .call("candidate update", after, lease, |mut c| async move {
             c.txn(txn).await
         })
         .await?;
-    clients.check(resp.header())?;
+    clients.check(floor, resp.header())?;
     Ok(resp.succeeded())
 }
 
@@ -188,11 +191,12 @@ pub(super) async fn update_slot(
             Compare::mod_revision(key, CompareOp::Equal, mod_revision),
         ])
         .and_then([TxnOp::put(key, value, Some(put))]);
+    let floor = clients.max_revision();
     let resp = clients
         .call("slot record update", after, 0, |mut c| async move {
             c.txn(txn).await
         })
         .await?;
-    clients.check(resp.header())?;
+    clients.check(floor, resp.header())?;
     Ok(resp.succeeded())
 }
