@@ -219,6 +219,7 @@ async fn run_command(cmd: &str, env: &[(String, String)], limit: Duration) -> Ou
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    crate::supervisor::die_with_electd(&mut command);
     let child = match command.spawn() {
         Ok(c) => c,
         Err(e) => return Outcome::Fail(format!("cannot run sh: {e}")),

@@ -117,6 +117,7 @@ async fn run(command: &str, env: &[(String, String)], limit: Duration) -> &'stat
         .stdin(Stdio::null())
         .process_group(0)
         .kill_on_drop(true);
+    crate::supervisor::die_with_electd(&mut cmd);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

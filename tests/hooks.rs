@@ -109,7 +109,10 @@ fn a_hook_that_hangs_delays_nothing_and_is_killed_after_its_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = dir.path().join("ledger");
     let pids = dir.path().join("hook-pids");
-    let hook = format!("echo $$ >> {}; exec sleep 1000", pids.display());
+    let hook = format!(
+        "echo \"$ELECTD_ID $$\" >> {}; exec sleep 1000",
+        pids.display()
+    );
     let spec = |id: &str| {
         DaemonSpec::new(&etcd.endpoint(), "hang", id)
             .args(&["--on-role-change", &hook, "--on-role-change-timeout", "2s"])
@@ -144,13 +147,40 @@ fn a_hook_that_hangs_delays_nothing_and_is_killed_after_its_timeout() {
         hook_metric(&a, "timeout") >= 1.0
     });
     // The first hook (a's, on being elected) is gone, killed.
-    let first: i32 = read_lines(&pids)[0].parse().unwrap();
-    assert!(
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(first), None).is_err(),
-        "hook {first} still runs after its timeout"
-    );
+    let pid_of = |line: &str| -> i32 { line.split(' ').nth(1).unwrap().parse().unwrap() };
+    let first = pid_of(&read_lines(&pids)[0]);
+    assert!(!alive(first), "hook {first} still runs after its timeout");
     assert!(
         a.log_text()
             .contains("role-change hook killed after its timeout")
     );
+    // electd killed with SIGKILL takes its running hook with it.
+    let mut a = a;
+    wait_until(Duration::from_secs(5), "a hook of a's to run", || {
+        read_lines(&pids)
+            .iter()
+            .filter(|l| l.starts_with("a "))
+            .any(|l| alive(pid_of(l)))
+    });
+    a.kill9();
+    let a_hooks: Vec<i32> = read_lines(&pids)
+        .iter()
+        .filter(|l| l.starts_with("a "))
+        .map(|l| pid_of(l))
+        .collect();
+    wait_until(Duration::from_secs(2), "a's hooks to die with it", || {
+        !a_hooks.iter().any(|p| alive(*p))
+    });
+}
+
+/// Whether process `pid` exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .and_then(|r| r.trim_start().chars().next())
+        })
+        .is_some_and(|state| state != 'Z')
 }

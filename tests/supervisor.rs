@@ -463,6 +463,19 @@ fn grows(file: &std::path::Path, over: Duration) -> bool {
     size() > before
 }
 
+/// Kills whatever still writes to the file on drop: an escapee outlives a SIGKILLed electd
+/// (the watchdog kills the command's group, which the escapee left), so a failing test must
+/// not leave it running.
+struct Reap<'a>(&'a std::path::Path);
+
+impl Drop for Reap<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("pkill")
+            .args(["-f", &self.0.display().to_string()])
+            .status();
+    }
+}
+
 /// A process that leaves the command's process group and session, writing to `file`.
 fn escapee(file: &std::path::Path) -> String {
     format!(
@@ -477,6 +490,7 @@ fn a_process_that_escapes_the_group_with_setsid_is_stopped_with_the_command() {
     let dir = tempfile::tempdir().unwrap();
     // The command's shell stays: the escapee is found in its tree.
     let kept = dir.path().join("kept");
+    let _reap = Reap(&kept);
     let d = DaemonSpec::new(&etcd.endpoint(), "escape", "a")
         .sh(&format!("{} sleep 1000", escapee(&kept)))
         .start();
@@ -500,6 +514,7 @@ fn an_orphan_that_escaped_the_group_is_adopted_and_stopped_when_the_command_ends
     let dir = tempfile::tempdir().unwrap();
     // The command's shell exits at once: the escapee is orphaned and reparented to electd.
     let orphan = dir.path().join("orphan");
+    let _reap = Reap(&orphan);
     let d = DaemonSpec::new(&etcd.endpoint(), "orphan", "a")
         .args(&["--on-exit", "exit"])
         .sh(&format!("{} sleep 0.5", escapee(&orphan)))

@@ -135,18 +135,7 @@ impl Supervisor {
             .envs(env.iter().map(|(k, v)| (k, v)))
             .process_group(0)
             .kill_on_drop(false);
-        let parent = nix::unistd::getpid();
-        // SAFETY: only async-signal-safe calls (prctl, getppid, kill) run between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-                if nix::unistd::getppid() != parent {
-                    // electd died between fork and prctl.
-                    return Err(std::io::Error::other("parent died"));
-                }
-                Ok(())
-            });
-        }
+        die_with_electd(&mut cmd);
         let child = cmd.spawn().map_err(|source| SupervisorError::Spawn {
             program: program.clone(),
             source,
@@ -256,5 +245,23 @@ async fn wait_group_gone(pgid: Pid, limit: Duration) {
             return;
         }
         sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Make a process electd starts (the command, a health check, a hook) get SIGKILL when electd
+/// dies, even by SIGKILL (`PR_SET_PDEATHSIG`; processes it starts in turn are the watchdog's and
+/// the subreaper's business).
+pub fn die_with_electd(cmd: &mut Command) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: only async-signal-safe calls (prctl, getppid) run between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            if nix::unistd::getppid() != parent {
+                // electd died between fork and prctl.
+                return Err(std::io::Error::other("parent died"));
+            }
+            Ok(())
+        });
     }
 }
