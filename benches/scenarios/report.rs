@@ -53,7 +53,7 @@ pub fn quantile(v: &[f64], q: f64) -> Option<f64> {
     Some(s[rank - 1])
 }
 
-/// A figure, side by side for the section's two columns.
+/// A figure, side by side for the section's columns (one value per column).
 #[derive(Debug, Clone)]
 pub struct Row {
     pub id: &'static str,
@@ -61,7 +61,7 @@ pub struct Row {
     pub unit: &'static str,
     /// Whether a negative value is meaningful (an overlap, a time minus the TTL).
     pub signed: bool,
-    pub cols: [Value; 2],
+    pub cols: Vec<Value>,
 }
 
 /// One scenario's results.
@@ -71,7 +71,7 @@ pub struct Section {
     pub title: String,
     /// How it was measured.
     pub about: String,
-    pub columns: [String; 2],
+    pub columns: Vec<String>,
     /// Samples a row has when no iteration failed.
     pub expected: usize,
     pub rows: Vec<Row>,
@@ -81,12 +81,17 @@ pub struct Section {
 }
 
 impl Section {
-    pub fn new(key: &'static str, title: &str, about: &str, columns: [&str; 2]) -> Section {
+    pub fn new<'a>(
+        key: &'static str,
+        title: &str,
+        about: &str,
+        columns: impl IntoIterator<Item = &'a str>,
+    ) -> Section {
         Section {
             key,
             title: title.to_string(),
             about: about.to_string(),
-            columns: columns.map(str::to_string),
+            columns: columns.into_iter().map(str::to_string).collect(),
             expected: 0,
             rows: Vec::new(),
             notes: Vec::new(),
@@ -95,14 +100,17 @@ impl Section {
         }
     }
 
+    /// Add a row; its values fill the columns from the left (missing ones read `—`).
     pub fn push(
         &mut self,
         id: &'static str,
         figure: &str,
         unit: &'static str,
         signed: bool,
-        cols: [Value; 2],
+        cols: impl Into<Vec<Value>>,
     ) {
+        let mut cols = cols.into();
+        cols.resize(self.columns.len().max(cols.len()), Value::Missing);
         self.rows.push(Row {
             id,
             figure: figure.to_string(),
@@ -390,18 +398,17 @@ impl Report {
             let _ = writeln!(o, "{}\n", s.about);
             let _ = writeln!(
                 o,
-                "| figure | unit | {} | {} |\n|---|---|---|---|",
-                s.columns[0], s.columns[1]
+                "| figure | unit | {} |\n|---|---|{}",
+                s.columns.join(" | "),
+                "---|".repeat(s.columns.len())
             );
             for r in &s.rows {
-                let _ = writeln!(
-                    o,
-                    "| {} | {} | {} | {} |",
-                    r.figure,
-                    r.unit,
-                    cell(&r.cols[0], s.expected, r.signed),
-                    cell(&r.cols[1], s.expected, r.signed)
-                );
+                let cells: Vec<String> = r
+                    .cols
+                    .iter()
+                    .map(|v| cell(v, s.expected, r.signed))
+                    .collect();
+                let _ = writeln!(o, "| {} | {} | {} |", r.figure, r.unit, cells.join(" | "));
             }
             if !s.notes.is_empty() || !s.failures.is_empty() {
                 let _ = writeln!(o);
