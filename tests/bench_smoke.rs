@@ -100,10 +100,11 @@ fn every_benchmark_scenario_produces_sane_figures() {
     assert!(!text.contains("NaN"), "{text}");
 }
 
-/// Not a check: the role API scenario re-runs this executable with this test selected to
-/// serve its bare axum baseline in a process of its own. Without that, it returns at once.
+/// Not a check: the scenarios re-run this executable with this test selected for work in a
+/// process of its own (the role API's bare axum baseline, an in-process scale run). Without
+/// that, it returns at once.
 #[test]
-#[ignore = "started by the role API scenario as its baseline server process"]
-fn axum_baseline_process() {
-    scenarios::api::serve_baseline_if_asked();
+#[ignore = "started by the benchmark scenarios as a helper process"]
+fn bench_helper_process() {
+    scenarios::helper_if_asked();
 }
