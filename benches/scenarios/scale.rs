@@ -22,9 +22,9 @@ use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
 use super::report::num;
-use super::trace::{EtcdCounters, rss_mb, watchdog_of};
+use super::trace::{EtcdCounters, rss_mb};
 use super::{BenchConfig, Section, Value, attempt, electd_spec, start_helper};
-use crate::common::{Daemon, Etcd, http_get, wait_child_timeout, wait_one_leader};
+use crate::common::{Daemon, Etcd, http_get, wait_child_timeout, wait_until};
 
 /// What one column measured. Times in milliseconds, memory in MB.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -36,8 +36,6 @@ pub struct Figures {
     pub memory: Vec<f64>,
     /// In process: the whole RSS growth for N candidates.
     pub memory_total: Option<f64>,
-    /// Processes: RSS of electd's freeze watchdog processes.
-    pub watchdog_rss: Vec<f64>,
     /// Per leader change.
     pub to_leader: Vec<f64>,
     pub all_follow: Vec<f64>,
@@ -48,8 +46,9 @@ pub struct Figures {
     pub cpu_ms: Vec<f64>,
     pub window_ms: Vec<f64>,
     pub wakeups: Vec<f64>,
-    /// etcd's CPU in windows of the same length without any change.
+    /// etcd's CPU, and the reads it served, in windows of the same length without any change.
     pub idle_cpu_ms: Vec<f64>,
+    pub idle_reads: Vec<f64>,
     /// Per join.
     pub join_range: Vec<f64>,
     pub join_txn: Vec<f64>,
@@ -77,15 +76,17 @@ impl Figures {
     }
 }
 
-/// etcd's CPU in `k` windows of `window` without any change, in milliseconds.
-fn idle_windows(etcd: &Etcd, window: Duration, k: usize) -> Vec<f64> {
+/// etcd's CPU (milliseconds) and the reads it served in `k` windows of `window` without any
+/// change.
+fn idle_windows(etcd: &Etcd, window: Duration, k: usize) -> (Vec<f64>, Vec<f64>) {
     (0..k)
         .map(|_| {
             let a = EtcdCounters::read(etcd);
             std::thread::sleep(window);
-            EtcdCounters::read(etcd).since(&a).cpu * 1e3
+            let d = EtcdCounters::read(etcd).since(&a);
+            (d.cpu * 1e3, d.reads())
         })
-        .collect()
+        .unzip()
 }
 
 // ---------------------------------------------------------------------------
@@ -96,6 +97,24 @@ fn idle_windows(etcd: &Etcd, window: Duration, k: usize) -> Vec<f64> {
 fn role(addr: &str, path: &str) -> Option<serde_json::Value> {
     let (code, body) = http_get(addr, path).ok()?;
     (code == 200).then(|| serde_json::from_str(&body).ok())?
+}
+
+/// Wait until every daemon answers, exactly one leads and every other one names it; its index.
+fn wait_all_agree(daemons: &[Daemon], within: Duration) -> usize {
+    let mut found = None;
+    wait_until(within, "one leader that every replica names", || {
+        let docs: Option<Vec<serde_json::Value>> =
+            daemons.iter().map(|d| role(&d.http, "/role")).collect();
+        let Some(docs) = docs else { return false };
+        let leaders: Vec<usize> = (0..docs.len())
+            .filter(|i| docs[*i]["role"] == "leader")
+            .collect();
+        let [l] = leaders[..] else { return false };
+        let token = &docs[l]["fencing_token"];
+        found = Some(l);
+        docs.iter().all(|d| d["fencing_token"] == *token)
+    });
+    found.expect("set when the wait succeeded")
 }
 
 /// Long-poll `/role` on `addr` until it names a leader other than `old`; when, and whether this
@@ -135,7 +154,7 @@ fn processes(cfg: &BenchConfig) -> Figures {
     let t = std::time::Instant::now();
     let mut daemons: Vec<Daemon> = (0..n).map(|i| spec(i).start()).collect();
     let mut next = n;
-    wait_one_leader(&daemons, Duration::from_secs(120));
+    wait_all_agree(&daemons, Duration::from_secs(120));
     f.settle_s = Some(t.elapsed().as_secs_f64());
     cfg.progress(&format!(
         "scale: {n} electd processes settled in {:.1} s",
@@ -143,15 +162,10 @@ fn processes(cfg: &BenchConfig) -> Figures {
     ));
     std::thread::sleep(Duration::from_secs(1));
     f.memory = daemons.iter().filter_map(|d| rss_mb(d.pid())).collect();
-    f.watchdog_rss = daemons
-        .iter()
-        .take(5)
-        .filter_map(|d| rss_mb(watchdog_of(d.pid())?))
-        .collect();
-    f.idle_cpu_ms = idle_windows(&etcd, cfg.scale_window, 3);
+    (f.idle_cpu_ms, f.idle_reads) = idle_windows(&etcd, cfg.scale_window, 3);
     for i in 0..cfg.iterations {
         let step = attempt(|| {
-            let l = wait_one_leader(&daemons, Duration::from_secs(30));
+            let l = wait_all_agree(&daemons, Duration::from_secs(30));
             let old = daemons[l].fencing_token().expect("the leader has a token");
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
             let pollers: Vec<_> = daemons
@@ -363,7 +377,7 @@ async fn run_drivers(job: &Job, etcd: &Etcd) -> Figures {
         f.memory = vec![(b - a) / n as f64];
         f.memory_total = Some(b - a);
     }
-    f.idle_cpu_ms = tokio::task::block_in_place(|| idle_windows(etcd, window, 3));
+    (f.idle_cpu_ms, f.idle_reads) = tokio::task::block_in_place(|| idle_windows(etcd, window, 3));
     for i in 0..job.iterations {
         let it = async {
             let (l, old) = wait_settled(&cands, Duration::from_secs(60)).await;
@@ -403,24 +417,24 @@ async fn run_drivers(job: &Job, etcd: &Etcd) -> Figures {
             let w = window.max(all.duration_since(t0) + Duration::from_millis(200));
             sleep_until(t0 + w).await;
             let d = counters(etcd).await.since(&before);
+            let window_ms = t0.elapsed().as_secs_f64() * 1e3;
+            let gone = cands.remove(l);
+            let _ = gone.task.await;
             let (_, token) = wait_settled(&cands, Duration::from_secs(5)).await;
             assert_ne!(token, old, "the old leader still leads");
             let ms = |at: Instant| at.duration_since(t0).as_secs_f64() * 1e3;
             let leader_at = leader_at.expect("the new leader saw itself lead");
             let wakeups: u64 = cands
                 .iter()
-                .enumerate()
-                .filter(|(j, _)| *j != l)
-                .map(|(j, c)| c.view.borrow().wakeups - wakeups_before[j])
+                .zip(wakeups_before.iter().enumerate().filter(|(j, _)| *j != l))
+                .map(|(c, (_, before))| c.view.borrow().wakeups - before)
                 .sum();
             f.to_leader.push(ms(leader_at));
             f.all_follow.push(ms(all));
             f.release.push(released.as_secs_f64() * 1e3);
-            f.window_ms.push(ms(Instant::now()));
+            f.window_ms.push(window_ms);
             f.wakeups.push(wakeups as f64);
             f.change(&d);
-            let gone = cands.remove(l);
-            let _ = gone.task.await;
 
             // A new candidate joins at the back; every other one sees it when its view reaches
             // the join's revision (nothing else writes to this etcd meanwhile).
@@ -667,6 +681,13 @@ pub fn scale(cfg: &BenchConfig) -> Section {
         row(&|f| f.idle_cpu_ms.clone()),
     );
     s.push(
+        "idle_reads",
+        &format!("etcd reads in {window:.1} s without any change"),
+        "requests",
+        false,
+        row(&|f| f.idle_reads.clone()),
+    );
+    s.push(
         "join_seen",
         "join: a new candidate starts → every other one has seen its key",
         "ms",
@@ -723,22 +744,6 @@ pub fn scale(cfg: &BenchConfig) -> Section {
         inproc_only(&|f| f.memory_total.into_iter().collect()),
     );
     s.push(
-        "watchdog_rss",
-        "RSS of an electd process's freeze watchdog process (5 sampled)",
-        "MB",
-        false,
-        figs.iter()
-            .enumerate()
-            .map(|(i, f)| {
-                if i == 0 {
-                    Value::Samples(f.watchdog_rss.clone())
-                } else {
-                    Value::Missing
-                }
-            })
-            .collect::<Vec<_>>(),
-    );
-    s.push(
         "settle",
         "all N started → one leader that every other one names",
         "s",
@@ -747,6 +752,26 @@ pub fn scale(cfg: &BenchConfig) -> Section {
             .map(|f| f.settle_s.map_or(Value::Missing, |x| Value::Text(num(x))))
             .collect::<Vec<_>>(),
     );
+    // Memory per in-process candidate = a + b × N (every driver keeps all N entries).
+    let mem: Vec<(f64, f64)> = figs[1..]
+        .iter()
+        .filter_map(|f| Some((f.n as f64, *f.memory.first()?)))
+        .collect();
+    if let [(n1, m1), .., (n2, m2)] = mem[..]
+        && n2 > n1
+    {
+        let per_entry = (m2 - m1) / (n2 - n1);
+        let fixed = m1 - per_entry * n1;
+        s.notes.push(format!(
+            "In process, memory per candidate grows with N: every driver keeps the whole queue, \
+             so N drivers hold N² entries. From the {n1:.0} and {n2:.0} columns: about {:.0} KB \
+             per driver plus {:.0} bytes per queue entry it keeps, so one electd process in an \
+             election of N candidates holds about {:.0} bytes × N of queue.",
+            fixed * 1e3,
+            per_entry * 1e6,
+            per_entry * 1e6,
+        ));
+    }
     s.notes.push(
         "A leader change is one delete event (the leaving key's lease revoked) sent to every \
          watcher; each follower learns the next leader from the queue it keeps, and the \
