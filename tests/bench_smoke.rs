@@ -95,7 +95,12 @@ fn every_benchmark_scenario_produces_sane_figures() {
             assert_eq!(v.samples().len(), 1, "handoff/{row}: {v:?}");
         }
     }
-    for row in ["trace_stopping", "trace_reaped", "trace_elected", "trace_spawned"] {
+    for row in [
+        "trace_stopping",
+        "trace_reaped",
+        "trace_elected",
+        "trace_spawned",
+    ] {
         let v = &handoff.row(row).unwrap().cols[0];
         assert_eq!(v.samples().len(), 1, "handoff/{row}: {v:?}");
     }

@@ -87,7 +87,6 @@ pub struct BenchConfig {
 
 impl BenchConfig {
     /// The full benchmark (`cargo bench --bench electd`).
-    #[allow(dead_code)] // used by the bench binary only
     pub fn full() -> BenchConfig {
         BenchConfig {
             iterations: 20,
