@@ -245,6 +245,35 @@ fn electd_milestones(p: &Pair, t: u128, a_stop: u128, b_start: u128) -> [Option<
     ]
 }
 
+/// How long `spawn` of `sh -c :` takes, `n` times each: with a `pre_exec` hook (which makes std
+/// fork) and without (std may posix_spawn). Milliseconds.
+fn spawn_costs(n: usize) -> (Vec<f64>, Vec<f64>) {
+    use std::os::unix::process::CommandExt;
+    let timed = |hook: bool| {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", ":"]).process_group(0);
+        if hook {
+            // SAFETY: the hook makes no call at all.
+            unsafe {
+                cmd.pre_exec(|| Ok(()));
+            }
+        }
+        let t = std::time::Instant::now();
+        let child = cmd.spawn();
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        if let Ok(mut c) = child {
+            let _ = c.wait();
+        }
+        ms
+    };
+    let (mut forked, mut spawned) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        forked.push(timed(true));
+        spawned.push(timed(false));
+    }
+    (forked, spawned)
+}
+
 /// Scenario 1, SIGTERM to the leader's wrapper: from the old child's exit to the new child's
 /// start, what etcd did meanwhile, and (electd) where the milliseconds went.
 pub fn handoff(cfg: &BenchConfig) -> Section {
@@ -400,6 +429,22 @@ pub fn handoff(cfg: &BenchConfig) -> Section {
             Value::Missing,
         ],
     );
+    let (forked, spawned) = spawn_costs(20);
+    s.push(
+        "spawn_fork",
+        "spawning `sh -c :` from the benchmark process with a `pre_exec` hook (fork, as \
+         electd's supervisor does), until `spawn` returns",
+        "ms",
+        false,
+        [Value::Samples(forked), Value::Missing],
+    );
+    s.push(
+        "spawn_plain",
+        "… the same without a `pre_exec` hook (std may use posix_spawn)",
+        "ms",
+        false,
+        [Value::Samples(spawned), Value::Missing],
+    );
     let med = |v: &[f64]| quantile(v, 0.5).map_or("?".to_string(), |x| format!("{} ms", num(x)));
     let parts: Vec<String> = STAGES
         .iter()
@@ -410,9 +455,9 @@ pub fn handoff(cfg: &BenchConfig) -> Section {
         "Where electd's milliseconds go, stage by stage (medians of per-iteration \
          differences between the trace's milestones): {}. The revoke stage is one round trip \
          to etcd that commits through raft (a WAL fsync, row above) and whose delete event \
-         etcd then sends to the watcher; no read follows it. `etcdctl lock`'s waiter, woken \
-         by the holder's `DeleteRange` (etcdctl revokes its lease only afterwards), reads the \
-         prefix again before it runs its command.",
+         etcd then sends to the watcher; no read follows it. `etcdctl lock`'s holder deletes its key \
+         (`DeleteRange`; it leaves its lease to expire), and its waiter, woken by that delete, \
+         reads the prefix again before it runs its command.",
         parts.join("; ")
     ));
     s

@@ -55,11 +55,16 @@ fn iteration(cfg: &BenchConfig, etcd: &Etcd, dir: &Path, name: &str) -> Sample {
         "replica a's child to start",
         || ledger.starts_of(&ids[0]) == 1,
     );
-    let others: Vec<Daemon> = ids[1..].iter().map(|id| start(id)).collect();
-    for d in &others {
-        // Each joins the queue once its check has passed RISE times: in joining order.
-        d.wait_role("follower", Duration::from_secs(20));
-    }
+    // One at a time: each joins the queue once its check has passed RISE times, so started
+    // together they would queue in whichever order their checks passed.
+    let others: Vec<Daemon> = ids[1..]
+        .iter()
+        .map(|id| {
+            let d = start(id);
+            d.wait_role("follower", Duration::from_secs(20));
+            d
+        })
+        .collect();
     // Then at a random phase of the check period, as a failure would come.
     std::thread::sleep(Duration::from_millis(
         300 + fastrand::u64(0..INTERVAL.as_millis() as u64),
