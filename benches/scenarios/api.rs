@@ -956,6 +956,13 @@ pub fn role_api(cfg: &BenchConfig) -> Section {
         false,
         [Value::Samples(mi.now.clone()), Value::Missing],
     );
+    s.notes.push(
+        "The gap splits along the crossed in-process rows: the connection loop (electd's \
+         serve against axum::serve) and the router with its handler. `scripts/profile-role.sh` \
+         counts the instructions per request of the no-socket loops under callgrind, function \
+         by function (the render, JSON string escaping, the router's extension layers)."
+            .to_string(),
+    );
     s.notes.push(format!(
         "electd's `/role` body is {} bytes; {} request errors in all runs. The no-socket \
          figures are {} repetitions of {} calls each on a current-thread runtime.",
