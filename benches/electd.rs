@@ -20,7 +20,7 @@ const USAGE: &str = "usage: cargo bench --bench electd -- [--iterations N] [--ou
                      [--only SCENARIO] [--quiet]";
 
 fn main() -> ExitCode {
-    if scenarios::api::serve_baseline_if_asked() {
+    if scenarios::helper_if_asked() {
         return ExitCode::SUCCESS;
     }
     let mut cfg = BenchConfig::full();

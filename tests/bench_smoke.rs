@@ -70,12 +70,59 @@ fn every_benchmark_scenario_produces_sane_figures() {
             assert!(v.median().is_some_and(|x| x > 0.0), "api/{row}: {v:?}");
         }
     }
+    for row in ["cpu_http", "cpu_unix", "oneshot"] {
+        for v in &api.row(row).unwrap().cols {
+            assert!(v.median().is_some_and(|x| x > 0.0), "api/{row}: {v:?}");
+        }
+    }
     let fp = report.section("footprint").unwrap();
     let rss = fp.row("rss").unwrap();
     assert!(rss.cols[0].median().is_some_and(|x| x > 0.0), "{rss:?}");
+    // At the default TTL the smoke window may hold no keepalive at all: a rate, not a speed.
+    for row in ["dflt_msgs", "dflt_keepalives", "dflt_etcd_cpu"] {
+        for v in &fp.row(row).unwrap().cols {
+            assert!(
+                matches!(v, Value::Text(t) if t.parse::<f64>().is_ok_and(|x| x >= 0.0)),
+                "footprint/{row}: {v:?}"
+            );
+        }
+    }
+
+    // The handoff counted etcd's calls for both tools and traced electd's.
+    let handoff = report.section("handoff").unwrap();
+    for row in ["reads", "writes", "trace_start", "trace_child_exit"] {
+        for v in &handoff.row(row).unwrap().cols {
+            assert_eq!(v.samples().len(), 1, "handoff/{row}: {v:?}");
+        }
+    }
+    for row in [
+        "trace_stopping",
+        "trace_reaped",
+        "trace_elected",
+        "trace_spawned",
+    ] {
+        let v = &handoff.row(row).unwrap().cols[0];
+        assert_eq!(v.samples().len(), 1, "handoff/{row}: {v:?}");
+    }
+
+    // Health-check failover: once, to the next replica.
+    let health = report.section("health").unwrap();
+    for row in ["old_stop", "new_start"] {
+        let v = &health.row(row).unwrap().cols[0];
+        assert_eq!(v.samples().len(), 1, "health/{row}: {v:?}");
+    }
+    let next = &health.row("next").unwrap().cols[0];
+    assert!(matches!(next, Value::Count { hits: 1, of: 1 }), "{next:?}");
+
+    // Scale: every column (processes and each in-process count) changed leader once and
+    // counted etcd's reads.
     let scale = report.section("scale").unwrap();
-    let to_leader = scale.row("to_leader").unwrap();
-    assert_eq!(to_leader.cols[0].samples().len(), 1, "{to_leader:?}");
+    assert_eq!(scale.columns.len(), 1 + cfg.scale_in_process.len());
+    for row in ["to_leader", "all_follow", "reads", "events", "join_txn"] {
+        for v in &scale.row(row).unwrap().cols {
+            assert_eq!(v.samples().len(), 1, "scale/{row}: {v:?}");
+        }
+    }
 
     // The report names every scenario and the goals, and survives a round trip to a file.
     let dir = tempfile::tempdir().unwrap();
@@ -100,10 +147,11 @@ fn every_benchmark_scenario_produces_sane_figures() {
     assert!(!text.contains("NaN"), "{text}");
 }
 
-/// Not a check: the role API scenario re-runs this executable with this test selected to
-/// serve its bare axum baseline in a process of its own. Without that, it returns at once.
+/// Not a check: the scenarios re-run this executable with this test selected for work in a
+/// process of its own (the role API's bare axum baseline, an in-process scale run). Without
+/// that, it returns at once.
 #[test]
-#[ignore = "started by the role API scenario as its baseline server process"]
-fn axum_baseline_process() {
-    scenarios::api::serve_baseline_if_asked();
+#[ignore = "started by the benchmark scenarios as a helper process"]
+fn bench_helper_process() {
+    scenarios::helper_if_asked();
 }

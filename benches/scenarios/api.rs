@@ -1,11 +1,20 @@
-//! Scenario 5: `GET /role` throughput and latency over HTTP and over the Unix socket, next to
-//! a bare axum server (in this process, on a current-thread runtime like electd's) that
-//! answers the same bytes as a constant JSON body.
+//! Scenario: `GET /role` throughput, latency and server CPU per request over HTTP and over the
+//! Unix socket, next to a bare axum server that answers the same bytes as a constant JSON body.
 //!
 //! The load generator is raw HTTP/1.1 with keep-alive on tokio: each client sends one request
-//! at a time on its own connection and reads the response by its Content-Length.
+//! at a time on its own connection and reads the response by its Content-Length. Every round
+//! measures every target once, for a short while, in an order that alternates from round to
+//! round; ratios are taken within a round and reported as the median over rounds, so drift in
+//! what else the machine does cancels out.
+//!
+//! To tell where electd's extra time per request goes, the in-process targets cross the two
+//! things that differ from the baseline: the router (electd's `api::router`, which renders
+//! `/role` from the status snapshot per request, or a bare one with a constant body) and the
+//! connection loop (electd's `api::serve::serve` with its limits, or `axum::serve`). The
+//! router is also timed without any socket (`tower` oneshot), and the render on its own.
 
 use std::future::IntoFuture;
+use std::hint::black_box;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,6 +24,7 @@ use axum::http::header;
 use axum::routing::get;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
+use tower::ServiceExt;
 
 use electd::api::serve::{Limits, MAX_CONNECTIONS, serve};
 use electd::api::socket::AllowList;
@@ -25,8 +35,9 @@ use electd::metrics::Metrics;
 use electd::status::Status;
 
 use super::report::{num, quantile};
-use super::{BenchConfig, Section, Value, attempt, electd_spec};
-use crate::common::{Etcd, http_get, spawn_tied, wait_child_timeout, wait_until};
+use super::trace::{clock_ticks_per_second, stat_at};
+use super::{BenchConfig, Section, Value, attempt, electd_spec, start_helper};
+use crate::common::{Etcd, http_get, wait_child_timeout, wait_until};
 
 #[derive(Debug, Clone)]
 enum Target {
@@ -42,11 +53,37 @@ struct Load {
     seconds: f64,
     /// Per-request latency in milliseconds.
     latencies: Vec<f64>,
+    /// The server's CPU time over the measured window, in seconds.
+    server_cpu: Option<f64>,
 }
 
 impl Load {
     fn rps(&self) -> f64 {
         self.requests as f64 / self.seconds
+    }
+
+    /// The server's CPU time per answered request, in microseconds.
+    fn cpu_us(&self) -> Option<f64> {
+        let cpu = self.server_cpu?;
+        (self.requests > 0).then(|| cpu / self.requests as f64 * 1e6)
+    }
+}
+
+/// Whose CPU time a load run charges to the server.
+#[derive(Debug, Clone, Copy)]
+enum CpuOf {
+    Process(u32),
+    /// A thread of this process (an in-process server's runtime thread).
+    Thread(i32),
+}
+
+impl CpuOf {
+    fn seconds(self) -> Option<f64> {
+        let path = match self {
+            CpuOf::Process(pid) => pid.to_string(),
+            CpuOf::Thread(tid) => format!("{}/task/{tid}", std::process::id()),
+        };
+        stat_at(&path).map(|(_, t)| t as f64 / clock_ticks_per_second())
     }
 }
 
@@ -133,6 +170,7 @@ async fn client<S: AsyncRead + AsyncWrite + Unpin>(
 /// `duration`.
 async fn run_load(
     target: Target,
+    cpu: CpuOf,
     path: &'static str,
     clients: usize,
     warmup: Duration,
@@ -140,6 +178,12 @@ async fn run_load(
 ) -> Load {
     let from = Instant::now() + warmup;
     let until = from + duration;
+    let cpu_probe = tokio::spawn(async move {
+        tokio::time::sleep_until(from).await;
+        let a = cpu.seconds();
+        tokio::time::sleep_until(until).await;
+        Some(cpu.seconds()? - a?)
+    });
     let mut tasks = Vec::new();
     for _ in 0..clients {
         let target = target.clone();
@@ -175,7 +219,89 @@ async fn run_load(
         total.errors += l.errors;
         total.latencies.extend(l.latencies);
     }
+    total.server_cpu = cpu_probe.await.ok().flatten();
     total
+}
+
+/// Which router an in-process server serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RouterKind {
+    /// `electd::api::router` over a fixed leader status (renders `/role` per request).
+    Electd,
+    /// A bare axum router answering `/role` with a constant body.
+    Bare,
+}
+
+/// Which connection loop an in-process server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Loop {
+    /// `electd::api::serve::serve`: header timeout, size and connection limits, peer
+    /// credentials on the Unix socket.
+    Electd,
+    /// `axum::serve`.
+    Axum,
+}
+
+/// A fixed leader's status, as electd publishes it, and its API state.
+fn fixed_state() -> (ApiState, Box<dyn std::any::Any + Send>) {
+    let now = Instant::now();
+    let leader = LeaderInfo {
+        id: "a".into(),
+        key: "api/694d8a1c2f0b3e05".into(),
+        create_revision: 42,
+        member: Some(MemberInfo::new("a", Some("127.0.0.1:4040".into()))),
+    };
+    let mut status = Status::new("a", "api", false);
+    status.role = Role::Leader {
+        token: 42,
+        lease: 0x694d_8a1c_2f0b_3e05,
+        leader,
+        deadline: now + Duration::from_secs(24 * 3600),
+    };
+    status.reachable = true;
+    status.last_contact = Some(now);
+    status.version = 3;
+    let (status_tx, status_rx) = tokio::sync::watch::channel(status);
+    let (control_tx, control_rx) = tokio::sync::mpsc::channel(8);
+    let state = ApiState {
+        status: status_rx,
+        control: control_tx,
+        metrics: Metrics::new(),
+        members: None,
+        ready: electd::api::Ready::default(),
+        allow: AllowList {
+            uids: Vec::new(),
+            gids: Vec::new(),
+        },
+    };
+    // The owner's ends must live as long as the routers.
+    (state, Box::new((status_tx, control_rx)))
+}
+
+/// The bare baseline router: `GET /role` answers `body` as `application/json`.
+fn bare_router(body: &'static str) -> Router {
+    Router::new().route(
+        "/role",
+        get(move || async move { ([(header::CONTENT_TYPE, "application/json")], body) }),
+    )
+}
+
+/// The routers for the TCP and the Unix listener, and what must outlive them.
+fn routers(
+    kind: RouterKind,
+    body: &'static str,
+) -> (Router, Router, Box<dyn std::any::Any + Send>) {
+    match kind {
+        RouterKind::Bare => (bare_router(body), bare_router(body), Box::new(())),
+        RouterKind::Electd => {
+            let (state, keep) = fixed_state();
+            (
+                electd::api::router(state.clone(), Transport::Tcp),
+                electd::api::router(state, Transport::Unix),
+                keep,
+            )
+        }
+    }
 }
 
 /// A server on a current-thread runtime on its own thread in this process (electd's runtime
@@ -183,26 +309,25 @@ async fn run_load(
 struct InProcess {
     tcp: SocketAddr,
     socket: PathBuf,
+    /// The server thread, whose CPU time is the server's.
+    tid: i32,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl InProcess {
-    /// `serve` spawns the servers on the two listeners (it runs inside the runtime).
-    fn start(
-        name: &str,
-        socket: &Path,
-        serve: impl FnOnce(tokio::net::TcpListener, tokio::net::UnixListener) + Send + 'static,
-    ) -> InProcess {
+    fn start(kind: RouterKind, serve_loop: Loop, body: &'static str, socket: &Path) -> InProcess {
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
         tcp.set_nonblocking(true).expect("nonblocking");
         let addr = tcp.local_addr().expect("local addr");
         let unix = std::os::unix::net::UnixListener::bind(socket).expect("bind socket");
         unix.set_nonblocking(true).expect("nonblocking");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
-            .name(name.into())
+            .name(format!("{kind:?}-{serve_loop:?}").to_lowercase())
             .spawn(move || {
+                let _ = tid_tx.send(nix::unistd::gettid().as_raw());
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
@@ -210,83 +335,35 @@ impl InProcess {
                 rt.block_on(async move {
                     let tcp = tokio::net::TcpListener::from_std(tcp).expect("listener");
                     let unix = tokio::net::UnixListener::from_std(unix).expect("listener");
-                    serve(tcp, unix);
+                    let (http, sock, keep) = routers(kind, body);
+                    match serve_loop {
+                        Loop::Axum => {
+                            tokio::spawn(axum::serve(tcp, http).into_future());
+                            tokio::spawn(axum::serve(unix, sock).into_future());
+                        }
+                        Loop::Electd => {
+                            // Served the way the daemon serves it: same limits.
+                            let limits = Limits {
+                                read_header_timeout: Duration::from_secs(10),
+                                max_connections: MAX_CONNECTIONS,
+                            };
+                            let forever = std::future::pending::<()>;
+                            tokio::spawn(serve(tcp, http, limits, forever()));
+                            tokio::spawn(serve(unix, sock, limits, forever()));
+                        }
+                    }
                     let _ = rx.await;
+                    drop(keep);
                 });
             })
             .expect("spawn server thread");
         InProcess {
             tcp: addr,
             socket: socket.to_path_buf(),
+            tid: tid_rx.recv().expect("server thread id"),
             shutdown: Some(tx),
             thread: Some(thread),
         }
-    }
-
-    /// The bare axum baseline: `GET /role` answers `body` as `application/json`.
-    fn baseline(body: String, socket: &Path) -> InProcess {
-        let body: &'static str = body.leak();
-        let app = Router::new().route(
-            "/role",
-            get(move || async move { ([(header::CONTENT_TYPE, "application/json")], body) }),
-        );
-        InProcess::start("axum-baseline", socket, move |tcp, unix| {
-            tokio::spawn(axum::serve(tcp, app.clone()).into_future());
-            tokio::spawn(axum::serve(unix, app).into_future());
-        })
-    }
-
-    /// electd's own API router (`electd::api::router`), served as the daemon serves it, over
-    /// a fixed leader status.
-    fn electd_router(socket: &Path) -> InProcess {
-        let now = Instant::now();
-        let leader = LeaderInfo {
-            id: "a".into(),
-            key: "api/694d8a1c2f0b3e05".into(),
-            create_revision: 42,
-            member: Some(MemberInfo::new("a", Some("127.0.0.1:4040".into()))),
-        };
-        let mut status = Status::new("a", "api", false);
-        status.role = Role::Leader {
-            token: 42,
-            lease: 0x694d_8a1c_2f0b_3e05,
-            leader,
-            deadline: now + Duration::from_secs(24 * 3600),
-        };
-        status.reachable = true;
-        status.last_contact = Some(now);
-        status.version = 3;
-        let (status_tx, status_rx) = tokio::sync::watch::channel(status);
-        let (control_tx, control_rx) = tokio::sync::mpsc::channel(8);
-        let state = ApiState {
-            status: status_rx,
-            control: control_tx,
-            metrics: Metrics::new(),
-            members: None,
-            ready: electd::api::Ready::default(),
-            allow: AllowList {
-                uids: Vec::new(),
-                gids: Vec::new(),
-            },
-        };
-        InProcess::start("electd-router", socket, move |tcp, unix| {
-            // Served the way the daemon serves it: same router, same limits.
-            let http = electd::api::router(state.clone(), Transport::Tcp);
-            let sock = electd::api::router(state, Transport::Unix);
-            let limits = Limits {
-                read_header_timeout: Duration::from_secs(10),
-                max_connections: MAX_CONNECTIONS,
-            };
-            let forever = std::future::pending::<()>;
-            tokio::spawn(async move {
-                // Keep the owner's ends alive as long as the servers.
-                let _keep = (status_tx, control_rx);
-                tokio::join!(
-                    serve(tcp, http, limits, forever()),
-                    serve(unix, sock, limits, forever())
-                );
-            });
-        })
     }
 }
 
@@ -312,7 +389,12 @@ pub fn serve_baseline_if_asked() -> bool {
         return false;
     };
     let body = std::fs::read_to_string(dir.join("body")).expect("baseline body");
-    let server = InProcess::baseline(body, &dir.join("baseline.sock"));
+    let server = InProcess::start(
+        RouterKind::Bare,
+        Loop::Axum,
+        body.leak(),
+        &dir.join("baseline.sock"),
+    );
     let tmp = dir.join("addr.tmp");
     std::fs::write(&tmp, server.tcp.to_string()).expect("write baseline address");
     std::fs::rename(&tmp, dir.join("addr")).expect("publish baseline address");
@@ -320,8 +402,8 @@ pub fn serve_baseline_if_asked() -> bool {
     true
 }
 
-/// The bare axum baseline in a process of its own, as electd is: this executable re-run with
-/// `args` and [`BASELINE_ENV`]; it stops when its stdin closes.
+/// The bare axum baseline in a process of its own, as electd is: this executable re-run as a
+/// helper with [`BASELINE_ENV`]; it stops when its stdin closes.
 struct BaselineProcess {
     child: std::process::Child,
     tcp: SocketAddr,
@@ -329,16 +411,11 @@ struct BaselineProcess {
 }
 
 impl BaselineProcess {
-    fn start(args: &[String], body: &str, dir: &Path) -> BaselineProcess {
+    fn start(cfg: &BenchConfig, body: &str, dir: &Path) -> BaselineProcess {
         let dir = dir.join("baseline-process");
         std::fs::create_dir_all(&dir).expect("baseline dir");
         std::fs::write(dir.join("body"), body).expect("write baseline body");
-        let mut cmd = std::process::Command::new(std::env::current_exe().expect("own executable"));
-        cmd.args(args)
-            .env(BASELINE_ENV, &dir)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null());
-        let child = spawn_tied(cmd).expect("start the baseline process");
+        let child = start_helper(cfg, &[(BASELINE_ENV, &dir)], std::process::Stdio::piped());
         let addr = dir.join("addr");
         wait_until(
             Duration::from_secs(20),
@@ -367,16 +444,199 @@ impl Drop for BaselineProcess {
     }
 }
 
+/// The targets, in the order of [`Measured::rps`]'s inner index.
+const TARGETS: [&str; 6] = [
+    "electd",
+    "axum process",
+    "electd router on electd serve, in-process",
+    "bare router on axum::serve, in-process",
+    "electd router on axum::serve, in-process",
+    "bare router on electd serve, in-process",
+];
+
 /// Everything the role API scenario measured.
 #[derive(Default)]
 struct Measured {
-    /// [transport: HTTP, Unix][target: electd, axum process, electd's router in-process,
-    /// axum in-process]
-    rps: [[Vec<f64>; 4]; 2],
-    lat: [[Vec<f64>; 4]; 2],
+    /// [transport: HTTP, Unix][target: see TARGETS], one sample per round.
+    rps: [[Vec<f64>; 6]; 2],
+    /// Server CPU per request (µs), one sample per round.
+    cpu_us: [[Vec<f64>; 6]; 2],
+    lat: [[Vec<f64>; 6]; 2],
     healthz: Vec<f64>,
     errors: u64,
     body_len: usize,
+    micro: Micro,
+}
+
+/// Nanoseconds per operation, one sample per repetition.
+#[derive(Default)]
+struct Micro {
+    /// One `GET /role` through electd's router and through the bare router (tower oneshot,
+    /// no socket, response body collected).
+    oneshot: [Vec<f64>; 2],
+    /// `GET /healthz` through electd's router.
+    oneshot_healthz: Vec<f64>,
+    /// `Status::doc(now)` serialised with serde_json into a fresh buffer, as `/role` does.
+    render: Vec<f64>,
+    /// The same document with the `since` field alone formatted (RFC 3339, milliseconds).
+    since: Vec<f64>,
+    /// `Instant::now()`.
+    now: Vec<f64>,
+}
+
+/// Time `op` over `n` calls; nanoseconds per call.
+fn per_call(n: u32, mut op: impl FnMut()) -> f64 {
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        op();
+    }
+    t.elapsed().as_secs_f64() * 1e9 / f64::from(n)
+}
+
+/// Time the router and the render without any socket, on a current-thread runtime.
+fn micro(body: &'static str, reps: usize, n: u32) -> Micro {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut m = Micro::default();
+    rt.block_on(async {
+        let (state, _keep) = fixed_state();
+        let electd = electd::api::router(state.clone(), Transport::Tcp);
+        let bare = bare_router(body);
+        let get = |path: &str| {
+            axum::http::Request::get(path)
+                .body(axum::body::Body::empty())
+                .expect("request")
+        };
+        async fn timed(
+            router: &Router,
+            n: u32,
+            req: impl Fn() -> axum::http::Request<axum::body::Body>,
+        ) -> f64 {
+            let t = std::time::Instant::now();
+            for _ in 0..n {
+                let resp = router.clone().oneshot(req()).await.expect("infallible");
+                let b = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                    .await
+                    .expect("body");
+                black_box(b);
+            }
+            t.elapsed().as_secs_f64() * 1e9 / f64::from(n)
+        }
+        let status = state.status.borrow().clone();
+        for _ in 0..reps {
+            m.oneshot[0].push(timed(&electd, n, || get("/role")).await);
+            m.oneshot[1].push(timed(&bare, n, || get("/role")).await);
+            m.oneshot_healthz
+                .push(timed(&electd, n, || get("/healthz")).await);
+            m.render.push(per_call(n, || {
+                let mut buf = Vec::with_capacity(512);
+                serde_json::to_writer(&mut buf, &status.doc(Instant::now())).expect("serialises");
+                black_box(buf);
+            }));
+            m.since.push(per_call(n, || {
+                let mut buf = Vec::with_capacity(32);
+                serde_json::to_writer(&mut buf, &status.doc(Instant::now()).since)
+                    .expect("serialises");
+                black_box(buf);
+            }));
+            m.now.push(per_call(n, || {
+                black_box(Instant::now());
+            }));
+        }
+    });
+    m
+}
+
+/// Set to `electd-role`, `bare-role`, `electd-healthz` or `render`, optionally with `:N`
+/// (default 200000): run N `GET`s through that router without any socket (or N renders of the
+/// `/role` body), then exit. A loop to profile: `scripts/profile-role.sh` runs it under
+/// callgrind, collecting only inside [`profile_loop`].
+pub const PROFILE_ENV: &str = "ELECTD_BENCH_PROFILE";
+
+/// In a process started with [`PROFILE_ENV`]: run the loop and return true.
+pub fn profile_if_asked() -> bool {
+    let Ok(what) = std::env::var(PROFILE_ENV) else {
+        return false;
+    };
+    let (what, n) = match what.split_once(':') {
+        Some((w, n)) => (w.to_string(), n.parse().expect("a request count")),
+        None => (what, 200_000u32),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = rt.enter();
+    let (state, _keep) = fixed_state();
+    let status = state.status.borrow().clone();
+    let body: &'static str = {
+        let mut b = Vec::new();
+        serde_json::to_writer(&mut b, &status.doc(Instant::now())).expect("serialises");
+        String::from_utf8(b).expect("JSON is UTF-8").leak()
+    };
+    let (router, path) = match what.as_str() {
+        "electd-role" => (electd::api::router(state, Transport::Tcp), "/role"),
+        "electd-healthz" => (electd::api::router(state, Transport::Tcp), "/healthz"),
+        "bare-role" => (bare_router(body), "/role"),
+        "render" => {
+            let t = std::time::Instant::now();
+            render_loop(&status, n);
+            eprintln!(
+                "{what}: {:.0} ns per render",
+                t.elapsed().as_nanos() as f64 / f64::from(n)
+            );
+            return true;
+        }
+        other => panic!("{PROFILE_ENV}: unknown loop {other:?}"),
+    };
+    // Warm up outside the profiled function.
+    rt.block_on(async {
+        for _ in 0..1_000 {
+            one_request(&router, path).await;
+        }
+    });
+    let t = std::time::Instant::now();
+    profile_loop(&rt, &router, path, n);
+    eprintln!(
+        "{what}: {:.0} ns per request",
+        t.elapsed().as_nanos() as f64 / f64::from(n)
+    );
+    true
+}
+
+/// The profiled loop (callgrind collects only inside it): `n` requests for `path`, driven on
+/// `rt` from here so that every poll runs under this function.
+#[inline(never)]
+fn profile_loop(rt: &tokio::runtime::Runtime, router: &Router, path: &str, n: u32) {
+    rt.block_on(async {
+        for _ in 0..n {
+            one_request(router, path).await;
+        }
+    });
+}
+
+/// One request for `path` through `router`, its response body collected.
+async fn one_request(router: &Router, path: &str) {
+    let req = axum::http::Request::get(path)
+        .body(axum::body::Body::empty())
+        .expect("request");
+    let resp = router.clone().oneshot(req).await.expect("infallible");
+    let b = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    black_box(b);
+}
+
+/// `n` renders of the `/role` body, as the handler does.
+#[inline(never)]
+fn render_loop(status: &Status, n: u32) {
+    for _ in 0..n {
+        let mut buf = Vec::with_capacity(512);
+        serde_json::to_writer(&mut buf, &status.doc(Instant::now())).expect("serialises");
+        black_box(buf);
+    }
 }
 
 fn measure(cfg: &BenchConfig) -> Measured {
@@ -393,66 +653,88 @@ fn measure(cfg: &BenchConfig) -> Measured {
         body_len: body.len(),
         ..Measured::default()
     };
-    let process = BaselineProcess::start(&cfg.baseline_args, &body, dir.path());
-    let baseline = InProcess::baseline(body, &dir.path().join("baseline.sock"));
-    let router = InProcess::electd_router(&dir.path().join("router.sock"));
-    let targets = [
-        [
-            Target::Tcp(d.http.parse().expect("electd http addr")),
-            Target::Tcp(process.tcp),
-            Target::Tcp(router.tcp),
-            Target::Tcp(baseline.tcp),
+    let process = BaselineProcess::start(cfg, &body, dir.path());
+    let body: &'static str = body.leak();
+    let inproc = [
+        (RouterKind::Electd, Loop::Electd),
+        (RouterKind::Bare, Loop::Axum),
+        (RouterKind::Electd, Loop::Axum),
+        (RouterKind::Bare, Loop::Electd),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, (k, l))| InProcess::start(*k, *l, body, &dir.path().join(format!("s{i}.sock"))))
+    .collect::<Vec<_>>();
+    let mut targets: [Vec<(Target, CpuOf)>; 2] = [
+        vec![
+            (
+                Target::Tcp(d.http.parse().expect("electd http addr")),
+                CpuOf::Process(d.pid()),
+            ),
+            (Target::Tcp(process.tcp), CpuOf::Process(process.child.id())),
         ],
-        [
-            Target::Unix(d.socket.clone()),
-            Target::Unix(process.socket.clone()),
-            Target::Unix(router.socket.clone()),
-            Target::Unix(baseline.socket.clone()),
+        vec![
+            (Target::Unix(d.socket.clone()), CpuOf::Process(d.pid())),
+            (
+                Target::Unix(process.socket.clone()),
+                CpuOf::Process(process.child.id()),
+            ),
         ],
     ];
+    for s in &inproc {
+        targets[0].push((Target::Tcp(s.tcp), CpuOf::Thread(s.tid)));
+        targets[1].push((Target::Unix(s.socket.clone()), CpuOf::Thread(s.tid)));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("load runtime");
-    let warmup = Duration::from_millis(300);
-    let load = |t: &Target, path| {
+    let load = |(t, cpu): &(Target, CpuOf), path| {
         rt.block_on(run_load(
             t.clone(),
+            *cpu,
             path,
             cfg.api_clients,
-            warmup,
+            cfg.api_warmup,
             cfg.api_duration,
         ))
     };
     for round in 0..cfg.api_rounds {
-        for (ti, ts) in targets.iter().enumerate() {
-            for (k, t) in ts.iter().enumerate() {
-                let l = load(t, "/role");
-                cfg.progress(&format!(
-                    "api round {round} {} {}: {:.0} req/s",
-                    ["http", "unix"][ti],
-                    [
-                        "electd",
-                        "axum process",
-                        "electd router in-process",
-                        "axum in-process"
-                    ][k],
-                    l.rps()
-                ));
-                m.errors += l.errors;
-                m.rps[ti][k].push(l.rps());
-                m.lat[ti][k].extend(l.latencies);
+        // Alternate the order from round to round, so neither side of a pair always goes first.
+        let mut order: Vec<(usize, usize)> = (0..2)
+            .flat_map(|ti| (0..TARGETS.len()).map(move |k| (ti, k)))
+            .collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for (ti, k) in order {
+            let l = load(&targets[ti][k], "/role");
+            cfg.progress(&format!(
+                "api round {round} {} {}: {:.0} req/s, {} µs CPU per request",
+                ["http", "unix"][ti],
+                TARGETS[k],
+                l.rps(),
+                l.cpu_us().map_or("?".into(), num),
+            ));
+            m.errors += l.errors;
+            m.rps[ti][k].push(l.rps());
+            if let Some(c) = l.cpu_us() {
+                m.cpu_us[ti][k].push(c);
             }
+            m.lat[ti][k].extend(l.latencies);
         }
         let l = load(&targets[0][0], "/healthz");
-        cfg.progress(&format!(
-            "api round {round} http electd /healthz: {:.0} req/s",
-            l.rps()
-        ));
         m.errors += l.errors;
         m.healthz.push(l.rps());
     }
+    drop(rt);
+    let (reps, n) = if cfg.api_rounds >= 5 {
+        (5, 100_000)
+    } else {
+        (1, 2_000)
+    };
+    m.micro = micro(body, reps, n);
     m
 }
 
@@ -462,18 +744,23 @@ pub fn role_api(cfg: &BenchConfig) -> Section {
         "Role API",
         &format!(
             "`GET /role` from {} concurrent keep-alive HTTP/1.1 clients (raw tokio, one request \
-             in flight per connection) for {:.1} s per target after a {} ms warm-up, {} \
-             round(s) alternating targets; the generator shares the machine with the servers. \
-             electd is a leader with no command. The baseline is a bare axum 0.8 router on a \
-             current-thread runtime like electd's, answering the bytes electd's `/role` \
-             returned as a constant `application/json` body, in a process of its own (the \
-             benchmark executable re-run) like electd. To tell the router's cost from the \
-             process's, electd's own `api::router` (over a fixed leader status) and the \
-             baseline are also both served inside the benchmark process. Throughput cells are \
-             over rounds; latency percentiles over every request of all rounds.",
+             in flight per connection) for {:.1} s per target after a {} ms warm-up, in {} \
+             rounds; each round measures every target once, in an order that alternates from \
+             round to round. The generator shares the machine with the servers. electd is a \
+             leader with no command. The baseline is a bare axum 0.8 router on a current-thread \
+             runtime like electd's, answering the bytes electd's `/role` returned as a constant \
+             `application/json` body, in a process of its own (the benchmark executable re-run) \
+             like electd. Ratios are taken within a round; every cell with numbers is over \
+             rounds (its median is the median of rounds), except latency percentiles, which are \
+             over every request of all rounds. Server CPU per request is the server's \
+             `utime + stime` over the measured window (the process; for in-process servers, \
+             their runtime's thread) divided by the requests it answered. In-process, electd's \
+             `api::router` (over a fixed leader status) and the bare router are each served both \
+             by electd's `api::serve::serve` and by `axum::serve`, to tell the router's cost \
+             from the connection loop's.",
             cfg.api_clients,
             cfg.api_duration.as_secs_f64(),
-            300,
+            cfg.api_warmup.as_millis(),
             cfg.api_rounds
         ),
         ["electd", "bare axum"],
@@ -488,32 +775,29 @@ pub fn role_api(cfg: &BenchConfig) -> Section {
     };
     let ratio =
         |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x / y).collect() };
+    let diff = |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x - y).collect() };
     for (ti, what) in ["HTTP (TCP)", "Unix socket"].into_iter().enumerate() {
-        let [rps, p50, p99, ratio_id, inproc, inproc_ratio] = [
-            ["rps_http", "rps_unix"],
-            ["p50_http", "p50_unix"],
-            ["p99_http", "p99_unix"],
-            ["ratio_http", "ratio_unix"],
-            ["inproc_http", "inproc_unix"],
-            ["inproc_ratio_http", "inproc_ratio_unix"],
-        ]
-        .map(|ids| ids[ti]);
-        let samples = |k: usize| Value::Samples(m.rps[ti][k].clone());
+        let ids = |h: &'static str, u: &'static str| [h, u][ti];
+        let rps = |k: usize| Value::Samples(m.rps[ti][k].clone());
+        let cpu = |k: usize| Value::Samples(m.cpu_us[ti][k].clone());
         s.push(
-            rps,
+            ids("rps_http", "rps_unix"),
             &format!("{what}: requests per second"),
             "req/s",
             false,
-            [samples(0), samples(1)],
+            [rps(0), rps(1)],
         );
-        for (id, q, name) in [(p50, 0.5, "p50"), (p99, 0.99, "p99")] {
+        for (id, q, name) in [
+            (ids("p50_http", "p50_unix"), 0.5, "p50"),
+            (ids("p99_http", "p99_unix"), 0.99, "p99"),
+        ] {
             let cols = [0, 1].map(|k| {
                 quantile(&m.lat[ti][k], q).map_or(Value::Missing, |x| Value::Text(num(x)))
             });
             s.push(id, &format!("{what}: {name} latency"), "ms", false, cols);
         }
         s.push(
-            ratio_id,
+            ids("ratio_http", "ratio_unix"),
             &format!("{what}: electd ÷ bare axum throughput"),
             "ratio",
             false,
@@ -523,24 +807,106 @@ pub fn role_api(cfg: &BenchConfig) -> Section {
             ],
         );
         s.push(
-            inproc,
-            &format!(
-                "{what}: requests per second with electd's router and bare axum both served \
-                 in the benchmark process"
-            ),
-            "req/s",
+            ids("cpu_http", "cpu_unix"),
+            &format!("{what}: server CPU per request (the whole process)"),
+            "µs",
             false,
-            [samples(2), samples(3)],
+            [cpu(0), cpu(1)],
         );
         s.push(
-            inproc_ratio,
+            ids("cpu_ratio_http", "cpu_ratio_unix"),
             &format!(
-                "{what}: electd's router ÷ bare axum throughput, both in the benchmark process"
+                "{what}: bare axum's server CPU per request ÷ electd's (the throughput ratio of \
+                 a server bound by its CPU)"
             ),
             "ratio",
             false,
             [
+                Value::Samples(ratio(&m.cpu_us[ti][1], &m.cpu_us[ti][0])),
+                Value::Missing,
+            ],
+        );
+        s.push(
+            ids("cpu_extra_http", "cpu_extra_unix"),
+            &format!("{what}: electd's extra server CPU per request over bare axum"),
+            "µs",
+            true,
+            [
+                Value::Samples(diff(&m.cpu_us[ti][0], &m.cpu_us[ti][1])),
+                Value::Missing,
+            ],
+        );
+        s.push(
+            ids("inproc_http", "inproc_unix"),
+            &format!(
+                "{what}, in-process: requests per second, electd's router on electd's serve \
+                 vs bare router on axum::serve"
+            ),
+            "req/s",
+            false,
+            [rps(2), rps(3)],
+        );
+        s.push(
+            ids("inproc_ratio_http", "inproc_ratio_unix"),
+            &format!("{what}, in-process: electd's router and serve ÷ bare axum throughput"),
+            "ratio",
+            false,
+            [
                 Value::Samples(ratio(&m.rps[ti][2], &m.rps[ti][3])),
+                Value::Missing,
+            ],
+        );
+        s.push(
+            ids("inproc_cpu_http", "inproc_cpu_unix"),
+            &format!("{what}, in-process: server thread CPU per request"),
+            "µs",
+            false,
+            [cpu(2), cpu(3)],
+        );
+        s.push(
+            ids("router_ratio_http", "router_ratio_unix"),
+            &format!(
+                "{what}, in-process: electd's router on axum::serve ÷ bare (the router's share)"
+            ),
+            "ratio",
+            false,
+            [
+                Value::Samples(ratio(&m.rps[ti][4], &m.rps[ti][3])),
+                Value::Missing,
+            ],
+        );
+        s.push(
+            ids("router_cpu_http", "router_cpu_unix"),
+            &format!(
+                "{what}, in-process: extra CPU per request of electd's router (on axum::serve)"
+            ),
+            "µs",
+            true,
+            [
+                Value::Samples(diff(&m.cpu_us[ti][4], &m.cpu_us[ti][3])),
+                Value::Missing,
+            ],
+        );
+        s.push(
+            ids("serve_ratio_http", "serve_ratio_unix"),
+            &format!(
+                "{what}, in-process: bare router on electd's serve ÷ bare (the connection \
+                 loop's share)"
+            ),
+            "ratio",
+            false,
+            [
+                Value::Samples(ratio(&m.rps[ti][5], &m.rps[ti][3])),
+                Value::Missing,
+            ],
+        );
+        s.push(
+            ids("serve_cpu_http", "serve_cpu_unix"),
+            &format!("{what}, in-process: extra CPU per request of electd's serve (bare router)"),
+            "µs",
+            true,
+            [
+                Value::Samples(diff(&m.cpu_us[ti][5], &m.cpu_us[ti][3])),
                 Value::Missing,
             ],
         );
@@ -552,9 +918,59 @@ pub fn role_api(cfg: &BenchConfig) -> Section {
         false,
         [Value::Samples(m.healthz.clone()), Value::Missing],
     );
+    let mi = &m.micro;
+    s.push(
+        "oneshot",
+        "no socket: one `GET /role` through the router (tower oneshot, body collected)",
+        "ns",
+        false,
+        [
+            Value::Samples(mi.oneshot[0].clone()),
+            Value::Samples(mi.oneshot[1].clone()),
+        ],
+    );
+    s.push(
+        "oneshot_healthz",
+        "no socket: one `GET /healthz` through electd's router",
+        "ns",
+        false,
+        [Value::Samples(mi.oneshot_healthz.clone()), Value::Missing],
+    );
+    s.push(
+        "render",
+        "no socket: rendering the `/role` body (`Status::doc` + serde_json into a new buffer)",
+        "ns",
+        false,
+        [Value::Samples(mi.render.clone()), Value::Missing],
+    );
+    s.push(
+        "render_since",
+        "no socket: … of which could be the `since` field alone (RFC 3339 with milliseconds)",
+        "ns",
+        false,
+        [Value::Samples(mi.since.clone()), Value::Missing],
+    );
+    s.push(
+        "render_now",
+        "no socket: `Instant::now()` (each render reads the clock once)",
+        "ns",
+        false,
+        [Value::Samples(mi.now.clone()), Value::Missing],
+    );
+    s.notes.push(
+        "The gap splits along the crossed in-process rows: the connection loop (electd's \
+         serve against axum::serve) and the router with its handler. `scripts/profile-role.sh` \
+         counts the instructions per request of the no-socket loops under callgrind, function \
+         by function (the render, JSON string escaping, the router's extension layers)."
+            .to_string(),
+    );
     s.notes.push(format!(
-        "electd's `/role` body is {} bytes; {} request errors in all runs.",
-        m.body_len, m.errors
+        "electd's `/role` body is {} bytes; {} request errors in all runs. The no-socket \
+         figures are {} repetitions of {} calls each on a current-thread runtime.",
+        m.body_len,
+        m.errors,
+        mi.render.len(),
+        if cfg.api_rounds >= 5 { 100_000 } else { 2_000 },
     ));
     s
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use electd::config::Timing;
 
+use super::report::{num, quantile};
+use super::trace::{EtcdCounters, log_time_after, proc_scan_ms};
 use super::{
     BenchConfig, Ledger, Section, Tool, Value, Wrapper, attempt, ms_between, now_ns, queued,
 };
@@ -16,13 +18,14 @@ use crate::common::{Etcd, ProxyMode, Run, TcpProxy, wait_until};
 struct Pair {
     a: Wrapper,
     /// Kept running until the pair is dropped.
-    _b: Wrapper,
+    b: Wrapper,
     ledger: Ledger,
     /// With [`Pair::start_proxied`]: each replica's link to etcd (dropped after the replicas).
     proxies: Option<[TcpProxy; 2]>,
 }
 
 impl Pair {
+    /// `log`: electd's `RUST_LOG`, if not as deployed.
     fn start(
         cfg: &BenchConfig,
         etcd: &Etcd,
@@ -30,15 +33,16 @@ impl Pair {
         name: &str,
         endpoints: [&str; 2],
         dir: &Path,
+        log: Option<&str>,
     ) -> Pair {
         let ledger = Ledger::new(dir, name);
-        let a = Wrapper::start(tool, cfg, endpoints[0], name, "a", &ledger.script);
+        let a = Wrapper::start(tool, cfg, endpoints[0], name, "a", &ledger.script, log);
         wait_until(
             Duration::from_secs(20),
             "replica a's child to start",
             || ledger.starts_of("a") == 1,
         );
-        let b = Wrapper::start(tool, cfg, endpoints[1], name, "b", &ledger.script);
+        let b = Wrapper::start(tool, cfg, endpoints[1], name, "b", &ledger.script, log);
         wait_until(
             Duration::from_secs(20),
             "replica b to queue behind a",
@@ -51,7 +55,7 @@ impl Pair {
         std::thread::sleep(Duration::from_millis(300));
         Pair {
             a,
-            _b: b,
+            b,
             ledger,
             proxies: None,
         }
@@ -62,7 +66,15 @@ impl Pair {
         let ep = etcd.endpoint();
         let proxies = [TcpProxy::start_to(&ep), TcpProxy::start_to(&ep)];
         let endpoints = [proxies[0].endpoint(), proxies[1].endpoint()];
-        let mut pair = Pair::start(cfg, etcd, tool, name, [&endpoints[0], &endpoints[1]], dir);
+        let mut pair = Pair::start(
+            cfg,
+            etcd,
+            tool,
+            name,
+            [&endpoints[0], &endpoints[1]],
+            dir,
+            None,
+        );
         pair.proxies = Some(proxies);
         pair
     }
@@ -162,7 +174,108 @@ fn temp_dir() -> tempfile::TempDir {
         .expect("temp dir")
 }
 
-/// 1. SIGTERM the leader's wrapper: from the old child's exit to the new child's start.
+/// Milestones of one electd handoff, in milliseconds after the SIGTERM, from the two
+/// replicas' logs and the ledger (`None`: the line was not found).
+const MILESTONES: [(&str, &str); 8] = [
+    (
+        "trace_sig",
+        "old electd logs the signal (`SIGTERM received`)",
+    ),
+    (
+        "trace_stopping",
+        "old electd begins to stop its child (`stopping child`)",
+    ),
+    (
+        "trace_child_exit",
+        "old child's `stop` record (its SIGTERM trap ran)",
+    ),
+    (
+        "trace_reaped",
+        "old electd has reaped the child's group (`child stopped`)",
+    ),
+    (
+        "trace_revoked",
+        "old electd's lease revoke answered (`lease revoked`, debug)",
+    ),
+    (
+        "trace_elected",
+        "new leader's electd leads (`role changed … to=leader`)",
+    ),
+    (
+        "trace_spawned",
+        "new leader's electd spawned the child (`child started`)",
+    ),
+    ("trace_start", "new child's `start` record"),
+];
+
+/// Where a handoff's milliseconds go: (label, from milestone (`None`: the signal), to).
+const STAGES: [(&str, Option<usize>, usize); 7] = [
+    ("the signal reaches electd's owner task", None, 0),
+    ("the role machine decides to stop the child", Some(0), 1),
+    (
+        "the child's stop signal, its trap and its `stop` record",
+        Some(1),
+        2,
+    ),
+    ("the child's exit, reap and the group's checks", Some(2), 3),
+    (
+        "lease revoke and the delete event reaching the next replica",
+        Some(3),
+        5,
+    ),
+    ("the new leader spawns its child", Some(5), 6),
+    ("the child's shell starts and writes its record", Some(6), 7),
+];
+
+fn electd_milestones(p: &Pair, t: u128, a_stop: u128, b_start: u128) -> [Option<f64>; 8] {
+    let (Some(a), Some(b)) = (p.a.daemon(), p.b.daemon()) else {
+        return [None; 8];
+    };
+    let at =
+        |log: &Path, needles: &[&str]| log_time_after(log, needles, t).map(|x| ms_between(x, t));
+    [
+        at(&a.log, &["SIGTERM received"]),
+        at(&a.log, &["stopping child"]),
+        Some(ms_between(a_stop, t)),
+        at(&a.log, &["child stopped"]),
+        at(&a.log, &["lease revoked"]),
+        at(&b.log, &["role changed", "to=leader"]),
+        at(&b.log, &["child started"]),
+        Some(ms_between(b_start, t)),
+    ]
+}
+
+/// How long `spawn` of `sh -c :` takes, `n` times each: with a `pre_exec` hook (which makes std
+/// fork) and without (std may posix_spawn). Milliseconds.
+fn spawn_costs(n: usize) -> (Vec<f64>, Vec<f64>) {
+    use std::os::unix::process::CommandExt;
+    let timed = |hook: bool| {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", ":"]).process_group(0);
+        if hook {
+            // SAFETY: the hook makes no call at all.
+            unsafe {
+                cmd.pre_exec(|| Ok(()));
+            }
+        }
+        let t = std::time::Instant::now();
+        let child = cmd.spawn();
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        if let Ok(mut c) = child {
+            let _ = c.wait();
+        }
+        ms
+    };
+    let (mut forked, mut spawned) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        forked.push(timed(true));
+        spawned.push(timed(false));
+    }
+    (forked, spawned)
+}
+
+/// Scenario 1, SIGTERM to the leader's wrapper: from the old child's exit to the new child's
+/// start, what etcd did meanwhile, and (electd) where the milliseconds went.
 pub fn handoff(cfg: &BenchConfig) -> Section {
     let mut s = Section::new(
         "handoff",
@@ -171,7 +284,11 @@ pub fn handoff(cfg: &BenchConfig) -> Section {
          lock`, which ignores SIGTERM while its command runs, SIGTERM to its process group \
          (the child exits, etcdctl deletes its key). Handoff = the new leader's child `start` \
          record minus the old child's `stop` record (written in its SIGTERM trap, just before \
-         it exits).",
+         it exits). etcd's calls are deltas of its counters from just before the signal to \
+         300 ms after the new child started. The trace rows are milliseconds after the \
+         signal, from the ledger and (electd) the two replicas' log lines, which carry \
+         microsecond timestamps of the same clock; electd logs at debug here \
+         (`RUST_LOG=warn,electd=debug`) for its `lease revoked` line.",
         ["electd", "etcdctl lock"],
     );
     let etcd = Etcd::start();
@@ -179,18 +296,64 @@ pub fn handoff(cfg: &BenchConfig) -> Section {
     let dir = temp_dir();
     let (mut handoff, mut total) = (Cols::default(), Cols::default());
     let mut graceful = Counts::default();
+    let (mut reads, mut writes, mut fsyncs, mut fsync_ms) = (
+        Cols::default(),
+        Cols::default(),
+        Cols::default(),
+        Cols::default(),
+    );
+    // [tool][milestone]: etcdctl lock has only the ledger's two (2 and 7).
+    let mut trace: [[Vec<f64>; 8]; 2] = Default::default();
+    let mut stages: [Vec<f64>; 7] = Default::default();
     iterate(cfg, &mut s, |tool, _, name| {
-        let p = Pair::start(cfg, &etcd, tool, name, [&ep, &ep], dir.path());
+        let log = (tool == Tool::Electd).then_some("warn,electd=debug");
+        let p = Pair::start(cfg, &etcd, tool, name, [&ep, &ep], dir.path(), log);
+        let before = EtcdCounters::read(&etcd);
         let t = now_ns();
         p.a.stop_gracefully();
         p.wait_new_child(cfg.ttl + Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(300));
+        let d = EtcdCounters::read(&etcd).since(&before);
         let (a, b) = p.runs();
         let b = b.expect("b started");
         let h = ms_between(b.start, a.last);
         handoff.push(tool, h);
         total.push(tool, ms_between(b.start, t));
         graceful.push(tool, a.stopped);
-        format!("handoff {h:.1} ms")
+        reads.push(tool, d.reads());
+        writes.push(tool, d.writes());
+        fsyncs.push(tool, d.fsyncs);
+        if let Some(m) = d.fsync_mean_ms() {
+            fsync_ms.push(tool, m);
+        }
+        match tool {
+            Tool::Electd => {
+                let m = electd_milestones(&p, t, a.last, b.start);
+                for (k, x) in m.iter().enumerate() {
+                    trace[0][k].extend(*x);
+                }
+                for (k, (_, from, to)) in STAGES.iter().enumerate() {
+                    let x = match from {
+                        None => m[*to],
+                        Some(f) => m[*to].zip(m[*f]).map(|(b, a)| b - a),
+                    };
+                    stages[k].extend(x);
+                }
+            }
+            Tool::EtcdctlLock => {
+                trace[1][2].push(ms_between(a.last, t));
+                trace[1][7].push(ms_between(b.start, t));
+            }
+        }
+        format!(
+            "handoff {h:.1} ms; etcd: {} reads, {} writes ({} DeleteRange, {} LeaseRevoke), {} \
+             fsyncs",
+            d.reads(),
+            d.writes(),
+            d.delete_range,
+            d.lease_revoke,
+            d.fsyncs
+        )
     });
     s.push(
         "handoff",
@@ -213,6 +376,90 @@ pub fn handoff(cfg: &BenchConfig) -> Section {
         false,
         graceful.values(),
     );
+    s.push(
+        "reads",
+        "etcd reads during the handoff (`Range` + `Txn`)",
+        "requests",
+        false,
+        reads.values(),
+    );
+    s.push(
+        "writes",
+        "etcd writes during the handoff (`Txn`, `Put`, `DeleteRange`, lease grant and revoke)",
+        "requests",
+        false,
+        writes.values(),
+    );
+    s.push(
+        "fsyncs",
+        "etcd WAL fsyncs during the handoff",
+        "fsyncs",
+        false,
+        fsyncs.values(),
+    );
+    s.push(
+        "fsync_ms",
+        "etcd's mean WAL fsync during the handoff",
+        "ms",
+        false,
+        fsync_ms.values(),
+    );
+    for (k, (id, what)) in MILESTONES.iter().enumerate() {
+        let cols = trace.each_ref().map(|t| {
+            if t[k].is_empty() {
+                Value::Missing
+            } else {
+                Value::Samples(t[k].clone())
+            }
+        });
+        s.push(id, &format!("trace: SIGTERM → {what}"), "ms", false, cols);
+    }
+    let scans: Vec<(f64, usize)> = (0..20).map(|_| proc_scan_ms()).collect();
+    s.push(
+        "proc_scan",
+        &format!(
+            "one walk over every process's `/proc/PID/stat` here ({} processes), the shape of \
+             the supervisor's tree walk",
+            scans.last().map_or(0, |x| x.1)
+        ),
+        "ms",
+        false,
+        [
+            Value::Samples(scans.iter().map(|x| x.0).collect()),
+            Value::Missing,
+        ],
+    );
+    let (forked, spawned) = spawn_costs(20);
+    s.push(
+        "spawn_fork",
+        "spawning `sh -c :` from the benchmark process with a `pre_exec` hook (fork, as \
+         electd's supervisor does), until `spawn` returns",
+        "ms",
+        false,
+        [Value::Samples(forked), Value::Missing],
+    );
+    s.push(
+        "spawn_plain",
+        "… the same without a `pre_exec` hook (std may use posix_spawn)",
+        "ms",
+        false,
+        [Value::Samples(spawned), Value::Missing],
+    );
+    let med = |v: &[f64]| quantile(v, 0.5).map_or("?".to_string(), |x| format!("{} ms", num(x)));
+    let parts: Vec<String> = STAGES
+        .iter()
+        .zip(&stages)
+        .map(|((what, _, _), v)| format!("{what} {}", med(v)))
+        .collect();
+    s.notes.push(format!(
+        "Where electd's milliseconds go, stage by stage (medians of per-iteration \
+         differences between the trace's milestones): {}. The revoke stage is one round trip \
+         to etcd that commits through raft (a WAL fsync, row above) and whose delete event \
+         etcd then sends to the watcher; no read follows it. `etcdctl lock`'s holder deletes its key \
+         (`DeleteRange`; it leaves its lease to expire), and its waiter, woken by that delete, \
+         reads the prefix again before it runs its command.",
+        parts.join("; ")
+    ));
     s
 }
 
@@ -241,7 +488,7 @@ pub fn crash(cfg: &BenchConfig) -> Section {
     let mut overlap = Cols::default();
     let mut alive = Counts::default();
     iterate(cfg, &mut s, |tool, _, name| {
-        let p = Pair::start(cfg, &etcd, tool, name, [&ep, &ep], dir.path());
+        let p = Pair::start(cfg, &etcd, tool, name, [&ep, &ep], dir.path(), None);
         let t = now_ns();
         p.a.crash();
         p.wait_new_child(cfg.ttl + Duration::from_secs(15));

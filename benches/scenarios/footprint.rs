@@ -1,58 +1,17 @@
-//! Scenario 6: idle footprint. RSS (`VmRSS`) and CPU (`utime + stime`) of an idle leader and
+//! Scenario: idle footprint. RSS (`VmRSS`) and CPU (`utime + stime`) of an idle leader and
 //! follower, and the load each replica puts on etcd (deltas of etcd's gRPC counters) with one
-//! and with three replicas; electd next to `etcdctl lock` holding and waiting for a lock.
+//! and with three replicas, at the benchmark's TTL and at the default TTL (10 s); electd next
+//! to `etcdctl lock` holding and waiting for a lock.
 
 use std::time::{Duration, Instant};
 
 use super::report::num;
+use super::trace::{EtcdCounters, clock_ticks_per_second, rss_mb, stat, watchdog_of};
 use super::{BenchConfig, LockProcess, Section, Value, attempt, electd_spec, queued};
 use crate::common::{Daemon, Etcd, etcd_metrics, metric_sum, wait_until};
 
-/// VmRSS in MB (10^6 bytes).
-fn rss_mb(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb * 1024.0 / 1e6)
-}
-
-/// (parent pid, utime + stime in clock ticks) from /proc/PID/stat.
-fn stat(pid: u32) -> Option<(u32, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = text.rsplit_once(')')?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After the command: state(3) ppid(4) … utime(14) stime(15).
-    let ppid = f.get(1)?.parse().ok()?;
-    let utime: u64 = f.get(11)?.parse().ok()?;
-    let stime: u64 = f.get(12)?.parse().ok()?;
-    Some((ppid, utime + stime))
-}
-
-fn clock_ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// electd's freeze watchdog: its child running `<exe> __watchdog`.
-fn watchdog_of(pid: u32) -> Option<u32> {
-    std::fs::read_dir("/proc")
-        .ok()?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .find(|p| {
-            stat(*p).is_some_and(|(ppid, _)| ppid == pid)
-                && std::fs::read(format!("/proc/{p}/cmdline"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("__watchdog"))
-        })
-}
+/// electd's default TTL, at which etcd's load per idle replica is also measured.
+const DEFAULT_TTL: Duration = Duration::from_secs(10);
 
 /// Per-interval samples over one window.
 struct Window {
@@ -184,6 +143,79 @@ fn etcdctl_side(cfg: &BenchConfig, etcd: &Etcd) -> Measured {
     }
 }
 
+/// etcd's load from three idle replicas (a leader and two waiting) at the default TTL, per
+/// replica and second, averaged over the whole window.
+struct DefaultTtlLoad {
+    msgs: f64,
+    keepalives: f64,
+    watch_in: f64,
+    watch_out: f64,
+    rpcs: f64,
+    /// etcd's own CPU over the window, % of one core (not per replica).
+    etcd_cpu: f64,
+}
+
+fn default_ttl_window(cfg: &BenchConfig, etcd: &Etcd) -> DefaultTtlLoad {
+    std::thread::sleep(cfg.footprint_warmup);
+    let a = EtcdCounters::read(etcd);
+    let t = Instant::now();
+    std::thread::sleep(cfg.footprint_default_ttl_window);
+    let d = EtcdCounters::read(etcd).since(&a);
+    let per = |x: f64| x / t.elapsed().as_secs_f64() / 3.0;
+    DefaultTtlLoad {
+        msgs: per(d.msgs_in),
+        keepalives: per(d.keepalive_msgs),
+        watch_in: per(d.watch_msgs_in),
+        watch_out: per(d.watch_msgs_out),
+        rpcs: per(d.handled),
+        etcd_cpu: d.cpu / t.elapsed().as_secs_f64() * 100.0,
+    }
+}
+
+fn electd_default_ttl(cfg: &BenchConfig, etcd: &Etcd) -> DefaultTtlLoad {
+    let spec = |id: &str| {
+        electd_spec(cfg, &etcd.endpoint(), "footprint-default-ttl", id)
+            .ttl(&format!("{}s", DEFAULT_TTL.as_secs()))
+            .args(&["--stop-grace", "3s"])
+            .sh("exec sleep 100000")
+    };
+    let a = spec("a").start();
+    a.wait_role("leader", Duration::from_secs(20));
+    let others: Vec<Daemon> = ["b", "c"].iter().map(|id| spec(id).start()).collect();
+    for d in &others {
+        d.wait_role("follower", Duration::from_secs(20));
+    }
+    default_ttl_window(cfg, etcd)
+}
+
+fn etcdctl_default_ttl(cfg: &BenchConfig, etcd: &Etcd) -> DefaultTtlLoad {
+    let dir = tempfile::Builder::new()
+        .prefix("electd-bench-fp-")
+        .tempdir()
+        .expect("temp dir");
+    let cmd = ["sleep".to_string(), "100000".to_string()];
+    let name = "footprint-lock-default-ttl";
+    let _holders: Vec<LockProcess> = ["a", "b", "c"]
+        .iter()
+        .map(|id| {
+            let l = LockProcess::start(
+                &etcd.endpoint(),
+                name,
+                id,
+                DEFAULT_TTL,
+                &cmd,
+                &dir.path().join(format!("{id}.log")),
+            );
+            let n = 1 + ["a", "b", "c"].iter().position(|x| x == id).unwrap_or(0);
+            wait_until(Duration::from_secs(20), "etcdctl lock to queue", || {
+                queued(etcd, name) == n
+            });
+            l
+        })
+        .collect();
+    default_ttl_window(cfg, etcd)
+}
+
 pub fn footprint(cfg: &BenchConfig) -> Section {
     let mut s = Section::new(
         "footprint",
@@ -211,9 +243,18 @@ pub fn footprint(cfg: &BenchConfig) -> Section {
         cfg.progress("footprint: electd done");
         std::thread::sleep(Duration::from_millis(500));
         let c = etcdctl_side(cfg, &etcd);
-        (e, c)
+        cfg.progress("footprint: etcdctl lock done");
+        drop(etcd);
+        // At the default TTL, each tool on an etcd of its own (nothing else keeps it busy).
+        let etcd = Etcd::start();
+        let ed = electd_default_ttl(cfg, &etcd);
+        drop(etcd);
+        cfg.progress("footprint: electd at the default TTL done");
+        let etcd = Etcd::start();
+        let cd = etcdctl_default_ttl(cfg, &etcd);
+        (e, c, [ed, cd])
     });
-    let (e, c) = match result {
+    let (e, c, dflt) = match result {
         Ok(x) => x,
         Err(err) => {
             s.failures.push(err);
@@ -298,5 +339,58 @@ pub fn footprint(cfg: &BenchConfig) -> Section {
         false,
         both(&|m| m.follower.rpcs.clone()),
     );
+    let ttl = DEFAULT_TTL.as_secs();
+    let rate = |f: &dyn Fn(&DefaultTtlLoad) -> f64| dflt.each_ref().map(|d| Value::Text(num(f(d))));
+    s.push(
+        "dflt_msgs",
+        &format!("TTL {ttl} s, 3 replicas: etcd gRPC messages received per second per replica"),
+        "msg/s",
+        false,
+        rate(&|d| d.msgs),
+    );
+    s.push(
+        "dflt_keepalives",
+        &format!("TTL {ttl} s: … of which lease keepalives"),
+        "msg/s",
+        false,
+        rate(&|d| d.keepalives),
+    );
+    s.push(
+        "dflt_watch_in",
+        &format!("TTL {ttl} s: … of which on watch streams (progress requests, watch creation)"),
+        "msg/s",
+        false,
+        rate(&|d| d.watch_in),
+    );
+    s.push(
+        "dflt_watch_out",
+        &format!("TTL {ttl} s: watch responses etcd sent per second per replica"),
+        "msg/s",
+        false,
+        rate(&|d| d.watch_out),
+    );
+    s.push(
+        "dflt_rpcs",
+        &format!("TTL {ttl} s: etcd completed RPCs per second per replica"),
+        "RPC/s",
+        false,
+        rate(&|d| d.rpcs),
+    );
+    s.push(
+        "dflt_etcd_cpu",
+        &format!("TTL {ttl} s: etcd's own CPU with 3 idle replicas (whole etcd, not per replica)"),
+        "% of a core",
+        false,
+        rate(&|d| d.etcd_cpu),
+    );
+    s.notes.push(format!(
+        "At the default TTL ({ttl} s) each tool runs a leader and two waiters on an etcd of its \
+         own; the rates are averaged over {:.0} s after {:.1} s of warm-up. electd keeps its \
+         lease alive every TTL/6 (at most 2 s) and, when its watch has been quiet that long, \
+         asks it for a progress report; `etcdctl lock` keeps its lease alive every TTL/3 and \
+         its waiters watch only their predecessor's key, without progress requests.",
+        cfg.footprint_default_ttl_window.as_secs_f64(),
+        cfg.footprint_warmup.as_secs_f64(),
+    ));
     s
 }

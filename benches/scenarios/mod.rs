@@ -10,8 +10,10 @@
 pub mod api;
 pub mod failover;
 pub mod footprint;
+pub mod health;
 pub mod report;
 pub mod scale;
+pub mod trace;
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -25,11 +27,12 @@ use crate::common::{Daemon, DaemonSpec, Etcd, etcdctl_binary, pid_alive, spawn_t
 pub use report::{Report, Section, Value};
 
 /// Scenario keys, in report order (`--only` takes one of them).
-pub const SCENARIOS: [&str; 7] = [
+pub const SCENARIOS: [&str; 8] = [
     "handoff",
     "crash",
     "partition",
     "flap",
+    "health",
     "api",
     "footprint",
     "scale",
@@ -48,20 +51,32 @@ pub struct BenchConfig {
     pub observe: Duration,
     /// Flap: how long to watch after the link is restored, beyond one TTL.
     pub flap_settle: Duration,
-    /// Role API: concurrent keep-alive clients, measured duration per target, rounds.
+    /// Health-check failover: replicas, each with its own health file.
+    pub health_replicas: usize,
+    /// Role API: concurrent keep-alive clients, warm-up and measured duration per target,
+    /// rounds (each round measures every target once, in alternating order).
     pub api_clients: usize,
+    pub api_warmup: Duration,
     pub api_duration: Duration,
     pub api_rounds: usize,
     /// Footprint: the idle electd window (RSS, CPU), and the other windows.
     pub footprint_idle: Duration,
     pub footprint_window: Duration,
     pub footprint_warmup: Duration,
-    /// Scale: candidates in one election and their TTL.
-    pub scale_candidates: usize,
+    /// Footprint: the window over which etcd's load per idle replica is averaged at the
+    /// default TTL (10 s).
+    pub footprint_default_ttl_window: Duration,
+    /// Scale: electd processes in one election, in-process candidate counts (each in a
+    /// helper process of its own), their TTL, and the window etcd is watched after each
+    /// leader change or join.
+    pub scale_processes: usize,
+    pub scale_in_process: Vec<usize>,
     pub scale_ttl: Duration,
-    /// Arguments that make this executable serve the role API baseline in a process of its
-    /// own (with [`api::BASELINE_ENV`] set; see [`api::serve_baseline_if_asked`]).
-    pub baseline_args: Vec<String>,
+    pub scale_window: Duration,
+    /// Arguments that make this executable a helper process (with one of the helper
+    /// variables set; see [`helper_if_asked`]): the role API's baseline server, an in-process
+    /// scale run.
+    pub helper_args: Vec<String>,
     /// Run only this scenario.
     pub only: Option<String>,
     /// How long to watch /proc/stat for other work before and after the run.
@@ -72,7 +87,6 @@ pub struct BenchConfig {
 
 impl BenchConfig {
     /// The full benchmark (`cargo bench --bench electd`).
-    #[allow(dead_code)] // used by the bench binary only
     pub fn full() -> BenchConfig {
         BenchConfig {
             iterations: 20,
@@ -80,15 +94,20 @@ impl BenchConfig {
             stop_grace: Duration::from_secs(1),
             observe: Duration::from_secs(2),
             flap_settle: Duration::from_secs(2),
+            health_replicas: 3,
             api_clients: 16,
-            api_duration: Duration::from_secs(5),
-            api_rounds: 3,
+            api_warmup: Duration::from_millis(200),
+            api_duration: Duration::from_secs(1),
+            api_rounds: 10,
             footprint_idle: Duration::from_secs(60),
             footprint_window: Duration::from_secs(20),
             footprint_warmup: Duration::from_secs(3),
-            scale_candidates: 200,
-            scale_ttl: Duration::from_secs(5),
-            baseline_args: Vec::new(),
+            footprint_default_ttl_window: Duration::from_secs(30),
+            scale_processes: 30,
+            scale_in_process: vec![200, 1000],
+            scale_ttl: Duration::from_secs(10),
+            scale_window: Duration::from_secs(1),
+            helper_args: Vec::new(),
             only: None,
             quiet: Duration::from_secs(3),
             verbose: true,
@@ -102,16 +121,21 @@ impl BenchConfig {
             iterations: 1,
             observe: Duration::from_millis(400),
             flap_settle: Duration::from_millis(300),
+            health_replicas: 2,
             api_clients: 8,
-            api_duration: Duration::from_millis(700),
+            api_warmup: Duration::from_millis(100),
+            api_duration: Duration::from_millis(250),
             api_rounds: 1,
             footprint_idle: Duration::from_secs(3),
             footprint_window: Duration::from_millis(1500),
             footprint_warmup: Duration::from_millis(500),
-            scale_candidates: 20,
-            // tests/bench_smoke.rs: run its ignored test that calls serve_baseline_if_asked.
-            baseline_args: [
-                "axum_baseline_process",
+            footprint_default_ttl_window: Duration::from_millis(1500),
+            scale_processes: 3,
+            scale_in_process: vec![10, 20],
+            scale_window: Duration::from_millis(500),
+            // tests/bench_smoke.rs: run its ignored test that calls helper_if_asked.
+            helper_args: [
+                "bench_helper_process",
                 "--exact",
                 "--ignored",
                 "--test-threads=1",
@@ -149,6 +173,7 @@ pub fn run(cfg: &BenchConfig) -> Report {
             "crash" => failover::crash(cfg),
             "partition" => failover::partition(cfg),
             "flap" => failover::flap(cfg),
+            "health" => health::health(cfg),
             "api" => api::role_api(cfg),
             "footprint" => footprint::footprint(cfg),
             "scale" => scale::scale(cfg),
@@ -159,6 +184,26 @@ pub fn run(cfg: &BenchConfig) -> Report {
     }
     report.finish();
     report
+}
+
+/// In a helper process the benchmark started (this executable re-run with
+/// [`BenchConfig::helper_args`]): do the helper's work and return true. Anywhere else: return
+/// false at once.
+pub fn helper_if_asked() -> bool {
+    api::serve_baseline_if_asked() || scale::run_helper_if_asked() || api::profile_if_asked()
+}
+
+/// This executable re-run as a helper process with `env` set, tied to this process (it dies
+/// with it); its stdout is discarded, its stderr (progress) is ours.
+pub fn start_helper(cfg: &BenchConfig, env: &[(&str, &Path)], stdin: Stdio) -> Child {
+    let mut cmd = Command::new(std::env::current_exe().expect("own executable"));
+    cmd.args(&cfg.helper_args)
+        .stdin(stdin)
+        .stdout(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    spawn_tied(cmd).expect("start a helper process")
 }
 
 /// Run `f`, turning a panic (a harness timeout, say) into an error message.
@@ -297,7 +342,8 @@ pub enum Wrapper {
 }
 
 impl Wrapper {
-    /// Start `sh SCRIPT` under `tool` as replica `id` of election `name`.
+    /// Start `sh SCRIPT` under `tool` as replica `id` of election `name`; electd logs with
+    /// `log` as its `RUST_LOG` if given (else as deployed, see [`electd_spec`]).
     pub fn start(
         tool: Tool,
         cfg: &BenchConfig,
@@ -305,12 +351,16 @@ impl Wrapper {
         name: &str,
         id: &str,
         script: &Path,
+        log: Option<&str>,
     ) -> Wrapper {
         let command = vec!["sh".to_string(), script.display().to_string()];
         match tool {
             Tool::Electd => {
                 let mut spec = electd_spec(cfg, endpoint, name, id)
                     .args(&["--stop-grace", &format!("{}ms", cfg.stop_grace.as_millis())]);
+                if let Some(filter) = log {
+                    spec = spec.env("RUST_LOG", filter);
+                }
                 spec.command = command;
                 Wrapper::Electd(Box::new(spec.start()))
             }

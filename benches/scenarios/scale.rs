@@ -1,17 +1,269 @@
-//! Scenario 7: many candidates in one election, in process: `electd::election::Driver` × N on
-//! one tokio runtime and one etcd client. On each leader change (the leader's
-//! `release(After::Stop)`), count who was woken and time the next `Position::Leading`.
+//! Scenario: many candidates in one election (issue 17), side by side: real electd processes,
+//! and many `electd::election::Driver`s in one process (each count in a helper process of its
+//! own, so its memory growth is its own). Every candidate keeps the queue from one watch of the
+//! whole prefix, so a leader change should cost no read at etcd, whatever the count; each join
+//! is one event for every watcher.
+//!
+//! On each leader change (SIGTERM to the leading process; `release(After::Stop)` in process):
+//! etcd's completed `Range` and `Txn` calls, the events it sent to watchers and its CPU time
+//! in a window after the change, and when the new leader and every follower named it. Then a
+//! new candidate joins at the back, and the same is counted for the join.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 use electd::config::Timing;
 use electd::election::etcd::EtcdBackend;
 use electd::election::{After, DriverConfig, DriverHandle, ElectionView, MemberInfo, Position};
+use nix::sys::signal::Signal;
 use tokio::sync::watch;
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::{Instant, sleep, sleep_until, timeout};
 
-use super::{BenchConfig, Section, Value, attempt};
-use crate::common::{Etcd, etcd_metrics, metric_sum};
+use super::report::num;
+use super::trace::{EtcdCounters, rss_mb};
+use super::{BenchConfig, Section, Value, attempt, electd_spec, start_helper};
+use crate::common::{Daemon, Etcd, http_get, wait_child_timeout, wait_until};
+
+/// What one column measured. Times in milliseconds, memory in MB.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Figures {
+    pub n: usize,
+    /// From starting every candidate to one leader that every other one names, in seconds.
+    pub settle_s: Option<f64>,
+    /// Memory per candidate: in process, the RSS growth over N; else each process's RSS.
+    pub memory: Vec<f64>,
+    /// In process: the whole RSS growth for N candidates.
+    pub memory_total: Option<f64>,
+    /// Per leader change.
+    pub to_leader: Vec<f64>,
+    pub all_follow: Vec<f64>,
+    pub release: Vec<f64>,
+    pub reads: Vec<f64>,
+    pub writes: Vec<f64>,
+    pub events: Vec<f64>,
+    pub cpu_ms: Vec<f64>,
+    pub window_ms: Vec<f64>,
+    pub wakeups: Vec<f64>,
+    /// etcd's CPU, and the reads it served, in windows of the same length without any change.
+    pub idle_cpu_ms: Vec<f64>,
+    pub idle_reads: Vec<f64>,
+    /// Per join.
+    pub join_range: Vec<f64>,
+    pub join_txn: Vec<f64>,
+    pub join_grant: Vec<f64>,
+    pub join_events: Vec<f64>,
+    pub join_cpu_ms: Vec<f64>,
+    pub join_seen: Vec<f64>,
+    pub failures: Vec<String>,
+}
+
+impl Figures {
+    fn change(&mut self, d: &EtcdCounters) {
+        self.reads.push(d.reads());
+        self.writes.push(d.writes());
+        self.events.push(d.events);
+        self.cpu_ms.push(d.cpu * 1e3);
+    }
+
+    fn join(&mut self, d: &EtcdCounters) {
+        self.join_range.push(d.range);
+        self.join_txn.push(d.txn);
+        self.join_grant.push(d.lease_grant);
+        self.join_events.push(d.events);
+        self.join_cpu_ms.push(d.cpu * 1e3);
+    }
+}
+
+/// etcd's CPU (milliseconds) and the reads it served in `k` windows of `window` without any
+/// change.
+fn idle_windows(etcd: &Etcd, window: Duration, k: usize) -> (Vec<f64>, Vec<f64>) {
+    (0..k)
+        .map(|_| {
+            let a = EtcdCounters::read(etcd);
+            std::thread::sleep(window);
+            let d = EtcdCounters::read(etcd).since(&a);
+            (d.cpu * 1e3, d.reads())
+        })
+        .unzip()
+}
+
+// ---------------------------------------------------------------------------
+// Real electd processes
+// ---------------------------------------------------------------------------
+
+/// `GET /role` as JSON, if the daemon answers.
+fn role(addr: &str, path: &str) -> Option<serde_json::Value> {
+    let (code, body) = http_get(addr, path).ok()?;
+    (code == 200).then(|| serde_json::from_str(&body).ok())?
+}
+
+/// Wait until every daemon answers, exactly one leads and every other one names it; its index.
+fn wait_all_agree(daemons: &[Daemon], within: Duration) -> usize {
+    let mut found = None;
+    wait_until(within, "one leader that every replica names", || {
+        let docs: Option<Vec<serde_json::Value>> =
+            daemons.iter().map(|d| role(&d.http, "/role")).collect();
+        let Some(docs) = docs else { return false };
+        let leaders: Vec<usize> = (0..docs.len())
+            .filter(|i| docs[*i]["role"] == "leader")
+            .collect();
+        let [l] = leaders[..] else { return false };
+        let token = &docs[l]["fencing_token"];
+        found = Some(l);
+        docs.iter().all(|d| d["fencing_token"] == *token)
+    });
+    found.expect("set when the wait succeeded")
+}
+
+/// Long-poll `/role` on `addr` until it names a leader other than `old`; when, and whether this
+/// replica says it leads.
+fn wait_new_leader(
+    addr: String,
+    old: i64,
+    deadline: std::time::Instant,
+) -> Option<(std::time::Instant, i64, bool)> {
+    let mut version = role(&addr, "/role")?["version"].as_u64()?;
+    while std::time::Instant::now() < deadline {
+        let Some(doc) = role(&addr, &format!("/role?wait=1500ms&after={version}")) else {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        };
+        let at = std::time::Instant::now();
+        if let Some(token) = doc["fencing_token"].as_i64()
+            && token != old
+        {
+            return Some((at, token, doc["role"] == "leader"));
+        }
+        version = doc["version"].as_u64().unwrap_or(version);
+    }
+    None
+}
+
+fn processes(cfg: &BenchConfig) -> Figures {
+    let n = cfg.scale_processes;
+    let etcd = Etcd::start();
+    let ttl = format!("{}s", cfg.scale_ttl.as_secs());
+    let spec =
+        |i: usize| electd_spec(cfg, &etcd.endpoint(), "scale", &format!("r{i:03}")).ttl(&ttl);
+    let mut f = Figures {
+        n,
+        ..Figures::default()
+    };
+    let t = std::time::Instant::now();
+    let mut daemons: Vec<Daemon> = (0..n).map(|i| spec(i).start()).collect();
+    let mut next = n;
+    wait_all_agree(&daemons, Duration::from_secs(120));
+    f.settle_s = Some(t.elapsed().as_secs_f64());
+    cfg.progress(&format!(
+        "scale: {n} electd processes settled in {:.1} s",
+        t.elapsed().as_secs_f64()
+    ));
+    std::thread::sleep(Duration::from_secs(1));
+    f.memory = daemons.iter().filter_map(|d| rss_mb(d.pid())).collect();
+    (f.idle_cpu_ms, f.idle_reads) = idle_windows(&etcd, cfg.scale_window, 3);
+    for i in 0..cfg.iterations {
+        let step = attempt(|| {
+            let l = wait_all_agree(&daemons, Duration::from_secs(30));
+            let old = daemons[l].fencing_token().expect("the leader has a token");
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            let pollers: Vec<_> = daemons
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != l)
+                .map(|(_, d)| {
+                    let addr = d.http.clone();
+                    std::thread::spawn(move || wait_new_leader(addr, old, deadline))
+                })
+                .collect();
+            // Let every long poll reach its daemon before the change.
+            std::thread::sleep(Duration::from_millis(200));
+            let before = EtcdCounters::read(&etcd);
+            let t0 = std::time::Instant::now();
+            daemons[l].signal(Signal::SIGTERM);
+            daemons[l].wait_exit(Duration::from_secs(10));
+            let exited = t0.elapsed();
+            let seen: Vec<_> = pollers
+                .into_iter()
+                .map(|p| {
+                    p.join()
+                        .ok()
+                        .flatten()
+                        .expect("a follower named a new leader")
+                })
+                .collect();
+            let tokens: Vec<i64> = seen.iter().map(|s| s.1).collect();
+            assert!(
+                tokens.iter().all(|t| *t == tokens[0]),
+                "the followers named different leaders: {tokens:?}"
+            );
+            let ms = |at: std::time::Instant| at.duration_since(t0).as_secs_f64() * 1e3;
+            let leader_at = seen.iter().find(|s| s.2).expect("the new leader says so").0;
+            let all = seen.iter().map(|s| s.0).max().expect("followers");
+            let window = cfg
+                .scale_window
+                .max(all.duration_since(t0) + Duration::from_millis(200));
+            std::thread::sleep(window.saturating_sub(t0.elapsed()));
+            let d = EtcdCounters::read(&etcd).since(&before);
+            f.to_leader.push(ms(leader_at));
+            f.all_follow.push(ms(all));
+            f.release.push(exited.as_secs_f64() * 1e3);
+            f.window_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+            f.change(&d);
+            daemons.remove(l);
+
+            // A new replica joins at the back.
+            let before = EtcdCounters::read(&etcd);
+            let t1 = std::time::Instant::now();
+            let joined = spec(next).start();
+            next += 1;
+            joined.wait_role("follower", Duration::from_secs(20));
+            let window = cfg
+                .scale_window
+                .max(t1.elapsed() + Duration::from_millis(200));
+            std::thread::sleep(window.saturating_sub(t1.elapsed()));
+            let dj = EtcdCounters::read(&etcd).since(&before);
+            f.join(&dj);
+            daemons.push(joined);
+            format!(
+                "new leader after {:.1} ms, every follower after {:.1} ms; {} reads, {} \
+                 events at etcd; the join cost {} events",
+                ms(leader_at),
+                ms(all),
+                d.reads(),
+                d.events,
+                dj.events
+            )
+        });
+        match step {
+            Ok(summary) => cfg.progress(&format!("scale processes #{i}: {summary}")),
+            Err(e) => {
+                f.failures
+                    .push(format!("{n} processes, leader change #{i}: {e}"));
+                break;
+            }
+        }
+    }
+    f
+}
+
+// ---------------------------------------------------------------------------
+// In-process drivers (in a helper process of their own)
+// ---------------------------------------------------------------------------
+
+/// Set in the environment of an in-process scale helper: a directory holding `job.json`; the
+/// helper writes `figures.json` there.
+const SCALE_ENV: &str = "ELECTD_BENCH_SCALE";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Job {
+    n: usize,
+    iterations: usize,
+    ttl_ms: u64,
+    window_ms: u64,
+    verbose: bool,
+}
 
 struct Candidate {
     /// Member id `c{id:04}`, in joining order.
@@ -47,8 +299,17 @@ fn leading(v: &ElectionView) -> bool {
     matches!(v.position, Position::Leading { .. })
 }
 
-/// Exactly one leads and every other one waits behind that leader.
-fn settled(cands: &[Candidate]) -> Option<usize> {
+/// Whether `v` names a leader other than the one with token `old` (or leads itself).
+fn names_new(v: &ElectionView, old: i64) -> bool {
+    match &v.position {
+        Position::Leading { token, .. } => *token != old,
+        Position::Waiting { leader: Some(l) } => l.create_revision != old,
+        _ => false,
+    }
+}
+
+/// Exactly one leads and every other one waits behind that leader; its index and token.
+fn settled(cands: &[Candidate]) -> Option<(usize, i64)> {
     let views: Vec<ElectionView> = cands.iter().map(|c| c.view.borrow().clone()).collect();
     let leaders: Vec<usize> = (0..views.len()).filter(|i| leading(&views[*i])).collect();
     let [l] = leaders[..] else { return None };
@@ -62,10 +323,10 @@ fn settled(cands: &[Candidate]) -> Option<usize> {
             i == l
                 || matches!(&v.position, Position::Waiting { leader: Some(x) } if x.create_revision == token)
         })
-        .then_some(l)
+        .then_some((l, token))
 }
 
-async fn wait_settled(cands: &[Candidate], within: Duration) -> usize {
+async fn wait_settled(cands: &[Candidate], within: Duration) -> (usize, i64) {
     let end = Instant::now() + within;
     loop {
         if let Some(l) = settled(cands) {
@@ -80,61 +341,48 @@ async fn wait_settled(cands: &[Candidate], within: Duration) -> usize {
     }
 }
 
-/// etcd's completed election reads (the driver reads the election in one Txn).
-async fn txns(etcd_port: u16) -> f64 {
-    tokio::task::spawn_blocking(move || {
-        metric_sum(
-            &etcd_metrics(etcd_port),
-            "grpc_server_handled_total",
-            &["grpc_method=\"Txn\""],
-        )
-    })
-    .await
-    .expect("metrics task")
+/// etcd's counters, read off the runtime's worker threads.
+async fn counters(etcd: &Etcd) -> EtcdCounters {
+    tokio::task::block_in_place(|| EtcdCounters::read(etcd))
 }
 
-#[derive(Default)]
-struct Figures {
-    to_leader: Vec<f64>,
-    release: Vec<f64>,
-    wakeups: Vec<f64>,
-    rereads: Vec<f64>,
-    txns: Vec<f64>,
-    settle: f64,
-    failures: Vec<String>,
-}
-
-async fn run(cfg: &BenchConfig, etcd: &Etcd) -> Figures {
-    let n = cfg.scale_candidates;
-    let timing = Timing::new(cfg.scale_ttl, Duration::ZERO);
+async fn run_drivers(job: &Job, etcd: &Etcd) -> Figures {
+    let n = job.n;
+    let window = Duration::from_millis(job.window_ms);
+    let progress = |m: String| {
+        if job.verbose {
+            eprintln!("[bench] {m}");
+        }
+    };
+    let timing = Timing::new(Duration::from_millis(job.ttl_ms), Duration::ZERO);
+    let mut f = Figures {
+        n,
+        ..Figures::default()
+    };
+    let rss0 = rss_mb(std::process::id());
     let backend = EtcdBackend::connect_endpoints(&[etcd.endpoint()])
         .await
         .expect("connect to etcd");
-    let mut f = Figures::default();
     let t = Instant::now();
     let mut cands: Vec<Candidate> = (0..n).map(|i| spawn(&backend, timing, i)).collect();
     let mut next = n;
-    wait_settled(&cands, Duration::from_secs(60)).await;
-    f.settle = t.elapsed().as_secs_f64();
-    cfg.progress(&format!(
-        "scale: {n} candidates settled in {:.1} s",
-        f.settle
+    wait_settled(&cands, Duration::from_secs(300)).await;
+    f.settle_s = Some(t.elapsed().as_secs_f64());
+    progress(format!(
+        "scale: {n} in-process candidates settled in {:.1} s",
+        t.elapsed().as_secs_f64()
     ));
-    let port = etcd.client_port();
-    // Metrics pages are not gRPC, but let one keepalive round pass to start clean.
-    sleep(Duration::from_millis(200)).await;
-    for i in 0..cfg.iterations {
+    sleep(Duration::from_secs(1)).await;
+    if let (Some(a), Some(b)) = (rss0, rss_mb(std::process::id())) {
+        f.memory = vec![(b - a) / n as f64];
+        f.memory_total = Some(b - a);
+    }
+    (f.idle_cpu_ms, f.idle_reads) = tokio::task::block_in_place(|| idle_windows(etcd, window, 3));
+    for i in 0..job.iterations {
         let it = async {
-            let l = wait_settled(&cands, Duration::from_secs(30)).await;
-            let before: Vec<(u64, i64)> = cands
-                .iter()
-                .map(|c| {
-                    let v = c.view.borrow();
-                    (v.wakeups, v.revision)
-                })
-                .collect();
-            let txn_before = txns(port).await;
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let (l, old) = wait_settled(&cands, Duration::from_secs(60)).await;
+            let wakeups_before: Vec<u64> = cands.iter().map(|c| c.view.borrow().wakeups).collect();
+            let (tx, mut rx) = tokio::sync::mpsc::channel(cands.len());
             let mut waiters = tokio::task::JoinSet::new();
             for (j, c) in cands.iter().enumerate() {
                 if j == l {
@@ -142,52 +390,94 @@ async fn run(cfg: &BenchConfig, etcd: &Etcd) -> Figures {
                 }
                 let (mut view, tx) = (c.view.clone(), tx.clone());
                 waiters.spawn(async move {
-                    if view.wait_for(leading).await.is_ok() {
-                        let _ = tx.send((j, Instant::now()));
-                    }
+                    let lead = match view.wait_for(|v| names_new(v, old)).await {
+                        Ok(v) => leading(&v),
+                        Err(_) => return,
+                    };
+                    let _ = tx.send((j, Instant::now(), lead)).await;
                 });
             }
+            drop(tx);
+            let before = counters(etcd).await;
             let t0 = Instant::now();
             cands[l].handle.release(After::Stop).await;
             let released = t0.elapsed();
-            let (new, at) = timeout(Duration::from_secs(20), rx.recv())
-                .await
-                .expect("a new leader within 20 s")
-                .expect("waiters alive");
-            // Let every reaction to the change finish before counting.
-            sleep(Duration::from_millis(700)).await;
-            waiters.abort_all();
-            let txn_after = txns(port).await;
-            let mut wakeups = 0;
-            let mut rereads = 0;
-            for (j, c) in cands.iter().enumerate() {
-                if j == l {
-                    continue;
+            let mut leader_at = None;
+            let mut all = t0;
+            for _ in 0..cands.len() - 1 {
+                let (_, at, lead) = timeout(Duration::from_secs(60), rx.recv())
+                    .await
+                    .expect("every follower names the new leader within 60 s")
+                    .expect("waiters alive");
+                if lead {
+                    leader_at = Some(at);
                 }
-                let v = c.view.borrow();
-                wakeups += v.wakeups - before[j].0;
-                rereads += usize::from(v.revision > before[j].1);
+                all = all.max(at);
             }
-            let ms = at.duration_since(t0).as_secs_f64() * 1e3;
-            f.to_leader.push(ms);
-            f.release.push(released.as_secs_f64() * 1e3);
-            f.wakeups.push(wakeups as f64);
-            f.rereads.push(rereads as f64);
-            f.txns.push(txn_after - txn_before);
-            cfg.progress(&format!(
-                "scale #{i}: new leader c{:04} after {ms:.1} ms; {wakeups} predecessor \
-                 wake-ups, {rereads} re-reads, {} election reads at etcd",
-                cands[new].id,
-                txn_after - txn_before
-            ));
-            // Replace the one that left, at the back of the queue.
+            let w = window.max(all.duration_since(t0) + Duration::from_millis(200));
+            sleep_until(t0 + w).await;
+            let d = counters(etcd).await.since(&before);
+            let window_ms = t0.elapsed().as_secs_f64() * 1e3;
             let gone = cands.remove(l);
             let _ = gone.task.await;
+            let (_, token) = wait_settled(&cands, Duration::from_secs(5)).await;
+            assert_ne!(token, old, "the old leader still leads");
+            let ms = |at: Instant| at.duration_since(t0).as_secs_f64() * 1e3;
+            let leader_at = leader_at.expect("the new leader saw itself lead");
+            let wakeups: u64 = cands
+                .iter()
+                .zip(wakeups_before.iter().enumerate().filter(|(j, _)| *j != l))
+                .map(|(c, (_, before))| c.view.borrow().wakeups - before)
+                .sum();
+            f.to_leader.push(ms(leader_at));
+            f.all_follow.push(ms(all));
+            f.release.push(released.as_secs_f64() * 1e3);
+            f.window_ms.push(window_ms);
+            f.wakeups.push(wakeups as f64);
+            f.change(&d);
+
+            // A new candidate joins at the back; every other one sees it when its view reaches
+            // the join's revision (nothing else writes to this etcd meanwhile).
+            let before = counters(etcd).await;
+            let joined_at = before.revision as i64 + 1;
+            let t1 = Instant::now();
             cands.push(spawn(&backend, timing, next));
             next += 1;
+            loop {
+                if cands.iter().all(|c| c.view.borrow().revision >= joined_at) {
+                    break;
+                }
+                assert!(
+                    t1.elapsed() < Duration::from_secs(60),
+                    "the join was not seen by all"
+                );
+                sleep(Duration::from_millis(1)).await;
+            }
+            let seen = t1.elapsed();
+            sleep_until(t1 + window.max(seen + Duration::from_millis(200))).await;
+            let dj = counters(etcd).await.since(&before);
+            f.join_seen.push(seen.as_secs_f64() * 1e3);
+            f.join(&dj);
+            progress(format!(
+                "scale {n} #{i}: new leader c{:04} after {:.1} ms, every follower after {:.1} \
+                 ms; {} reads, {} events, {:.0} ms etcd CPU; the join: seen by all after \
+                 {:.1} ms, {} events",
+                cands
+                    .iter()
+                    .find(|c| leading(&c.view.borrow()))
+                    .map_or(0, |c| c.id),
+                ms(leader_at),
+                ms(all),
+                d.reads(),
+                d.events,
+                d.cpu * 1e3,
+                seen.as_secs_f64() * 1e3,
+                dj.events,
+            ));
         };
-        if let Err(e) = timeout(Duration::from_secs(90), it).await {
-            f.failures.push(format!("leader change #{i}: {e}"));
+        if let Err(e) = timeout(Duration::from_secs(180), it).await {
+            f.failures
+                .push(format!("{n} candidates, leader change #{i}: {e}"));
             break;
         }
     }
@@ -197,82 +487,298 @@ async fn run(cfg: &BenchConfig, etcd: &Etcd) -> Figures {
     f
 }
 
-pub fn scale(cfg: &BenchConfig) -> Section {
-    let mut s = Section::new(
-        "scale",
-        &format!("Scale: {} candidates", cfg.scale_candidates),
-        &format!(
-            "{} `electd::election::Driver`s campaign in one election on one tokio runtime with \
-             one etcd client (TTL {} s), in the benchmark process. {} times, the leader calls \
-             `release(After::Stop)` (revoke its lease) and a new candidate joins at the back. \
-             Woken: the drop in `ElectionView.wakeups` (predecessor watch fired) and the \
-             candidates whose view's revision moved (they received a watch event and re-read \
-             the election); etcd's completed `Txn` calls in the 0.7 s after the change count \
-             those reads at the server.",
-            cfg.scale_candidates,
-            cfg.scale_ttl.as_secs(),
-            cfg.iterations
-        ),
-        ["electd (in-process drivers)", "—"],
-    );
-    s.expected = cfg.iterations;
-    let result = attempt(|| {
+/// In a helper process started by [`in_process`]: run the drivers, write the figures and
+/// return true. Anywhere else: return false at once.
+pub fn run_helper_if_asked() -> bool {
+    let Some(dir) = std::env::var_os(SCALE_ENV).map(PathBuf::from) else {
+        return false;
+    };
+    let job: Job = serde_json::from_slice(&std::fs::read(dir.join("job.json")).expect("job"))
+        .expect("job.json");
+    let f = match attempt(|| {
         let etcd = Etcd::start();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .expect("runtime");
-        let f = rt.block_on(run(cfg, &etcd));
+        let f = rt.block_on(run_drivers(&job, &etcd));
         rt.shutdown_timeout(Duration::from_secs(5));
         f
-    });
-    let mut f = match result {
-        Ok(x) => x,
-        Err(e) => {
-            s.failures.push(e);
-            return s;
-        }
+    }) {
+        Ok(f) => f,
+        Err(e) => Figures {
+            n: job.n,
+            failures: vec![format!("{} candidates: {e}", job.n)],
+            ..Figures::default()
+        },
     };
-    s.failures.append(&mut f.failures);
-    let one = |v: Vec<f64>| [Value::Samples(v), Value::Missing];
+    let tmp = dir.join("figures.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&f).expect("figures serialise")).expect("write");
+    std::fs::rename(&tmp, dir.join("figures.json")).expect("publish figures");
+    true
+}
+
+/// `n` drivers in a helper process of its own.
+fn in_process(cfg: &BenchConfig, n: usize, dir: &Path) -> Figures {
+    let dir = dir.join(format!("scale-{n}"));
+    std::fs::create_dir_all(&dir).expect("scale dir");
+    let job = Job {
+        n,
+        iterations: cfg.iterations,
+        ttl_ms: cfg.scale_ttl.as_millis() as u64,
+        window_ms: cfg.scale_window.as_millis() as u64,
+        verbose: cfg.verbose,
+    };
+    std::fs::write(dir.join("job.json"), serde_json::to_vec(&job).expect("job")).expect("write");
+    let mut child = start_helper(cfg, &[(SCALE_ENV, &dir)], std::process::Stdio::null());
+    let limit = Duration::from_secs(300) + cfg.iterations as u32 * Duration::from_secs(60);
+    if !wait_child_timeout(&mut child, limit) {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the {n}-candidate helper did not finish within {limit:?}");
+    }
+    let text = std::fs::read(dir.join("figures.json"))
+        .unwrap_or_else(|e| panic!("the {n}-candidate helper left no figures: {e}"));
+    serde_json::from_slice(&text).expect("figures.json")
+}
+
+pub fn scale(cfg: &BenchConfig) -> Section {
+    let mut columns = vec![format!("{} electd processes", cfg.scale_processes)];
+    columns.extend(
+        cfg.scale_in_process
+            .iter()
+            .map(|n| format!("{n} in-process candidates")),
+    );
+    let window = cfg.scale_window.as_secs_f64();
+    let mut s = Section::new(
+        "scale",
+        "Scale",
+        &format!(
+            "One election, TTL {} s. Processes: electd replicas started by the test harness \
+             (no command), logging at info. In process: `electd::election::Driver`s on one \
+             multi-thread tokio runtime with one etcd client, in a helper process of their own \
+             (the benchmark executable re-run) so its memory growth is theirs alone. {} times, \
+             the leader leaves (SIGTERM; in process `release(After::Stop)`, which revokes its \
+             lease) and then a new candidate joins at the back. Who names the new leader when: \
+             each process's `/role` long poll (`?wait=&after=`), each driver's `ElectionView`. \
+             etcd's figures are deltas of its own counters over a window from just before the \
+             change: {window:.1} s, or until 200 ms after the last follower named the new \
+             leader if that is later. Reads are completed `Range` and `Txn` calls \
+             (`grpc_server_handled_total`); events are `etcd_debugging_mvcc_events_total` \
+             (one per event per watcher); etcd's CPU is `utime + stime` of its process, in \
+             10 ms ticks.",
+            cfg.scale_ttl.as_secs(),
+            cfg.iterations,
+        ),
+        columns.iter().map(String::as_str),
+    );
+    s.expected = cfg.iterations;
+    let dir = tempfile::Builder::new()
+        .prefix("electd-bench-scale-")
+        .tempdir()
+        .expect("temp dir");
+    let mut figs: Vec<Figures> = Vec::new();
+    let procs = attempt(|| processes(cfg)).unwrap_or_else(|e| Figures {
+        failures: vec![format!("{} processes: {e}", cfg.scale_processes)],
+        ..Figures::default()
+    });
+    figs.push(procs);
+    for n in &cfg.scale_in_process {
+        cfg.progress(&format!("scale: {n} in-process candidates"));
+        figs.push(
+            attempt(|| in_process(cfg, *n, dir.path())).unwrap_or_else(|e| Figures {
+                failures: vec![format!("{n} candidates: {e}")],
+                ..Figures::default()
+            }),
+        );
+    }
+    for f in &mut figs {
+        s.failures.append(&mut f.failures);
+    }
+    let row = |get: &dyn Fn(&Figures) -> Vec<f64>| -> Vec<Value> {
+        figs.iter().map(|f| Value::Samples(get(f))).collect()
+    };
+    let inproc_only = |get: &dyn Fn(&Figures) -> Vec<f64>| -> Vec<Value> {
+        figs.iter()
+            .enumerate()
+            .map(|(i, f)| {
+                if i == 0 {
+                    Value::Missing
+                } else {
+                    Value::Samples(get(f))
+                }
+            })
+            .collect()
+    };
+    s.push(
+        "reads",
+        "etcd reads per leader change (`Range` + `Txn`)",
+        "requests",
+        false,
+        row(&|f| f.reads.clone()),
+    );
     s.push(
         "to_leader",
-        "release called → next candidate sees `Position::Leading`",
+        "leader leaves → the new leader knows it leads",
         "ms",
         false,
-        one(f.to_leader),
+        row(&|f| f.to_leader.clone()),
+    );
+    s.push(
+        "all_follow",
+        "leader leaves → every follower names the new leader",
+        "ms",
+        false,
+        row(&|f| f.all_follow.clone()),
     );
     s.push(
         "release",
-        "the release (lease revoke) call itself",
+        "the leaving: SIGTERM → process exit; in process, the `release` call",
         "ms",
         false,
-        one(f.release),
+        row(&|f| f.release.clone()),
+    );
+    s.push(
+        "writes",
+        "etcd writes per leader change (`Txn`, `Put`, `DeleteRange`, lease grant and revoke)",
+        "requests",
+        false,
+        row(&|f| f.writes.clone()),
+    );
+    s.push(
+        "events",
+        "watch events etcd sent per leader change",
+        "events",
+        false,
+        row(&|f| f.events.clone()),
     );
     s.push(
         "wakeups",
-        "candidates woken by their predecessor watch",
+        "candidates whose predecessor left (`ElectionView.wakeups`)",
         "candidates",
         false,
-        one(f.wakeups),
+        inproc_only(&|f| f.wakeups.clone()),
     );
     s.push(
-        "rereads",
-        "candidates that received a watch event and re-read the election",
-        "candidates",
+        "cpu",
+        "etcd CPU in the window after a leader change",
+        "ms",
         false,
-        one(f.rereads),
+        row(&|f| f.cpu_ms.clone()),
     );
     s.push(
-        "txns",
-        "election reads (`Txn`) served by etcd after the change",
+        "window",
+        "… that window",
+        "ms",
+        false,
+        row(&|f| f.window_ms.clone()),
+    );
+    s.push(
+        "idle_cpu",
+        &format!("etcd CPU in {window:.1} s without any change (keepalives, watch progress)"),
+        "ms",
+        false,
+        row(&|f| f.idle_cpu_ms.clone()),
+    );
+    s.push(
+        "idle_reads",
+        &format!("etcd reads in {window:.1} s without any change"),
         "requests",
         false,
-        one(f.txns),
+        row(&|f| f.idle_reads.clone()),
     );
-    s.notes.push(format!(
-        "{} candidates settled on one leader {:.1} s after they were started.",
-        cfg.scale_candidates, f.settle
-    ));
+    s.push(
+        "join_seen",
+        "join: a new candidate starts → every other one has seen its key",
+        "ms",
+        false,
+        inproc_only(&|f| f.join_seen.clone()),
+    );
+    s.push(
+        "join_range",
+        "join: etcd `Range` calls (the joiner's reads)",
+        "requests",
+        false,
+        row(&|f| f.join_range.clone()),
+    );
+    s.push(
+        "join_txn",
+        "join: etcd `Txn` calls (the joiner's put-if-absent)",
+        "requests",
+        false,
+        row(&|f| f.join_txn.clone()),
+    );
+    s.push(
+        "join_grant",
+        "join: etcd lease grants",
+        "requests",
+        false,
+        row(&|f| f.join_grant.clone()),
+    );
+    s.push(
+        "join_events",
+        "join: watch events etcd sent",
+        "events",
+        false,
+        row(&|f| f.join_events.clone()),
+    );
+    s.push(
+        "join_cpu",
+        "join: etcd CPU in the window after it",
+        "ms",
+        false,
+        row(&|f| f.join_cpu_ms.clone()),
+    );
+    s.push(
+        "memory",
+        "memory per candidate: RSS of each electd process; in process, RSS growth ÷ N",
+        "MB",
+        false,
+        row(&|f| f.memory.clone()),
+    );
+    s.push(
+        "memory_total",
+        "in process: RSS growth for all N candidates",
+        "MB",
+        false,
+        inproc_only(&|f| f.memory_total.into_iter().collect()),
+    );
+    s.push(
+        "settle",
+        "all N started → one leader that every other one names",
+        "s",
+        false,
+        figs.iter()
+            .map(|f| f.settle_s.map_or(Value::Missing, |x| Value::Text(num(x))))
+            .collect::<Vec<_>>(),
+    );
+    // Memory per in-process candidate = a + b × N (every driver keeps all N entries).
+    let mem: Vec<(f64, f64)> = figs[1..]
+        .iter()
+        .filter_map(|f| Some((f.n as f64, *f.memory.first()?)))
+        .collect();
+    if let [(n1, m1), .., (n2, m2)] = mem[..]
+        && n2 > n1
+    {
+        let per_entry = (m2 - m1) / (n2 - n1);
+        let fixed = m1 - per_entry * n1;
+        s.notes.push(format!(
+            "In process, memory per candidate grows with N: every driver keeps the whole queue, \
+             so N drivers hold N² entries. From the {n1:.0} and {n2:.0} columns: about {:.0} KB \
+             per driver plus {:.0} bytes per queue entry it keeps, so one electd process in an \
+             election of N candidates holds about {:.0} bytes × N of queue.",
+            fixed * 1e3,
+            per_entry * 1e6,
+            per_entry * 1e6,
+        ));
+    }
+    s.notes.push(
+        "A leader change is one delete event (the leaving key's lease revoked) sent to every \
+         watcher; each follower learns the next leader from the queue it keeps, and the \
+         successor knows it leads, without a read. The joiner's own reads and put are fixed \
+         (a process also reads the prefix once at startup to check its configuration); its \
+         key is one event for every watcher."
+            .to_string(),
+    );
     s
 }
