@@ -68,9 +68,16 @@ fn one_child_at_a_time_and_the_old_one_stops_before_the_new_one_starts() {
 
     daemons[l].signal(Signal::SIGTERM);
     assert!(daemons[l].wait_exit(Duration::from_secs(5)).success());
-    wait_until(Duration::from_secs(5), "a new leader's child", || {
-        ledger(&ledger_path).len() == 3
-    });
+    let until = Instant::now() + Duration::from_secs(5);
+    while ledger(&ledger_path).len() < 3 {
+        if Instant::now() > until {
+            for d in &daemons {
+                eprintln!("==== {}\n{}", d.id(), d.log_tail(30));
+            }
+            panic!("no new leader's child: {:?}", ledger(&ledger_path));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let records = ledger(&ledger_path);
     assert_eq!(records[1].what, "stop");
     assert_eq!(records[1].id, first.id);

@@ -24,7 +24,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 use tokio::time::{Instant, sleep, timeout};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -189,9 +189,13 @@ impl Supervisor {
         let mut running = self.running.take()?;
         let pid = running.child.id();
         info!(pid, signal = %self.spec.stop_signal, grace = ?self.spec.stop_grace, "stopping child");
-        // Its whole tree, whatever the groups and sessions, while the tree is still intact.
-        let tree = tree::descendants(running.pgid);
+        // The group first: the walk over /proc costs a millisecond or more on a busy host, and
+        // the command should not wait for it. Then the processes of its tree that left the
+        // group, while the tree is still (nearly) intact; one whose parent has already exited
+        // was reparented to electd (a subreaper) and is found among the adopted below.
         kill_group(running.pgid, self.spec.stop_signal);
+        debug!(pgid = running.pgid.as_raw(), "stop signal sent");
+        let tree = tree::escapees(running.pgid);
         tree::signal_all(&tree, self.spec.stop_signal);
         let status = match timeout(self.spec.stop_grace, running.child.wait()).await {
             Ok(s) => s.ok(),

@@ -50,6 +50,7 @@ pub mod own {
 struct Proc {
     pid: i32,
     ppid: i32,
+    pgrp: i32,
 }
 
 /// Every process (best effort: one that vanishes while being read is skipped).
@@ -65,23 +66,43 @@ fn processes() -> Vec<Proc> {
             let mut fields = rest.split(' ');
             let _state = fields.next()?;
             let ppid = fields.next()?.parse().ok()?;
-            Some(Proc { pid, ppid })
+            let pgrp = fields.next()?.parse().ok()?;
+            Some(Proc { pid, ppid, pgrp })
         })
         .collect()
 }
 
 /// Every descendant of `root` (not `root` itself), whatever its group or session.
 pub fn descendants(root: Pid) -> Vec<Pid> {
-    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    walk(root)
+        .into_iter()
+        .map(|p| Pid::from_raw(p.pid))
+        .collect()
+}
+
+/// The descendants of group leader `leader` that left its process group (`setsid`, a
+/// daemonising double fork): what signalling the group misses. Members of the group are not
+/// signalled twice — a command's own clean-up (a trap's `$(date)`) must not get a second stop
+/// signal.
+pub fn escapees(leader: Pid) -> Vec<Pid> {
+    walk(leader)
+        .into_iter()
+        .filter(|p| p.pgrp != leader.as_raw())
+        .map(|p| Pid::from_raw(p.pid))
+        .collect()
+}
+
+fn walk(root: Pid) -> Vec<Proc> {
+    let mut children: HashMap<i32, Vec<Proc>> = HashMap::new();
     for p in processes() {
-        children.entry(p.ppid).or_default().push(p.pid);
+        children.entry(p.ppid).or_default().push(p);
     }
     let mut out = Vec::new();
     let mut todo = vec![root.as_raw()];
     while let Some(p) = todo.pop() {
         for &c in children.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
-            out.push(Pid::from_raw(c));
-            todo.push(c);
+            out.push(c);
+            todo.push(c.pid);
         }
     }
     out
@@ -162,8 +183,10 @@ mod tests {
     #[test]
     fn descendants_cross_sessions_and_stop_at_the_root() {
         // sh → (setsid) sh → sleep: the grandchild left the group and the session.
+        use std::os::unix::process::CommandExt;
         let mut child = std::process::Command::new("sh")
             .args(["-c", "setsid sh -c 'sleep 30' & sleep 30"])
+            .process_group(0)
             .spawn()
             .unwrap();
         let root = Pid::from_raw(child.id() as i32);
@@ -180,6 +203,10 @@ mod tests {
             "sleep, setsid'd sh and its sleep: {found:?}"
         );
         assert!(!found.contains(&root));
+        // Only the setsid'd sh and its sleep left the group.
+        let out = escapees(root);
+        assert_eq!(out.len(), 2, "{out:?} of {found:?}");
+        assert!(out.iter().all(|p| found.contains(p)));
         signal_all(&found, Signal::SIGKILL);
         let _ = child.kill();
         let _ = child.wait();
