@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::connect_info::ConnectInfo;
-use axum::extract::{Extension, Query, Request, State};
+use axum::extract::{FromRef, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -91,9 +91,99 @@ const MAX_WAIT: Duration = Duration::from_secs(60);
 /// their own, so without a cap of their own they could hold every connection probes need.
 pub const MAX_STREAMS: usize = 64;
 
-/// The `/watch` streams a listener may still open.
+/// One listener's state: the shared API state, the transport and the `/watch` streams it may
+/// still open. (Router state, not request extensions: inserting those cost every request a
+/// tenth of `/role`'s time.)
 #[derive(Clone)]
-struct Streams(Arc<tokio::sync::Semaphore>);
+struct Listener {
+    api: Arc<ApiState>,
+    transport: Transport,
+    streams: Arc<tokio::sync::Semaphore>,
+    role: Arc<RoleCache>,
+}
+
+/// The `/role` document of the latest status version, serialised once: the bytes before and
+/// after the `last_contact_ms` number, the one field that changes between versions (besides a
+/// suspect leader's, whose documents are never cached). Serialising on every request was most
+/// of `/role`'s cost.
+#[derive(Default)]
+struct RoleCache(std::sync::Mutex<Option<Arc<Rendered>>>);
+
+struct Rendered {
+    /// The status version, and whether a last contact time was known.
+    key: (u64, bool),
+    head: Vec<u8>,
+    tail: Vec<u8>,
+}
+
+/// What `last_contact_ms` is rendered as in the cached halves, to split them around.
+const CONTACT_MARK: &[u8] = b"\"last_contact_ms\":18446744073709551615";
+
+impl RoleCache {
+    /// The `/role` body of `st` at `now`.
+    fn body(&self, st: &Status, now: Instant) -> Vec<u8> {
+        if matches!(st.role, crate::election::role::Role::Suspect { .. }) {
+            return render(&st.doc(now));
+        }
+        let key = (st.version, st.last_contact.is_some());
+        let cached = {
+            let c = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            c.as_ref().filter(|r| r.key == key).cloned()
+        };
+        let r = match cached {
+            Some(r) => r,
+            None => {
+                let mut doc = st.doc(now);
+                if doc.last_contact_ms.is_some() {
+                    doc.last_contact_ms = Some(u64::MAX);
+                }
+                let full = render(&doc);
+                let (head, tail) = match find(&full, CONTACT_MARK) {
+                    Some(at) => {
+                        let split = at + CONTACT_MARK.len() - "18446744073709551615".len();
+                        (
+                            full[..split].to_vec(),
+                            full[at + CONTACT_MARK.len()..].to_vec(),
+                        )
+                    }
+                    None => (full, Vec::new()),
+                };
+                let r = Arc::new(Rendered { key, head, tail });
+                *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.clone());
+                r
+            }
+        };
+        let mut body = Vec::with_capacity(r.head.len() + 20 + r.tail.len());
+        body.extend_from_slice(&r.head);
+        if let Some(t) = st.last_contact {
+            use std::io::Write;
+            let _ = write!(
+                body,
+                "{}",
+                now.saturating_duration_since(t).as_millis() as u64
+            );
+        }
+        body.extend_from_slice(&r.tail);
+        body
+    }
+}
+
+fn render(doc: &doc::RoleDoc<'_>) -> Vec<u8> {
+    // Sized for a typical document (~350 bytes) so serialising does not regrow the buffer.
+    let mut body = Vec::with_capacity(512);
+    serde_json::to_writer(&mut body, doc).expect("invariant: RoleDoc serialises");
+    body
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+impl FromRef<Listener> for Arc<ApiState> {
+    fn from_ref(l: &Listener) -> Arc<ApiState> {
+        l.api.clone()
+    }
+}
 
 /// The router for one listener.
 pub fn router(state: ApiState, transport: Transport) -> Router {
@@ -112,12 +202,13 @@ pub fn router(state: ApiState, transport: Transport) -> Router {
         .route("/pause", post(pause))
         .route("/resume", post(resume))
         .route("/watch", get(watch_role))
-        .layer(Extension(transport))
-        .layer(Extension(Streams(Arc::new(tokio::sync::Semaphore::new(
-            MAX_STREAMS,
-        )))))
         // Shared, not cloned per request: ApiState holds an etcd client and the metrics.
-        .with_state(Arc::new(state))
+        .with_state(Listener {
+            api: Arc::new(state),
+            transport,
+            streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
+            role: Arc::default(),
+        })
 }
 
 #[derive(Debug, Deserialize)]
@@ -128,9 +219,18 @@ struct RoleQuery {
     after: Option<u64>,
 }
 
-async fn role(State(s): State<Arc<ApiState>>, Query(q): Query<RoleQuery>) -> Response {
-    let Some(wait) = q.wait else {
-        return role_response(&s.status.borrow(), StatusCode::OK);
+async fn role(State(l): State<Listener>, uri: axum::http::Uri) -> Response {
+    let s = &l.api;
+    // Most requests carry no query: skip its parsing then.
+    let q = match uri.query() {
+        None => None,
+        Some(_) => match Query::<RoleQuery>::try_from_uri(&uri) {
+            Ok(Query(q)) => Some(q),
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+        },
+    };
+    let Some((wait, after)) = q.and_then(|q| Some((q.wait?, q.after))) else {
+        return role_response(&l.role, &s.status.borrow(), StatusCode::OK);
     };
     let wait = match crate::config::parse_duration(&wait) {
         Ok(d) => d.min(MAX_WAIT),
@@ -142,30 +242,27 @@ async fn role(State(s): State<Arc<ApiState>>, Query(q): Query<RoleQuery>) -> Res
         }
     };
     let mut rx = s.status.clone();
-    let after = q.after.unwrap_or_else(|| rx.borrow().version);
+    let after = after.unwrap_or_else(|| rx.borrow().version);
     // Any other version answers at once, also one from before a restart of this electd (its
     // versions start at the time it started, so they are not reused).
     let _ = tokio::time::timeout(wait, rx.wait_for(|st| st.version != after)).await;
-    role_response(&rx.borrow(), StatusCode::OK)
+    role_response(&l.role, &rx.borrow(), StatusCode::OK)
 }
 
-/// Serialise the `/role` document straight from the snapshot (no intermediate JSON tree).
-fn role_response(st: &Status, code: StatusCode) -> Response {
-    // Sized for a typical document (~350 bytes) so serialising does not regrow the buffer.
-    let mut body = Vec::with_capacity(512);
-    serde_json::to_writer(&mut body, &st.doc(Instant::now()))
-        .expect("invariant: RoleDoc serialises");
+/// The `/role` document of the snapshot.
+fn role_response(cache: &RoleCache, st: &Status, code: StatusCode) -> Response {
+    let body = cache.body(st, Instant::now());
     (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn leader(State(s): State<Arc<ApiState>>) -> Response {
-    let st = s.status.borrow();
+async fn leader(State(l): State<Listener>) -> Response {
+    let st = l.api.status.borrow();
     let code = if st.kind().leads() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    role_response(&st, code)
+    role_response(&l.role, &st, code)
 }
 
 async fn healthz() -> &'static str {
@@ -213,11 +310,9 @@ async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
 
 /// Server-Sent Events: the current state first, then one event per change. At most
 /// [`MAX_STREAMS`] per listener: the stream holds its permit while open.
-async fn watch_role(
-    State(s): State<Arc<ApiState>>,
-    Extension(streams): Extension<Streams>,
-) -> Response {
-    let Ok(permit) = streams.0.try_acquire_owned() else {
+async fn watch_role(State(l): State<Listener>) -> Response {
+    let s = &l.api;
+    let Ok(permit) = l.streams.clone().try_acquire_owned() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
@@ -256,12 +351,12 @@ async fn members(State(s): State<Arc<ApiState>>) -> Response {
 }
 
 async fn control(
-    s: &ApiState,
+    l: &Listener,
     req: Request,
     make: impl FnOnce(oneshot::Sender<ControlReply>) -> Control,
 ) -> Response {
-    let transport = req.extensions().get::<Transport>().copied();
-    if transport != Some(Transport::Unix) {
+    let s = &l.api;
+    if l.transport != Transport::Unix {
         return error(
             StatusCode::FORBIDDEN,
             "control actions are accepted only over the Unix socket (--socket)",
@@ -295,19 +390,70 @@ struct ResignQuery {
     to: Option<String>,
 }
 
-async fn resign(
-    State(s): State<Arc<ApiState>>,
-    Query(q): Query<ResignQuery>,
-    req: Request,
-) -> Response {
+async fn resign(State(l): State<Listener>, Query(q): Query<ResignQuery>, req: Request) -> Response {
     let to = q.to.filter(|t| !t.is_empty());
-    control(&s, req, |reply| Control::Resign { to, reply }).await
+    control(&l, req, |reply| Control::Resign { to, reply }).await
 }
 
-async fn pause(State(s): State<Arc<ApiState>>, req: Request) -> Response {
-    control(&s, req, Control::Pause).await
+async fn pause(State(l): State<Listener>, req: Request) -> Response {
+    control(&l, req, Control::Pause).await
 }
 
-async fn resume(State(s): State<Arc<ApiState>>, req: Request) -> Response {
-    control(&s, req, Control::Resume).await
+async fn resume(State(l): State<Listener>, req: Request) -> Response {
+    control(&l, req, Control::Resume).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::election::LeaderInfo;
+    use crate::election::role::Role;
+
+    /// The cached `/role` body is byte for byte the document rendered afresh, whatever changed
+    /// silently (the contact time) or with a new version.
+    #[test]
+    fn cached_role_bodies_are_the_fresh_ones() {
+        let now = Instant::now() + Duration::from_secs(100);
+        let leader = LeaderInfo {
+            id: "a\"18446744073709551615".into(),
+            key: "e/1".into(),
+            create_revision: 7,
+            member: None,
+        };
+        let mut st = Status::new("a", "e", false);
+        let cache = RoleCache::default();
+        let same = |st: &Status, what: &str| {
+            assert_eq!(
+                String::from_utf8(cache.body(st, now)).unwrap(),
+                String::from_utf8(render(&st.doc(now))).unwrap(),
+                "{what}"
+            );
+        };
+        same(&st, "no contact yet");
+        st.last_contact = Some(now - Duration::from_millis(120));
+        same(&st, "first contact, no new version");
+        st.role = Role::Leader {
+            token: 7,
+            lease: 1,
+            leader: leader.clone(),
+            deadline: now,
+        };
+        st.version += 1;
+        same(&st, "a new version");
+        st.last_contact = Some(now - Duration::from_millis(3));
+        same(&st, "the contact time moved silently");
+        st.role = Role::Suspect {
+            token: 7,
+            lease: 1,
+            leader,
+            deadline: now + Duration::from_secs(1),
+            since: now - Duration::from_millis(500),
+        };
+        st.version += 1;
+        same(&st, "suspect: rendered afresh");
+        st.last_contact = None;
+        st.role = Role::Candidate;
+        st.version += 1;
+        same(&st, "no contact");
+    }
 }
