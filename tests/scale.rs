@@ -14,8 +14,13 @@ const REPLICAS: usize = 30;
 
 /// Range and Txn calls etcd has completed.
 fn reads(etcd: &Etcd) -> f64 {
+    calls(etcd, &["Range", "Txn"])
+}
+
+/// Calls of these gRPC methods etcd has completed.
+fn calls(etcd: &Etcd, methods: &[&str]) -> f64 {
     let page = etcd_metrics(etcd.client_port());
-    ["Range", "Txn"]
+    methods
         .iter()
         .map(|m| {
             metric_sum(
@@ -59,5 +64,25 @@ fn a_leader_change_costs_at_most_two_reads_at_etcd_with_30_replicas() {
             daemons[leader].id(),
             after - before
         );
+    }
+    // A replica joining reads the prefix once (besides its start-up probe), however the
+    // grant, the key's creation and its first keepalive interleave with that read.
+    let leader_id = daemons[leader].id().to_string();
+    for join in 1..=3 {
+        let before = calls(&etcd, &["Range"]);
+        let new = DaemonSpec::new(&etcd.endpoint(), "herd", &format!("late{join}"))
+            .ttl("10s")
+            .start();
+        wait_until(Duration::from_secs(10), "the new replica to follow", || {
+            new.role()
+                .is_some_and(|r| r["role"] == "follower" && r["leader"]["id"] == leader_id.as_str())
+        });
+        let ranges = calls(&etcd, &["Range"]) - before;
+        eprintln!("join {join}: {ranges} range reads at etcd");
+        assert!(
+            ranges <= 2.0,
+            "join {join} cost {ranges} range reads at etcd"
+        );
+        daemons.push(new);
     }
 }

@@ -51,6 +51,21 @@ pub(super) struct Observe {
     backoff: Backoff,
     /// How long the watch may be quiet before it is asked for progress.
     quiet: Duration,
+    /// A read of the prefix in flight, kept across cancellations of [`Observe::next`]: a
+    /// caller's `select!` that picks another branch first must not make etcd serve the read
+    /// again.
+    reading: Option<PendingRead>,
+}
+
+type ReadResult = Result<etcd_client::GetResponse, EtcdError>;
+
+struct PendingRead {
+    sent: Instant,
+    /// The highest revision seen when it was sent (see [`Clients::check`]).
+    floor: i64,
+    /// (In a mutex only to make the driver `Sync`; reached with `get_mut`, never locked.)
+    answer:
+        std::sync::Mutex<std::pin::Pin<Box<dyn std::future::Future<Output = ReadResult> + Send>>>,
 }
 
 impl Observe {
@@ -64,6 +79,7 @@ impl Observe {
             retry_at: None,
             backoff: fresh_backoff(),
             quiet: keepalive_interval,
+            reading: None,
         }
     }
 
@@ -151,20 +167,29 @@ impl Observe {
         e
     }
 
-    /// Read every key under the prefix and start the queue over from it.
+    /// Read every key under the prefix and start the queue over from it. Cancel-safe without
+    /// waste: a read already sent is awaited again, not sent again.
     async fn read(&mut self, pace: &Pace) -> Result<Seen, EtcdError> {
-        let opts = GetOptions::new()
-            .with_prefix()
-            .with_sort(SortTarget::Create, SortOrder::Ascend);
-        let prefix = self.prefix.clone();
-        let sent = Instant::now();
-        let floor = self.clients.max_revision();
-        let resp = self
-            .clients
-            .call("election read", pace.now(), 0, |mut c| async move {
-                c.get(prefix, Some(opts)).await
-            })
-            .await;
+        let pending = self.reading.get_or_insert_with(|| {
+            let opts = GetOptions::new()
+                .with_prefix()
+                .with_sort(SortTarget::Create, SortOrder::Ascend);
+            let (clients, prefix, wait) = (self.clients.clone(), self.prefix.clone(), pace.now());
+            PendingRead {
+                sent: Instant::now(),
+                floor: self.clients.max_revision(),
+                answer: std::sync::Mutex::new(Box::pin(async move {
+                    clients
+                        .call("election read", wait, 0, |mut c| async move {
+                            c.get(prefix, Some(opts)).await
+                        })
+                        .await
+                })),
+            }
+        });
+        let answer = pending.answer.get_mut().unwrap_or_else(|p| p.into_inner());
+        let resp = answer.as_mut().await;
+        let PendingRead { sent, floor, .. } = self.reading.take().expect("invariant: set above");
         let resp = pace.note(sent, resp)?;
         self.clients.check(floor, resp.header())?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
