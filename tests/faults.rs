@@ -619,12 +619,16 @@ fn etcd_rebuilt_from_empty_is_refused_until_its_revision_passes_the_old_one() {
     etcd.restore_snapshot(&snap);
     let leader = wait_one_leader(&daemons, Duration::from_secs(20));
     assert!(daemons[leader].fencing_token().unwrap() >= old_token);
+    // Three keepalive intervals (TTL/6 = 0.5 s): every replica has had keepalive answers from
+    // the restored etcd, which tell it the revision the bump reached.
+    std::thread::sleep(Duration::from_millis(1500));
     for d in &daemons {
         assert_eq!(d.role().unwrap()["eligible"], true, "{}", d.log_tail(20));
     }
 
     // Rebuilt from empty: the command stops, nobody leads, every replica says why.
     let seen = revision(&etcd).max(old);
+    let tokens_before: Vec<i64> = starts(&ledger(&l)).iter().map(|s| s.token).collect();
     etcd.rebuild_empty();
     wait_until(Duration::from_secs(15), "both replicas to refuse", || {
         daemons.iter().all(|d| {
@@ -644,6 +648,15 @@ fn etcd_rebuilt_from_empty_is_refused_until_its_revision_passes_the_old_one() {
         records.last().is_some_and(|r| r.what == "stop"),
         "the command stopped: {records:?}"
     );
+    // Each names the revision it had seen: the restored etcd's.
+    for d in &daemons {
+        let reason = d.role().unwrap()["reason"].as_str().unwrap().to_string();
+        assert!(
+            reason.contains(&format!("below revision {seen} ")),
+            "{}: {reason} (seen {seen})",
+            d.id()
+        );
+    }
     let (_, m) = http_get(&daemons[0].http, "/metrics").unwrap();
     assert!(m.contains("electd_history_rewound 1"), "{m}");
     assert!(daemons[0].log_text().contains("history was rewound"));
@@ -654,10 +667,18 @@ fn etcd_rebuilt_from_empty_is_refused_until_its_revision_passes_the_old_one() {
     let token = daemons[leader].fencing_token().unwrap();
     assert!(
         token > seen,
-        "token {token} after the history seen up to {seen}"
+        "token {token} after the history seen up to {seen}; logs:\n{}",
+        daemons
+            .iter()
+            .map(|d| format!("==== {}\n{}", d.id(), d.log_tail(60)))
+            .collect::<String>()
     );
     wait_until(Duration::from_secs(5), "a new command", || {
         starts(&ledger(&l)).len() > runs
     });
+    assert!(
+        tokens_before.iter().all(|t| *t < token),
+        "token {token} after {tokens_before:?}"
+    );
     assert_no_overlap(&ledger(&l));
 }

@@ -36,6 +36,8 @@ struct History {
     cluster_id: Option<u64>,
     /// The last answer below `max_revision`, until one passes it.
     rewound: Option<i64>,
+    /// The endpoint that last answered a keepalive in time, and when.
+    answered: Option<(usize, tokio::time::Instant)>,
 }
 
 impl Clients {
@@ -166,6 +168,19 @@ impl Clients {
     pub fn refusal(&self) -> Option<String> {
         let h = self.history();
         h.rewound.map(|_| refusal(h.max_revision))
+    }
+
+    /// Endpoint `i` answered a keepalive in time: its member is neither frozen nor cut off
+    /// from the raft leader.
+    pub fn answered(&self, i: usize) {
+        self.history().answered = Some((i, tokio::time::Instant::now()));
+    }
+
+    /// Whether endpoint `i` answered a keepalive in time within the last `within`.
+    pub fn answered_within(&self, i: usize, within: Duration) -> bool {
+        self.history()
+            .answered
+            .is_some_and(|(e, at)| e == i && at.elapsed() <= within)
     }
 
     /// Note a revision seen on a watch (not confirmed by a quorum: it only raises the mark).

@@ -147,6 +147,13 @@ impl Observe {
                         let after = pace.now();
                         return Err(self.failed(EtcdError::Timeout { op: "watch progress", after }));
                     }
+                    if self.clients.answered_within(w.endpoint, self.quiet * 2) {
+                        // The watch's member answered one of the last two keepalives in time:
+                        // it is not frozen, and asking it for progress would only double an
+                        // idle replica's messages to etcd.
+                        w.last_message = Instant::now();
+                        continue;
+                    }
                     if let Err(source) = w.stream.request_progress().await {
                         return Err(self.failed(EtcdError::Request { op: "watch", source }));
                     }

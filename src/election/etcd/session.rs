@@ -170,6 +170,7 @@ type Attempt = std::pin::Pin<
 
 fn attempt(clients: &Clients, lease: i64, stream: Option<KeepaliveStream>) -> Attempt {
     let (endpoint, mut c) = clients.pick();
+    let clients = clients.clone();
     let request = |e| EtcdError::Request {
         op: "lease keepalive",
         source: e,
@@ -201,7 +202,15 @@ fn attempt(clients: &Clients, lease: i64, stream: Option<KeepaliveStream>) -> At
         }
         match replies.message().await {
             Ok(Some(resp)) => (
-                Ok(resp.ttl() > 0),
+                {
+                    // The member's revision raises the mark a rewound history is judged
+                    // against (never lowers it: a stale member answers below it), so an idle
+                    // replica knows etcd's revision without reading.
+                    if let Some(h) = resp.header() {
+                        clients.saw(h.revision());
+                    }
+                    Ok(resp.ttl() > 0)
+                },
                 Some(KeepaliveStream {
                     endpoint,
                     keeper,
@@ -303,7 +312,10 @@ pub(super) async fn keepalive(
             }
         };
         let event = match result {
-            Ok(true) => KeepaliveEvent::Ok { sent },
+            Ok(true) => {
+                clients.answered(endpoint);
+                KeepaliveEvent::Ok { sent }
+            }
             Ok(false) => KeepaliveEvent::Gone,
             Err(e) => {
                 // Retry soon instead of a whole interval later, on a fresh stream to the next
