@@ -114,6 +114,28 @@ fn every_benchmark_scenario_produces_sane_figures() {
     let next = &health.row("next").unwrap().cols[0];
     assert!(matches!(next, Value::Count { hits: 1, of: 1 }), "{next:?}");
 
+    // Routing: every path carried traffic; through the follower's proxy, the new leader's app
+    // answered after each kind of stop, and nothing sent after the follower saw the change
+    // reached the deposed leader (its proxy closes and re-routes at once).
+    let routing = report.section("routing").unwrap();
+    for row in ["rps", "p50", "p99"] {
+        for v in &routing.row(row).unwrap().cols {
+            assert!(v.median().is_some_and(|x| x > 0.0), "routing/{row}: {v:?}");
+        }
+    }
+    for row in ["term_reach", "kill_reach", "term_stale", "kill_stale"] {
+        for v in &routing.row(row).unwrap().cols[..2] {
+            assert_eq!(v.samples().len(), 1, "routing/{row}: {v:?}");
+        }
+    }
+    for row in ["term_after_seen", "kill_after_seen"] {
+        let v = &routing.row(row).unwrap().cols[0];
+        assert!(
+            matches!(v, Value::Count { hits: 0, of } if *of > 0),
+            "routing/{row}: {v:?}"
+        );
+    }
+
     // Scale: every column (processes and each in-process count) changed leader once and
     // counted etcd's reads.
     let scale = report.section("scale").unwrap();

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -13,84 +11,6 @@ use common::*;
 struct Replica {
     d: Daemon,
     app: NameApp,
-}
-
-/// The shipped configuration with loopback addresses: HAProxy listens on `bind`, and each
-/// `server` line of the example becomes one replica's (app address, electd HTTP port), with
-/// the example's check options unchanged.
-fn config(example: &str, bind: &str, replicas: &[(String, String, u16)]) -> String {
-    let mut out = String::new();
-    let mut template: Option<Vec<String>> = None;
-    for line in example.lines() {
-        let t = line.trim_start();
-        if t.starts_with("bind ") {
-            out.push_str(&format!("    bind {bind}\n"));
-        } else if t.starts_with("server ") {
-            // server NAME ADDR OPTIONS...: keep OPTIONS, swap the port after `port`.
-            template
-                .get_or_insert_with(|| t.split_whitespace().skip(3).map(String::from).collect());
-        } else {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    let options = template.expect("the example has server lines");
-    assert!(
-        options.iter().any(|o| o == "port"),
-        "the example's server lines check electd's port: {options:?}"
-    );
-    for (name, app, port) in replicas {
-        let opts: Vec<String> = options
-            .iter()
-            .enumerate()
-            .map(|(i, o)| {
-                if i > 0 && options[i - 1] == "port" {
-                    port.to_string()
-                } else {
-                    o.clone()
-                }
-            })
-            .collect();
-        out.push_str(&format!("    server {name} {app} {}\n", opts.join(" ")));
-    }
-    out
-}
-
-fn haproxy_binary() -> PathBuf {
-    which("haproxy").unwrap_or_else(|| {
-        panic!(
-            "haproxy not found: this test runs Debian's haproxy in front of the replicas; \
-             install it with `apt-get install -y haproxy` (scripts/setup.sh does)"
-        )
-    })
-}
-
-fn which(bin: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(bin))
-        .find(|p| p.is_file())
-}
-
-struct Haproxy(Child);
-
-impl Drop for Haproxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_haproxy(cfg: &Path, log: &Path) -> Haproxy {
-    let out = std::fs::File::create(log).unwrap();
-    let mut cmd = Command::new(haproxy_binary());
-    cmd.args(["-db", "-f"])
-        .arg(cfg)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out);
-    Haproxy(spawn_tied(cmd).expect("start haproxy"))
 }
 
 /// Who answers through `addr` now (`None`: nobody).
@@ -120,24 +40,7 @@ fn haproxy_checking_leader_reaches_the_leader_and_follows_failovers() {
             (r.d.id().to_string(), r.app.addr().to_string(), port)
         })
         .collect();
-    let example = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/haproxy/haproxy.cfg"),
-    )
-    .unwrap();
-    let cfg = dir.path().join("haproxy.cfg");
-    std::fs::write(&cfg, config(&example, &bind, &servers)).unwrap();
-    let check = Command::new(haproxy_binary())
-        .args(["-c", "-f"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "{}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-    let log = dir.path().join("haproxy.log");
-    let _haproxy = start_haproxy(&cfg, &log);
+    let _haproxy = Haproxy::from_example(dir.path(), &bind, &servers);
 
     let leader = |rs: &[Replica]| rs.iter().position(|r| r.d.is_leader());
     wait_until(Duration::from_secs(15), "a leader", || {

@@ -13,21 +13,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-/// One replica: electd with a proxy, and its app.
-struct Replica {
-    d: Daemon,
-    app: NameApp,
-    proxy: String,
-}
-
 fn replica(endpoints: &str, election: &str, id: &str, extra: &[&str]) -> Replica {
-    let app = NameApp::start(id);
-    let proxy = format!("127.0.0.1:{}", free_port());
-    let d = DaemonSpec::new(endpoints, election, id)
-        .args(&["--advertise", &app.addr().to_string(), "--proxy", &proxy])
-        .args(extra)
-        .start();
-    Replica { d, app, proxy }
+    Replica::start(DaemonSpec::new(endpoints, election, id).args(extra))
 }
 
 fn replicas(etcd: &Etcd, election: &str, n: usize) -> Vec<Replica> {

@@ -40,30 +40,39 @@ use super::{BenchConfig, Section, Value, attempt, electd_spec, start_helper};
 use crate::common::{Etcd, http_get, wait_child_timeout, wait_until};
 
 #[derive(Debug, Clone)]
-enum Target {
+pub enum Target {
     Tcp(SocketAddr),
     Unix(PathBuf),
 }
 
+/// What a load client sends and waits for, one at a time on its connection.
+#[derive(Debug, Clone, Copy)]
+pub enum Exchange {
+    /// `GET path` over HTTP/1.1 keep-alive; the response is read by its Content-Length.
+    HttpGet(&'static str),
+    /// One line out, one line back (the routing scenario's name app).
+    Line,
+}
+
 /// What one load run measured.
 #[derive(Debug, Default)]
-struct Load {
-    requests: u64,
-    errors: u64,
-    seconds: f64,
+pub struct Load {
+    pub requests: u64,
+    pub errors: u64,
+    pub seconds: f64,
     /// Per-request latency in milliseconds.
-    latencies: Vec<f64>,
+    pub latencies: Vec<f64>,
     /// The server's CPU time over the measured window, in seconds.
-    server_cpu: Option<f64>,
+    pub server_cpu: Option<f64>,
 }
 
 impl Load {
-    fn rps(&self) -> f64 {
+    pub fn rps(&self) -> f64 {
         self.requests as f64 / self.seconds
     }
 
     /// The server's CPU time per answered request, in microseconds.
-    fn cpu_us(&self) -> Option<f64> {
+    pub fn cpu_us(&self) -> Option<f64> {
         let cpu = self.server_cpu?;
         (self.requests > 0).then(|| cpu / self.requests as f64 * 1e6)
     }
@@ -71,7 +80,7 @@ impl Load {
 
 /// Whose CPU time a load run charges to the server.
 #[derive(Debug, Clone, Copy)]
-enum CpuOf {
+pub enum CpuOf {
     Process(u32),
     /// A thread of this process (an in-process server's runtime thread).
     Thread(i32),
@@ -131,24 +140,49 @@ async fn http_get_keepalive<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// One line out, one line back on a kept connection; `buf` keeps bytes read past the line.
+async fn line_exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    s.write_all(b"?\n").await?;
+    loop {
+        if let Some(end) = buf.iter().position(|b| *b == b'\n') {
+            buf.drain(..=end);
+            return Ok(());
+        }
+        buf.reserve(4096);
+        if s.read_buf(buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
 /// One client: requests back to back; counts and times those that start inside the window.
 async fn client<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
-    path: &str,
+    exchange: Exchange,
     from: Instant,
     until: Instant,
 ) -> Load {
     let mut load = Load::default();
     let mut buf = Vec::with_capacity(8192);
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n");
+    let request = match exchange {
+        Exchange::HttpGet(path) => {
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept: */*\r\n\r\n")
+        }
+        Exchange::Line => String::new(),
+    };
     loop {
         let t = Instant::now();
         if t >= until {
             break;
         }
-        let ok = http_get_keepalive(&mut s, request.as_bytes(), &mut buf)
-            .await
-            .is_ok();
+        let ok = match exchange {
+            Exchange::HttpGet(_) => http_get_keepalive(&mut s, request.as_bytes(), &mut buf).await,
+            Exchange::Line => line_exchange(&mut s, &mut buf).await,
+        }
+        .is_ok();
         if t < from {
             if !ok {
                 break;
@@ -166,12 +200,12 @@ async fn client<S: AsyncRead + AsyncWrite + Unpin>(
     load
 }
 
-/// `clients` concurrent keep-alive clients GETting `path` for `warmup + duration`; measures
-/// `duration`.
-async fn run_load(
+/// `clients` concurrent clients, each on one kept connection, doing `exchange` back to back
+/// for `warmup + duration`; measures `duration`, and the CPU time of `cpu` if given.
+pub async fn run_load(
     target: Target,
-    cpu: CpuOf,
-    path: &'static str,
+    cpu: Option<CpuOf>,
+    exchange: Exchange,
     clients: usize,
     warmup: Duration,
     duration: Duration,
@@ -179,6 +213,7 @@ async fn run_load(
     let from = Instant::now() + warmup;
     let until = from + duration;
     let cpu_probe = tokio::spawn(async move {
+        let cpu = cpu?;
         tokio::time::sleep_until(from).await;
         let a = cpu.seconds();
         tokio::time::sleep_until(until).await;
@@ -192,7 +227,7 @@ async fn run_load(
                 Target::Tcp(addr) => match tokio::net::TcpStream::connect(addr).await {
                     Ok(s) => {
                         let _ = s.set_nodelay(true);
-                        client(s, path, from, until).await
+                        client(s, exchange, from, until).await
                     }
                     Err(_) => Load {
                         errors: 1,
@@ -200,7 +235,7 @@ async fn run_load(
                     },
                 },
                 Target::Unix(socket) => match tokio::net::UnixStream::connect(&socket).await {
-                    Ok(s) => client(s, path, from, until).await,
+                    Ok(s) => client(s, exchange, from, until).await,
                     Err(_) => Load {
                         errors: 1,
                         ..Load::default()
@@ -693,8 +728,8 @@ fn measure(cfg: &BenchConfig) -> Measured {
     let load = |(t, cpu): &(Target, CpuOf), path| {
         rt.block_on(run_load(
             t.clone(),
-            *cpu,
-            path,
+            Some(*cpu),
+            Exchange::HttpGet(path),
             cfg.api_clients,
             cfg.api_warmup,
             cfg.api_duration,

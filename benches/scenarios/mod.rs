@@ -12,6 +12,7 @@ pub mod failover;
 pub mod footprint;
 pub mod health;
 pub mod report;
+pub mod routing;
 pub mod scale;
 pub mod trace;
 
@@ -27,13 +28,14 @@ use crate::common::{Daemon, DaemonSpec, Etcd, etcdctl_binary, pid_alive, spawn_t
 pub use report::{Report, Section, Value};
 
 /// Scenario keys, in report order (`--only` takes one of them).
-pub const SCENARIOS: [&str; 8] = [
+pub const SCENARIOS: [&str; 9] = [
     "handoff",
     "crash",
     "partition",
     "flap",
     "health",
     "api",
+    "routing",
     "footprint",
     "scale",
 ];
@@ -59,6 +61,13 @@ pub struct BenchConfig {
     pub api_warmup: Duration,
     pub api_duration: Duration,
     pub api_rounds: usize,
+    /// Routing: concurrent clients on kept connections, warm-up and measured duration per path
+    /// (one round per iteration); after a failover, how long clients keep going after the new
+    /// leader's election (HAProxy marks a deposed leader down after fall × inter = 2 s).
+    pub routing_clients: usize,
+    pub routing_warmup: Duration,
+    pub routing_duration: Duration,
+    pub routing_watch: Duration,
     /// Footprint: the idle electd window (RSS, CPU), and the other windows.
     pub footprint_idle: Duration,
     pub footprint_window: Duration,
@@ -99,6 +108,10 @@ impl BenchConfig {
             api_warmup: Duration::from_millis(200),
             api_duration: Duration::from_secs(1),
             api_rounds: 10,
+            routing_clients: 16,
+            routing_warmup: Duration::from_millis(200),
+            routing_duration: Duration::from_secs(1),
+            routing_watch: Duration::from_secs(3),
             footprint_idle: Duration::from_secs(60),
             footprint_window: Duration::from_secs(20),
             footprint_warmup: Duration::from_secs(3),
@@ -126,6 +139,10 @@ impl BenchConfig {
             api_warmup: Duration::from_millis(100),
             api_duration: Duration::from_millis(250),
             api_rounds: 1,
+            routing_clients: 4,
+            routing_warmup: Duration::from_millis(100),
+            routing_duration: Duration::from_millis(250),
+            routing_watch: Duration::from_millis(1500),
             footprint_idle: Duration::from_secs(3),
             footprint_window: Duration::from_millis(1500),
             footprint_warmup: Duration::from_millis(500),
@@ -175,6 +192,7 @@ pub fn run(cfg: &BenchConfig) -> Report {
             "flap" => failover::flap(cfg),
             "health" => health::health(cfg),
             "api" => api::role_api(cfg),
+            "routing" => routing::routing(cfg),
             "footprint" => footprint::footprint(cfg),
             "scale" => scale::scale(cfg),
             _ => unreachable!("every scenario key is handled"),

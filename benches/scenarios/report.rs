@@ -170,7 +170,7 @@ impl Report {
         let etcdctl = first_line(crate::common::etcdctl_binary().as_os_str(), &["version"]);
         let electd = first_line(crate::common::electd_binary().as_ref(), &["--version"]);
         let git = first_line("git".as_ref(), &["describe", "--always", "--dirty"]);
-        let setup = vec![
+        let mut setup = vec![
             (
                 "machine".into(),
                 format!(
@@ -218,6 +218,21 @@ impl Report {
                 ),
             ),
         ];
+        if cfg.only.as_deref().is_none_or(|o| o == "routing") {
+            setup.push((
+                "HAProxy".into(),
+                crate::common::haproxy_path().map_or(
+                    "not installed (`apt-get install -y haproxy`)".into(),
+                    |h| {
+                        format!(
+                            "{} (the routing scenario: one `haproxy -db` process with its \
+                             default threads)",
+                            first_line(h.as_os_str(), &["-v"])
+                        )
+                    },
+                ),
+            ));
+        }
         Report {
             setup,
             sections: Vec::new(),
@@ -341,6 +356,94 @@ impl Report {
                 v,
             ]);
         }
+
+        let routing = |row: &str, col: usize| -> Option<f64> {
+            self.section("routing")?.row(row)?.cols.get(col)?.median()
+        };
+        let [m, v] = match routing("ratio_haproxy", 0) {
+            Some(r) => [
+                format!(
+                    "{:.0}% of HAProxy's (median of rounds; {} vs {} req/s)",
+                    r * 100.0,
+                    routing("rps", 0).map_or("?".into(), |x| format!("{x:.0}")),
+                    routing("rps", 1).map_or("?".into(), |x| format!("{x:.0}")),
+                ),
+                verdict(r >= 0.9),
+            ],
+            None => none(),
+        };
+        out.push([
+            "proxy throughput through a follower at least 90% of HAProxy's (TCP, small requests)"
+                .into(),
+            m,
+            v,
+        ]);
+        let [m, v] = match routing("p99_diff", 0) {
+            Some(d) => [
+                format!(
+                    "p99 {} vs HAProxy's {} (medians of rounds); electd − HAProxy within a \
+                     round: median {}",
+                    routing("p99", 0).map_or("?".into(), ms),
+                    routing("p99", 1).map_or("?".into(), ms),
+                    ms(d)
+                ),
+                verdict(d <= 0.1),
+            ],
+            None => none(),
+        };
+        out.push(["proxy p99 latency within 0.1 ms of HAProxy's".into(), m, v]);
+        let reach: Vec<(&str, Value)> = [("SIGTERM", "term_reach"), ("SIGKILL", "kill_reach")]
+            .into_iter()
+            .filter_map(|(what, row)| Some((what, electd("routing", row)?)))
+            .filter(|(_, v)| !v.samples().is_empty())
+            .collect();
+        let [m, v] = if reach.is_empty() {
+            none()
+        } else {
+            let each: Vec<String> = reach
+                .iter()
+                .map(|(what, v)| {
+                    let q = |x: Option<f64>| x.map_or("?".into(), ms);
+                    format!("{what} p50 {}, max {}", q(v.median()), q(v.max()))
+                })
+                .collect();
+            let ok = reach
+                .iter()
+                .all(|(_, v)| v.max().is_some_and(|x| x <= 50.0));
+            [each.join("; "), verdict(ok)]
+        };
+        out.push([
+            "the new leader reachable through a follower's proxy within 50 ms of its election"
+                .into(),
+            m,
+            v,
+        ]);
+        let after_seen: Vec<(usize, usize)> = ["term_after_seen", "kill_after_seen"]
+            .into_iter()
+            .filter_map(|row| match electd("routing", row)? {
+                Value::Count { hits, of } => Some((hits, of)),
+                _ => None,
+            })
+            .collect();
+        let [m, v] = if after_seen.is_empty() {
+            none()
+        } else {
+            let (hits, of) = after_seen
+                .iter()
+                .fold((0, 0), |(h, o), (x, y)| (h + x, o + y));
+            [
+                format!(
+                    "{hits} of {of} requests sent through the follower's proxy after it saw the \
+                     change reached the deposed leader (SIGTERM and SIGKILL)"
+                ),
+                verdict(hits == 0),
+            ]
+        };
+        out.push([
+            "no routing to a deposed leader after a replica has seen the change".into(),
+            m,
+            v,
+        ]);
 
         let watchdog = electd("footprint", "rss_watchdog").and_then(|v| v.max());
         let [m, v] = match electd("footprint", "rss").and_then(|v| v.max()) {

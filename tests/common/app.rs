@@ -1,5 +1,6 @@
 //! The app beside each replica in the routing tests: a small TCP server that answers every line
-//! it reads with its replica's name, so a client knows which replica's app it reached.
+//! it reads with its replica's name, so a client knows which replica's app it reached; and a
+//! replica that routes clients (electd with `--advertise` and `--proxy`, and its app).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -8,6 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+use super::{Daemon, DaemonSpec, free_port};
 
 /// A name server on a free loopback port; stopped (listener and open connections) on drop.
 pub struct NameApp {
@@ -76,14 +79,37 @@ impl Drop for NameApp {
     }
 }
 
+/// One replica that routes clients: electd publishing its app's address (`--advertise`) and
+/// forwarding connections to the leader's app (`--proxy`), and the app, named after the id.
+pub struct Replica {
+    pub d: Daemon,
+    pub app: NameApp,
+    /// The proxy's listening address.
+    pub proxy: String,
+}
+
+impl Replica {
+    /// Start the app, then electd from `spec` with `--advertise` and `--proxy` on a free port.
+    pub fn start(spec: DaemonSpec) -> Replica {
+        let app = NameApp::start(&spec.id);
+        let proxy = format!("127.0.0.1:{}", free_port());
+        let d = spec
+            .args(&["--advertise", &app.addr().to_string(), "--proxy", &proxy])
+            .start();
+        Replica { d, app, proxy }
+    }
+}
+
 fn answer(conn: TcpStream, name: &str) {
     let mut out = match conn.try_clone() {
         Ok(c) => c,
         Err(_) => return,
     };
     let _ = out.set_nodelay(true);
+    // One write per answer (`writeln!` would write the name and the newline apart).
+    let reply = format!("{name}\n");
     for line in BufReader::new(conn).lines() {
-        if line.is_err() || writeln!(out, "{name}").is_err() {
+        if line.is_err() || out.write_all(reply.as_bytes()).is_err() {
             return;
         }
     }

@@ -9,14 +9,16 @@
 mod app;
 mod electd;
 mod etcd;
+mod haproxy;
 mod http;
 mod ledger;
 mod proxy;
 mod tls;
 
-pub use app::{NameApp, ask, ask_once, connect};
+pub use app::{NameApp, Replica, ask, ask_once, connect};
 pub use electd::{Daemon, DaemonSpec, electd_binary, leaders, read_lines, wait_one_leader};
 pub use etcd::{Etcd, EtcdCluster, EtcdOptions};
+pub use haproxy::{Haproxy, Server, haproxy_binary, haproxy_config, haproxy_path};
 pub use http::{http_get, http_request, unix_http};
 pub use ledger::*;
 pub use proxy::{PeerMesh, ProxyMode, TcpProxy};
