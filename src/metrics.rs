@@ -142,7 +142,7 @@ impl Metrics {
             proxy_closed: IntCounterVec::new(
                 Opts::new(
                     "electd_proxy_closed_total",
-                    "Proxied connections ended, by reason: closed (by either side), leader_changed, view_stale (cut off from etcd longer than the leader budget), no_leader (none within --proxy-wait), upstream_unreachable, shutdown",
+                    "Proxied connections ended, by reason: closed (by either side), leader_changed, view_stale (cut off from etcd longer than the leader budget), no_leader (none within --proxy-wait), upstream_unreachable (the leader's app could not be reached within --proxy-wait), shutdown",
                 ),
                 &["reason"],
             )

@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tracing::{debug, info};
 
 use crate::election::role::Role;
@@ -217,29 +217,13 @@ async fn proxy_one(
     wait: Duration,
     metrics: &Metrics,
 ) -> &'static str {
-    let waited = Instant::now();
-    let route = match timeout(wait, routes.wait_for(Route::routes)).await {
-        Ok(Ok(r)) => r.clone(),
-        _ => return "no_leader",
-    };
-    let Route::To { addr, token } = route else {
-        return "no_leader";
-    };
-    metrics
-        .proxy_wait_seconds
-        .observe(waited.elapsed().as_secs_f64());
-    let mut upstream = match timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            debug!(%peer, %addr, error = %e, "cannot reach the leader's app");
-            return "upstream_unreachable";
-        }
-        Err(_) => return "upstream_unreachable",
+    let (mut upstream, addr, token) = match connect_leader(peer, &mut routes, wait, metrics).await {
+        Ok(c) => c,
+        Err(why) => return why,
     };
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
-    let moved = routes
-        .wait_for(|r| !matches!(r, Route::To { token: t, addr: a } if *t == token && *a == addr));
+    let moved = routes.wait_for(|r| !same_route(r, &addr, token));
     let to_leader = metrics.proxy_bytes.with_label_values(&["to_leader"]);
     let from_leader = metrics.proxy_bytes.with_label_values(&["from_leader"]);
     let (client_rx, client_tx) = client.split();
@@ -257,6 +241,52 @@ async fn proxy_one(
             _ => "leader_changed",
         },
     }
+}
+
+/// Connect to the leader's app, waiting up to `wait` (from now) for a leader to route to. An
+/// app that cannot be reached (the leader's host died; its lease has not expired yet) is tried
+/// again when the route changes, within the same wait: a crash costs clients a pause, not an
+/// error. The stream and the route it follows; when the wait runs out, why (`no_leader`, or
+/// `upstream_unreachable` when the last leader's app could not be reached).
+async fn connect_leader(
+    peer: SocketAddr,
+    routes: &mut watch::Receiver<Route>,
+    wait: Duration,
+    metrics: &Metrics,
+) -> Result<(TcpStream, String, i64), &'static str> {
+    let started = Instant::now();
+    let deadline = started + wait;
+    let mut why = "no_leader";
+    loop {
+        let route = match timeout_at(deadline, routes.wait_for(Route::routes)).await {
+            Ok(Ok(r)) => r.clone(),
+            _ => return Err(why),
+        };
+        let Route::To { addr, token } = route else {
+            return Err(why);
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        match timeout(CONNECT_TIMEOUT.min(left), TcpStream::connect(&addr)).await {
+            Ok(Ok(s)) => {
+                metrics
+                    .proxy_wait_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                return Ok((s, addr, token));
+            }
+            Ok(Err(e)) => debug!(%peer, %addr, error = %e, "cannot reach the leader's app"),
+            Err(_) => debug!(%peer, %addr, "connecting to the leader's app timed out"),
+        }
+        why = "upstream_unreachable";
+        // Try again once the route moves on (a new leader, or a hold), within the wait.
+        let moved = routes.wait_for(|r| !same_route(r, &addr, token));
+        if !matches!(timeout_at(deadline, moved).await, Ok(Ok(_))) {
+            return Err(why);
+        }
+    }
+}
+
+fn same_route(r: &Route, addr: &str, token: i64) -> bool {
+    matches!(r, Route::To { token: t, addr: a } if *t == token && a == addr)
 }
 
 /// Copy one direction until its end (then half-close the other side), counting the bytes as

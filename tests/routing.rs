@@ -286,7 +286,17 @@ fn clients_in_a_tight_loop_through_a_follower_are_never_refused_during_graceful_
 #[test]
 fn after_a_sigkilled_leader_new_connections_reach_the_new_leader_once_it_is_elected() {
     let etcd = Etcd::start();
-    let mut rs = replicas(&etcd, "crash", 3);
+    // A wait longer than the TTL, so a client can ride out the whole failover.
+    let mut rs: Vec<Replica> = (0..3)
+        .map(|i| {
+            replica(
+                &etcd.endpoint(),
+                "crash",
+                &format!("r{i}"),
+                &["--proxy-wait", "10s"],
+            )
+        })
+        .collect();
     let l = one_leader(&rs);
     let old = rs[l].d.id().to_string();
     let f = (l + 1) % rs.len();
@@ -294,6 +304,10 @@ fn after_a_sigkilled_leader_new_connections_reach_the_new_leader_once_it_is_elec
     // The leader's host dies: electd and its app.
     rs[l].d.kill9();
     rs[l].app.stop();
+    // A client connecting now, while the dead leader's lease still runs (its app refuses), is
+    // held until the new leader's app can take it: a pause, not an error.
+    let via = rs[f].proxy.clone();
+    let early = std::thread::spawn(move || ask_once(&via, Duration::from_secs(15)));
     let others: Vec<usize> = (0..rs.len()).filter(|i| *i != l).collect();
     wait_until(Duration::from_secs(10), "a new leader", || {
         others.iter().any(|i| rs[*i].d.is_leader())
@@ -315,6 +329,7 @@ fn after_a_sigkilled_leader_new_connections_reach_the_new_leader_once_it_is_elec
             );
         }
     }
+    assert_eq!(early.join().unwrap().as_deref(), Ok(new.as_str()));
 }
 
 #[test]
