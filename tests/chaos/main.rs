@@ -702,19 +702,22 @@ fn chaos_combined_nemesis() {
     assert!(out.episodes >= 1);
 }
 
-/// Finding (seed 33 of the nemesis before health flaps, priority shifts and switchovers were
-/// added; docs/safety.md, "Findings"): three leases that their replicas kept alive were revoked
+/// Finding (seed 33 of the nemesis's first ten kinds, replayed as it was found;
+/// docs/safety.md, "Findings"): three leases that their replicas kept alive were revoked
 /// at one revision the moment an etcd raft leader frozen for 3.4 s was thawed, one of them the
 /// electd leader's. etcd 3.4.23 lets a thawed old leader revoke leases that expired in its stale
-/// view (etcd-io/etcd#15247; fixed by #16822, in 3.4 by #17465). Leadership moves at once, and
+/// view (etcd-io/etcd#15247; also with etcd 3.5.16, after the fixes #16822/#17465). Leadership
+/// moves at once, and
 /// the old command lives for the few milliseconds electd needs to learn of the deletion and stop
 /// it (the etcd check flags that; the children's ledger shows no overlap). electd used to add a
 /// revoke round trip to that; it no longer does (the loss is published before the revoke).
 /// Fails on Debian's etcd now and then; run with `--ignored`.
 #[test]
-#[ignore = "finding: fails intermittently on etcd < 3.4.30 (etcd-io/etcd#15247); see docs/safety.md"]
+#[ignore = "finding: etcd revokes live leases when a frozen raft leader thaws (etcd-io/etcd#15247); see docs/safety.md"]
 fn chaos_regression_seed_33() {
-    run_chaos(10, 33, None);
+    let _report = SeedReport(33);
+    let episodes = nemesis::plan_with(&nemesis::KINDS[..nemesis::FIRST_KINDS], 33, 10);
+    run_episodes(&episodes, 10, 33, None);
 }
 
 /// The same finding, provoked on purpose: the raft leader frozen for 4 s (longer than the 3 s
@@ -724,9 +727,9 @@ fn chaos_regression_seed_33() {
 /// request id from the thawed member, "lease not found"). Before the driver published the loss
 /// first, the old command lived 12 ms beside the new one; since, 2–14 ms after its key's
 /// deletion with no overlap in the ledger in 4 runs. Fails on Debian's etcd about every other
-/// run; passes on a fixed etcd (3.4.30+, 3.5.13+).
+/// run, and with Debian trixie's etcd 3.5.16 too (2 runs of 2: `ELECTD_TEST_ETCD=…`).
 #[test]
-#[ignore = "finding: fails intermittently on etcd < 3.4.30 (etcd-io/etcd#15247); see docs/safety.md"]
+#[ignore = "finding: etcd revokes live leases when a frozen raft leader thaws (etcd-io/etcd#15247); see docs/safety.md"]
 fn chaos_regression_thawed_raft_leader() {
     let freeze = |n: usize| Episode {
         n,
