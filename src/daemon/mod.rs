@@ -463,18 +463,7 @@ impl Owner {
             .inc();
         let (next, event) = self.eligibility.health(change);
         self.eligibility = next;
-        self.metrics
-            .eligible
-            .set(self.eligibility.eligible() as i64);
-        let reason = self.eligibility.reason();
-        self.status.send_if_modified(|s| {
-            let changed = s.ineligible != reason;
-            if changed {
-                s.ineligible = reason;
-                s.version += 1;
-            }
-            changed
-        });
+        self.publish_eligibility();
         event
     }
 

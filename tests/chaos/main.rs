@@ -202,13 +202,7 @@ impl World {
             Op::Term => self.replicas[i].daemon.signal(Signal::SIGTERM),
             Op::StartWhenExited => {
                 let d = &mut self.replicas[i].daemon;
-                let status = d.wait_exit(Duration::from_secs(20));
-                assert!(
-                    status.success(),
-                    "{} exited with {status} after SIGTERM; log:\n{}",
-                    d.id(),
-                    d.log_tail(40)
-                );
+                await_clean_exit(d);
                 d.restart();
             }
             Op::Link(mode) => self.replicas[i]
@@ -249,13 +243,7 @@ impl World {
                     p
                 };
                 let d = &mut self.replicas[i].daemon;
-                let status = d.wait_exit(Duration::from_secs(20));
-                assert!(
-                    status.success(),
-                    "{} exited with {status} after SIGTERM; log:\n{}",
-                    d.id(),
-                    d.log_tail(40)
-                );
+                await_clean_exit(d);
                 set_priority(&mut d.spec, p);
                 d.restart();
             }
@@ -530,6 +518,17 @@ const SWITCH_TO: [&str; REPLICAS] = [
 ];
 
 /// The `--priority` a replica was last started with.
+/// Wait for a daemon sent SIGTERM to exit, and fail the run unless it exited cleanly.
+fn await_clean_exit(d: &mut Daemon) {
+    let status = d.wait_exit(Duration::from_secs(20));
+    assert!(
+        status.success(),
+        "{} exited with {status} after SIGTERM; log:\n{}",
+        d.id(),
+        d.log_tail(40)
+    );
+}
+
 fn priority(d: &Daemon) -> u32 {
     d.spec
         .extra
