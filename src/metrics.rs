@@ -13,241 +13,176 @@ use prometheus::{
 use crate::election::Telemetry;
 use crate::election::role::RoleKind;
 
-#[derive(Clone)]
-pub struct Metrics {
-    registry: Registry,
-    pub is_leader: IntGauge,
-    pub role: IntGaugeVec,
-    pub transitions: IntCounterVec,
-    pub fencing_token: IntGauge,
-    pub etcd_reachable: IntGauge,
-    pub child_running: IntGauge,
-    pub child_restarts: IntCounter,
-    pub child_exits: IntCounterVec,
-    pub predecessor_wakeups: IntCounter,
-    pub foreign_keys: IntCounter,
-    pub health_checks: IntCounterVec,
-    pub health_transitions: IntCounterVec,
-    pub eligible: IntGauge,
-    pub history_rewound: IntGauge,
-    pub proxy_connections: IntCounter,
-    pub proxy_open: IntGauge,
-    pub proxy_closed: IntCounterVec,
-    pub proxy_bytes: IntCounterVec,
-    pub proxy_wait_seconds: Histogram,
-    pub hooks: IntCounterVec,
-    pub keepalive_rtt: Histogram,
-    pub keepalive_failures: IntCounter,
-    pub etcd_errors: IntCounterVec,
-    pub last_contact_age: Gauge,
-    pub suspect_seconds: Counter,
-    pub info: IntGaugeVec,
-    pub lease_ttl: Gauge,
+/// Declares the metrics once each: the field, its type and how it is made. The macro writes
+/// the struct and `Metrics::registered`, which makes every metric and registers it, so no name
+/// is listed twice.
+macro_rules! metrics {
+    ($($field:ident: $ty:ty = $make:expr;)*) => {
+        #[derive(Clone)]
+        pub struct Metrics {
+            registry: Registry,
+            $(pub $field: $ty,)*
+        }
+
+        impl Metrics {
+            fn registered() -> Metrics {
+                let registry = Registry::new();
+                $(
+                    let $field: $ty = $make.expect("invariant: valid metric");
+                    registry
+                        .register(Box::new($field.clone()))
+                        .expect("invariant: metric names are unique");
+                )*
+                Metrics { registry, $($field,)* }
+            }
+        }
+    };
+}
+
+metrics! {
+    is_leader: IntGauge = IntGauge::new("electd_is_leader", "1 while this replica leads, else 0");
+    role: IntGaugeVec = IntGaugeVec::new(
+            Opts::new("electd_role", "1 for the current role of this replica"),
+            &["role"],
+        );
+    transitions: IntCounterVec = IntCounterVec::new(
+            Opts::new(
+                "electd_leader_transitions_total",
+                "Role changes of this replica",
+            ),
+            &["from", "to"],
+        );
+    fencing_token: IntGauge = IntGauge::new(
+            "electd_fencing_token",
+            "Create revision of the current leader's key (0 when unknown)",
+        );
+    etcd_reachable: IntGauge = IntGauge::new(
+            "electd_etcd_reachable",
+            "1 while the last etcd call succeeded",
+        );
+    child_running: IntGauge = IntGauge::new(
+            "electd_child_running",
+            "1 while the wrapped command runs",
+        );
+    child_restarts: IntCounter = IntCounter::new(
+            "electd_child_restarts_total",
+            "Restarts of the wrapped command after it exited on its own",
+        );
+    child_exits: IntCounterVec = IntCounterVec::new(
+            Opts::new(
+                "electd_child_exits_total",
+                "Exits of the wrapped command by reason",
+            ),
+            &["reason"],
+        );
+    predecessor_wakeups: IntCounter = IntCounter::new(
+            "electd_predecessor_wakeups_total",
+            "Times this replica re-read the election because its predecessor's key went away",
+        );
+    foreign_keys: IntCounter = IntCounter::new(
+            "electd_foreign_keys_total",
+            "Keys under the election's prefix that are not candidates (written by hand, or a \
+             candidate key rewritten without its lease), each counted once when first seen",
+        );
+    health_checks: IntCounterVec = IntCounterVec::new(
+            Opts::new(
+                "electd_health_checks_total",
+                "Health checks of the app beside electd, by result (pass, fail)",
+            ),
+            &["result"],
+        );
+    health_transitions: IntCounterVec = IntCounterVec::new(
+            Opts::new(
+                "electd_health_transitions_total",
+                "Changes of health after --health-rise passes or --health-fall failures in a row, by the state entered (healthy, unhealthy)",
+            ),
+            &["to"],
+        );
+    eligible: IntGauge = IntGauge::new(
+            "electd_eligible",
+            "1 while this replica may lead (campaigns), 0 while it may not (a failing health check, priority 0)",
+        );
+    history_rewound: IntGauge = IntGauge::new(
+            "electd_history_rewound",
+            "1 while this replica refuses to lead because etcd answered below a revision it had seen (history rewound)",
+        );
+    proxy_connections: IntCounter = IntCounter::new(
+            "electd_proxy_connections_total",
+            "Connections accepted by the leader-following proxy (--proxy)",
+        );
+    proxy_open: IntGauge = IntGauge::new(
+            "electd_proxy_connections_open",
+            "Proxied connections open now",
+        );
+    proxy_closed: IntCounterVec = IntCounterVec::new(
+            Opts::new(
+                "electd_proxy_closed_total",
+                "Proxied connections ended, by reason: closed (by either side), leader_changed, view_stale (cut off from etcd longer than the leader budget), no_leader (none within --proxy-wait), upstream_unreachable (the leader's app could not be reached within --proxy-wait), shutdown",
+            ),
+            &["reason"],
+        );
+    proxy_bytes: IntCounterVec = IntCounterVec::new(
+            Opts::new(
+                "electd_proxy_bytes_total",
+                "Bytes forwarded by the proxy, by direction (to_leader, from_leader)",
+            ),
+            &["direction"],
+        );
+    proxy_wait_seconds: Histogram = Histogram::with_opts(
+            HistogramOpts::new(
+                "electd_proxy_wait_seconds",
+                "Time a proxied connection waited for a leader to route to",
+            )
+            .buckets(vec![0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        );
+    hooks: IntCounterVec = IntCounterVec::new(
+            Opts::new(
+                "electd_role_change_hooks_total",
+                "Role-change hooks (--on-role-change), by result: ok, failed, timeout, dropped (the queue was full)",
+            ),
+            &["result"],
+        );
+    keepalive_rtt: Histogram = Histogram::with_opts(
+            HistogramOpts::new(
+                "electd_keepalive_rtt_seconds",
+                "Round-trip time of successful lease keepalives",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        );
+    keepalive_failures: IntCounter = IntCounter::new(
+            "electd_keepalive_failures_total",
+            "Lease keepalives that failed or timed out",
+        );
+    etcd_errors: IntCounterVec = IntCounterVec::new(
+            Opts::new("electd_etcd_errors_total", "Failed etcd calls by kind"),
+            &["kind"],
+        );
+    last_contact_age: Gauge = Gauge::new(
+            "electd_etcd_last_contact_age_seconds",
+            "Seconds since etcd last answered (at scrape time)",
+        );
+    suspect_seconds: Counter = Counter::new(
+            "electd_suspect_seconds_total",
+            "Time spent as a leader that lost contact with etcd (completed episodes)",
+        );
+    info: IntGaugeVec = IntGaugeVec::new(
+            Opts::new(
+                "electd_info",
+                "1, labelled with this replica's election, id, version and commit",
+            ),
+            &["election", "id", "version", "commit"],
+        );
+    lease_ttl: Gauge = Gauge::new(
+            "electd_lease_ttl_seconds",
+            "The configured lease TTL (--ttl)",
+        );
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let registry = Registry::new();
-        let m = Metrics {
-            is_leader: IntGauge::new("electd_is_leader", "1 while this replica leads, else 0")
-                .expect("invariant: valid metric"),
-            role: IntGaugeVec::new(
-                Opts::new("electd_role", "1 for the current role of this replica"),
-                &["role"],
-            )
-            .expect("invariant: valid metric"),
-            transitions: IntCounterVec::new(
-                Opts::new(
-                    "electd_leader_transitions_total",
-                    "Role changes of this replica",
-                ),
-                &["from", "to"],
-            )
-            .expect("invariant: valid metric"),
-            fencing_token: IntGauge::new(
-                "electd_fencing_token",
-                "Create revision of the current leader's key (0 when unknown)",
-            )
-            .expect("invariant: valid metric"),
-            etcd_reachable: IntGauge::new(
-                "electd_etcd_reachable",
-                "1 while the last etcd call succeeded",
-            )
-            .expect("invariant: valid metric"),
-            child_running: IntGauge::new(
-                "electd_child_running",
-                "1 while the wrapped command runs",
-            )
-            .expect("invariant: valid metric"),
-            child_restarts: IntCounter::new(
-                "electd_child_restarts_total",
-                "Restarts of the wrapped command after it exited on its own",
-            )
-            .expect("invariant: valid metric"),
-            child_exits: IntCounterVec::new(
-                Opts::new(
-                    "electd_child_exits_total",
-                    "Exits of the wrapped command by reason",
-                ),
-                &["reason"],
-            )
-            .expect("invariant: valid metric"),
-            predecessor_wakeups: IntCounter::new(
-                "electd_predecessor_wakeups_total",
-                "Times this replica re-read the election because its predecessor's key went away",
-            )
-            .expect("invariant: valid metric"),
-            foreign_keys: IntCounter::new(
-                "electd_foreign_keys_total",
-                "Keys under the election's prefix that are not candidates (written by hand, or a \
-                 candidate key rewritten without its lease), each counted once when first seen",
-            )
-            .expect("invariant: valid metric"),
-            health_checks: IntCounterVec::new(
-                Opts::new(
-                    "electd_health_checks_total",
-                    "Health checks of the app beside electd, by result (pass, fail)",
-                ),
-                &["result"],
-            )
-            .expect("invariant: valid metric"),
-            health_transitions: IntCounterVec::new(
-                Opts::new(
-                    "electd_health_transitions_total",
-                    "Changes of health after --health-rise passes or --health-fall failures in a row, by the state entered (healthy, unhealthy)",
-                ),
-                &["to"],
-            )
-            .expect("invariant: valid metric"),
-            eligible: IntGauge::new(
-                "electd_eligible",
-                "1 while this replica may lead (campaigns), 0 while it may not (a failing health check, priority 0)",
-            )
-            .expect("invariant: valid metric"),
-            history_rewound: IntGauge::new(
-                "electd_history_rewound",
-                "1 while this replica refuses to lead because etcd answered below a revision it had seen (history rewound)",
-            )
-            .expect("invariant: valid metric"),
-            proxy_connections: IntCounter::new(
-                "electd_proxy_connections_total",
-                "Connections accepted by the leader-following proxy (--proxy)",
-            )
-            .expect("invariant: valid metric"),
-            proxy_open: IntGauge::new(
-                "electd_proxy_connections_open",
-                "Proxied connections open now",
-            )
-            .expect("invariant: valid metric"),
-            proxy_closed: IntCounterVec::new(
-                Opts::new(
-                    "electd_proxy_closed_total",
-                    "Proxied connections ended, by reason: closed (by either side), leader_changed, view_stale (cut off from etcd longer than the leader budget), no_leader (none within --proxy-wait), upstream_unreachable (the leader's app could not be reached within --proxy-wait), shutdown",
-                ),
-                &["reason"],
-            )
-            .expect("invariant: valid metric"),
-            proxy_bytes: IntCounterVec::new(
-                Opts::new(
-                    "electd_proxy_bytes_total",
-                    "Bytes forwarded by the proxy, by direction (to_leader, from_leader)",
-                ),
-                &["direction"],
-            )
-            .expect("invariant: valid metric"),
-            proxy_wait_seconds: Histogram::with_opts(
-                HistogramOpts::new(
-                    "electd_proxy_wait_seconds",
-                    "Time a proxied connection waited for a leader to route to",
-                )
-                .buckets(vec![0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
-            )
-            .expect("invariant: valid metric"),
-            hooks: IntCounterVec::new(
-                Opts::new(
-                    "electd_role_change_hooks_total",
-                    "Role-change hooks (--on-role-change), by result: ok, failed, timeout, dropped (the queue was full)",
-                ),
-                &["result"],
-            )
-            .expect("invariant: valid metric"),
-            keepalive_rtt: Histogram::with_opts(
-                HistogramOpts::new(
-                    "electd_keepalive_rtt_seconds",
-                    "Round-trip time of successful lease keepalives",
-                )
-                .buckets(vec![
-                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                ]),
-            )
-            .expect("invariant: valid metric"),
-            keepalive_failures: IntCounter::new(
-                "electd_keepalive_failures_total",
-                "Lease keepalives that failed or timed out",
-            )
-            .expect("invariant: valid metric"),
-            etcd_errors: IntCounterVec::new(
-                Opts::new("electd_etcd_errors_total", "Failed etcd calls by kind"),
-                &["kind"],
-            )
-            .expect("invariant: valid metric"),
-            last_contact_age: Gauge::new(
-                "electd_etcd_last_contact_age_seconds",
-                "Seconds since etcd last answered (at scrape time)",
-            )
-            .expect("invariant: valid metric"),
-            suspect_seconds: Counter::new(
-                "electd_suspect_seconds_total",
-                "Time spent as a leader that lost contact with etcd (completed episodes)",
-            )
-            .expect("invariant: valid metric"),
-            info: IntGaugeVec::new(
-                Opts::new(
-                    "electd_info",
-                    "1, labelled with this replica's election, id, version and commit",
-                ),
-                &["election", "id", "version", "commit"],
-            )
-            .expect("invariant: valid metric"),
-            lease_ttl: Gauge::new(
-                "electd_lease_ttl_seconds",
-                "The configured lease TTL (--ttl)",
-            )
-            .expect("invariant: valid metric"),
-            registry,
-        };
-        let r = &m.registry;
-        for c in [
-            Box::new(m.is_leader.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(m.role.clone()),
-            Box::new(m.transitions.clone()),
-            Box::new(m.fencing_token.clone()),
-            Box::new(m.etcd_reachable.clone()),
-            Box::new(m.child_running.clone()),
-            Box::new(m.child_restarts.clone()),
-            Box::new(m.child_exits.clone()),
-            Box::new(m.predecessor_wakeups.clone()),
-            Box::new(m.foreign_keys.clone()),
-            Box::new(m.health_checks.clone()),
-            Box::new(m.health_transitions.clone()),
-            Box::new(m.eligible.clone()),
-            Box::new(m.history_rewound.clone()),
-            Box::new(m.proxy_connections.clone()),
-            Box::new(m.proxy_open.clone()),
-            Box::new(m.proxy_closed.clone()),
-            Box::new(m.proxy_bytes.clone()),
-            Box::new(m.proxy_wait_seconds.clone()),
-            Box::new(m.hooks.clone()),
-            Box::new(m.keepalive_rtt.clone()),
-            Box::new(m.keepalive_failures.clone()),
-            Box::new(m.etcd_errors.clone()),
-            Box::new(m.last_contact_age.clone()),
-            Box::new(m.suspect_seconds.clone()),
-            Box::new(m.info.clone()),
-            Box::new(m.lease_ttl.clone()),
-        ] {
-            r.register(c).expect("invariant: metric names are unique");
-        }
+        let m = Metrics::registered();
         m.set_role(RoleKind::Candidate);
         // Counters with known labels exist from the start, at 0, so rates see their first step.
         for result in ["pass", "fail"] {

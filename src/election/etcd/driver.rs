@@ -388,7 +388,7 @@ impl Driver {
 
         let value =
             serde_json::to_string(&self.cfg.member).expect("invariant: MemberInfo serialises");
-        let (view, telemetry) = (&self.view, self.telemetry.as_ref());
+        let (view, telemetry) = (self.view.clone(), self.telemetry.clone());
         let create = create_key(
             self.clients.clone(),
             self.pace.clone(),
@@ -399,7 +399,7 @@ impl Driver {
                 .timing
                 .keepalive_interval
                 .max(Duration::from_millis(500)),
-            move |e| mark_error(view, telemetry, e),
+            move |e| mark_error(&view, telemetry.as_ref(), e),
         );
         tokio::pin!(create);
         let mut own: Option<Own> = None;
@@ -410,65 +410,32 @@ impl Driver {
                         debug!(key, revision, "candidate key created");
                         let mut o = Own { key: key.clone(), revision, predecessor: None, leading: false };
                         // Place it with what the queue knows already (perhaps not our key yet).
-                        let placed = self.follow(Some(&mut o), &Delta::default());
+                        let lost = self.place(Some(&mut o), &Delta::default());
                         own = Some(o);
-                        match placed {
-                            Ok(r) => { self.prefs.review_at = r; None }
-                            Err(why) => Some(why),
-                        }
+                        lost
                     }
                     Err(CampaignEnd::SessionLost(why)) => Some(why),
                     Err(CampaignEnd::Fatal(e)) => return Err(e),
                 },
                 seen = self.observe.next(&self.pace) => match self.take(seen)? {
                     Some(delta) => {
-                        let bound = self.switchover_bound();
-                        self.prefs.note(self.observe.queue(), &delta, Instant::now(), bound);
-                        match self.follow(own.as_mut(), &delta) {
-                            Ok(r) => { self.prefs.review_at = r; None }
-                            Err(why) => Some(why),
-                        }
+                        self.note(&delta);
+                        self.place(own.as_mut(), &delta)
                     }
                     None => None,
                 },
                 _ = sleep_until(self.prefs.review_at.unwrap_or_else(Instant::now)), if self.prefs.review_at.is_some() => {
                     self.prefs.review_at = None;
-                    let bound = self.switchover_bound();
-                    self.prefs.note(self.observe.queue(), &Delta::default(), Instant::now(), bound);
-                    match self.follow(own.as_mut(), &Delta::default()) {
-                        Ok(r) => { self.prefs.review_at = r; None }
-                        Err(why) => Some(why),
-                    }
+                    self.note(&Delta::default());
+                    self.place(own.as_mut(), &Delta::default())
                 }
-                ev = session.event() => match ev {
-                    Some(KeepaliveEvent::Ok { sent }) => {
-                        self.telemetry.keepalive_ok(sent.elapsed());
-                        let restored = !self.view.borrow().reachable;
-                        self.view.send_modify(|v| {
-                            v.last_ok_sent = v.last_ok_sent.max(Some(sent));
-                            v.reachable = true;
-                            v.last_contact = Some(Instant::now());
-                        });
-                        if restored {
-                            // The watch may have died silently with the connection: reopen it
-                            // from the last revision seen.
-                            self.observe.reopen();
-                        }
-                        None
-                    }
-                    Some(KeepaliveEvent::Failed(e)) => {
-                        if e.is_fatal() {
-                            return Err(e);
-                        }
-                        self.telemetry.keepalive_failed();
-                        self.mark_error(&e);
-                        None
-                    }
-                    Some(KeepaliveEvent::Gone) | None => {
+                ev = session.event() => {
+                    if !self.keepalive_answered(ev)? {
                         info!(lease = format!("{lease:x}"), "lease expired or revoked at etcd; rejoining with a fresh lease");
                         break After::Rejoin;
                     }
-                },
+                    None
+                }
                 cmd = self.commands.recv() => match cmd {
                     None => break After::Stop,
                     Some(DriverCommand::Release { after, reply }) => {
@@ -497,6 +464,47 @@ impl Driver {
         self.forget_session();
         self.release(lease).await;
         Ok(after)
+    }
+
+    /// Place our key (if any) in the queue as it stands now: when to review the queue again,
+    /// or why the session is lost.
+    fn place(&mut self, own: Option<&mut Own>, delta: &Delta) -> Option<String> {
+        match self.follow(own, delta) {
+            Ok(review_at) => {
+                self.prefs.review_at = review_at;
+                None
+            }
+            Err(why) => Some(why),
+        }
+    }
+
+    /// Take in what the keepalive stream said: false when the lease is gone at etcd (expired
+    /// or revoked), an error when it cannot heal.
+    fn keepalive_answered(&mut self, ev: Option<KeepaliveEvent>) -> Result<bool, EtcdError> {
+        match ev {
+            Some(KeepaliveEvent::Ok { sent }) => {
+                self.telemetry.keepalive_ok(sent.elapsed());
+                let restored = !self.view.borrow().reachable;
+                self.view.send_modify(|v| {
+                    v.last_ok_sent = v.last_ok_sent.max(Some(sent));
+                    v.reachable = true;
+                    v.last_contact = Some(Instant::now());
+                });
+                if restored {
+                    // The watch may have died silently with the connection: reopen it from the
+                    // last revision seen.
+                    self.observe.reopen();
+                }
+                Ok(true)
+            }
+            Some(KeepaliveEvent::Failed(e)) if e.is_fatal() => Err(e),
+            Some(KeepaliveEvent::Failed(e)) => {
+                self.telemetry.keepalive_failed();
+                self.mark_error(&e);
+                Ok(true)
+            }
+            Some(KeepaliveEvent::Gone) | None => Ok(false),
+        }
     }
 
     /// Write into our own candidate key (same lease, guarded by its create revision) that
