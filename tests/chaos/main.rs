@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use nix::sys::signal::Signal;
+use serde_json::{Value, json};
 
 use history::now_ns;
 use nemesis::{Episode, Member, Op, REPLICAS, Replica, Resource, Target};
@@ -130,6 +131,10 @@ impl World {
     }
 
     /// One agreed leader among the daemons that answer; returns its index.
+    /// Waits for one leader that every running replica names and that no eligible replica of
+    /// higher priority is about to take over from (after a priority shift or a rejoin, the
+    /// takeover follows within the takeover delay): the election is settled, so the next
+    /// episode's faults, not a pending takeover, are what moves leadership.
     fn wait_leader(&self, within: Duration, after: &str) -> usize {
         let mut found = None;
         wait_until(within, &format!("one agreed leader after {after}"), || {
@@ -139,10 +144,12 @@ impl World {
                 return false;
             }
             let id = ds[leading[0]].id().to_string();
-            let ok = ds.iter().all(|d| match d.role() {
+            let roles: Vec<Option<Value>> = ds.iter().map(|d| d.role()).collect();
+            let agreed = roles.iter().all(|r| match r {
                 None => true,
                 Some(r) => r["leader"]["id"].as_str() == Some(id.as_str()),
             });
+            let ok = agreed && !takeover_pending(&roles, leading[0]);
             if ok {
                 found = Some(leading[0]);
             }
@@ -518,6 +525,21 @@ const SWITCH_TO: [&str; REPLICAS] = [
 ];
 
 /// The `--priority` a replica was last started with.
+/// Whether a replica that may lead (eligible, not paused) has a higher priority than the leader
+/// at `leader`: it takes over once the takeover delay has passed. `roles` are the replicas'
+/// `/role` answers (None: not running).
+fn takeover_pending(roles: &[Option<Value>], leader: usize) -> bool {
+    let priority = |r: &Value| r["priority"].as_u64().unwrap_or(0);
+    let Some(lp) = roles[leader].as_ref().map(priority) else {
+        return false;
+    };
+    roles.iter().enumerate().any(|(i, r)| {
+        r.as_ref().is_some_and(|r| {
+            i != leader && r["eligible"] == true && r["role"] != "paused" && priority(r) > lp
+        })
+    })
+}
+
 /// Wait for a daemon sent SIGTERM to exit, and fail the run unless it exited cleanly.
 fn await_clean_exit(d: &mut Daemon) {
     let status = d.wait_exit(Duration::from_secs(20));
@@ -764,6 +786,28 @@ fn chaos_report() {
     let faults = env_or("ELECTD_CHAOS_FAULTS", 100);
     let dir = PathBuf::from(env_or("ELECTD_CHAOS_REPORT", "docs".to_string()));
     run_chaos(faults, seed_from_env(), Some(&dir));
+}
+
+/// The settle check: only an eligible, unpaused replica of higher priority than the leader
+/// makes a takeover pending.
+#[test]
+fn takeover_pending_table() {
+    let r = |role: &str, eligible: bool, priority: u32| {
+        Some(json!({"role": role, "eligible": eligible, "priority": priority}))
+    };
+    #[rustfmt::skip]
+    let table: &[(&str, Vec<Option<Value>>, bool)] = &[
+        ("equal priorities",            vec![r("leader", true, 1), r("follower", true, 1)], false),
+        ("a higher follower",           vec![r("leader", true, 1), r("follower", true, 3)], true),
+        ("a higher candidate",          vec![r("leader", true, 1), r("candidate", true, 3)], true),
+        ("a higher but unhealthy one",  vec![r("leader", true, 1), r("follower", false, 3)], false),
+        ("a higher but paused one",     vec![r("leader", true, 1), r("paused", true, 3)], false),
+        ("a lower follower",            vec![r("leader", true, 3), r("follower", true, 1)], false),
+        ("a stopped replica",           vec![r("leader", true, 1), None], false),
+    ];
+    for (name, roles, want) in table {
+        assert_eq!(takeover_pending(roles, 0), *want, "{name}");
+    }
 }
 
 /// The checker itself: two children of one election alive at once must be caught, both by the
