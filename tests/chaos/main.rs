@@ -135,26 +135,48 @@ impl World {
     /// higher priority is about to take over from (after a priority shift or a rejoin, the
     /// takeover follows within the takeover delay): the election is settled, so the next
     /// episode's faults, not a pending takeover, are what moves leadership.
-    fn wait_leader(&self, within: Duration, after: &str) -> usize {
+    ///
+    /// The target of a switchover keeps leadership whatever the priorities while it leads:
+    /// `switched` is the fencing token of a leadership taken by switchover (or the target's id
+    /// while the switchover is under way), and its leader is settled as it is.
+    fn wait_leader(&self, within: Duration, after: &str, switched: &mut Switched) -> usize {
         let mut found = None;
-        wait_until(within, &format!("one agreed leader after {after}"), || {
-            let ds: Vec<&Daemon> = self.replicas.iter().map(|r| &r.daemon).collect();
-            let leading: Vec<usize> = (0..ds.len()).filter(|i| ds[*i].is_leader()).collect();
-            if leading.len() != 1 {
-                return false;
-            }
-            let id = ds[leading[0]].id().to_string();
-            let roles: Vec<Option<Value>> = ds.iter().map(|d| d.role()).collect();
-            let agreed = roles.iter().all(|r| match r {
-                None => true,
-                Some(r) => r["leader"]["id"].as_str() == Some(id.as_str()),
-            });
-            let ok = agreed && !takeover_pending(&roles, leading[0]);
-            if ok {
-                found = Some(leading[0]);
-            }
-            ok
-        });
+        wait_until(
+            within,
+            &format!(
+                "one agreed leader that no eligible replica of higher priority is about to take over from, after {after}"
+            ),
+            || {
+                let ds: Vec<&Daemon> = self.replicas.iter().map(|r| &r.daemon).collect();
+                let leading: Vec<usize> = (0..ds.len()).filter(|i| ds[*i].is_leader()).collect();
+                if leading.len() != 1 {
+                    return false;
+                }
+                let id = ds[leading[0]].id().to_string();
+                let roles: Vec<Option<Value>> = ds.iter().map(|d| d.role()).collect();
+                let agreed = roles.iter().all(|r| match r {
+                    None => true,
+                    Some(r) => r["leader"]["id"].as_str() == Some(id.as_str()),
+                });
+                let token = ds[leading[0]].fencing_token();
+                let by_switchover = match &*switched {
+                    Switched::No => false,
+                    Switched::To(to) => *to == id,
+                    Switched::Holds(t) => Some(*t) == token,
+                };
+                let ok = agreed && (by_switchover || !takeover_pending(&roles, leading[0]));
+                if ok {
+                    *switched = match (by_switchover, token) {
+                        (true, Some(t)) => Switched::Holds(t),
+                        _ => Switched::No,
+                    };
+                }
+                if ok {
+                    found = Some(leading[0]);
+                }
+                ok
+            },
+        );
         found.expect("set on success")
     }
 
@@ -525,6 +547,15 @@ const SWITCH_TO: [&str; REPLICAS] = [
 ];
 
 /// The `--priority` a replica was last started with.
+/// Whether the leader got there by switchover, which priorities do not pre-empt.
+enum Switched {
+    No,
+    /// An episode asked for a switchover to this replica id.
+    To(String),
+    /// The switchover's target leads under this fencing token.
+    Holds(i64),
+}
+
 /// Whether a replica that may lead (eligible, not paused) has a higher priority than the leader
 /// at `leader`: it takes over once the takeover delay has passed. `roles` are the replicas'
 /// `/role` answers (None: not running).
@@ -588,7 +619,8 @@ fn run_episodes(episodes: &[Episode], faults: usize, seed: u64, report: Option<&
     let clock = history::Clock::start(world.cluster.endpoints());
     let started_ns = now_ns();
     let heal_bound = TTL + Duration::from_secs(10);
-    let mut leader = world.wait_leader(Duration::from_secs(20), "start");
+    let mut switched = Switched::No;
+    let mut leader = world.wait_leader(Duration::from_secs(20), "start", &mut switched);
     let mut trace = Trace {
         seed,
         faults,
@@ -636,9 +668,21 @@ fn run_episodes(episodes: &[Episode], faults: usize, seed: u64, report: Option<&
             }
         }
         let healed = Instant::now();
+        if let Some(to) = ep
+            .faults
+            .iter()
+            .flat_map(|f| &f.steps)
+            .find_map(|s| match s.op {
+                Op::SwitchTo(j) => Some(format!("n{j}")),
+                _ => None,
+            })
+        {
+            switched = Switched::To(to);
+        }
         leader = world.wait_leader(
             heal_bound,
             &format!("episode {} healed (seed {seed})", ep.n),
+            &mut switched,
         );
         et.healed_ns = now_ns();
         eprintln!(
