@@ -17,7 +17,7 @@ use tokio::time::timeout;
 use tracing::{info, warn};
 
 use crate::election::role::{Role, RoleKind};
-use crate::leadership::{Identity, Observer, Step};
+use crate::leadership::{FENCING_TOKEN_VAR, Identity, Observer, Step};
 use crate::metrics::Metrics;
 use crate::supervisor::tree;
 
@@ -36,20 +36,20 @@ pub struct RoleChange {
 impl RoleChange {
     /// The hook's environment.
     pub fn env(&self, identity: &Identity) -> Vec<(String, String)> {
-        vec![
+        let mut env = vec![
             ("ELECTD_ROLE".into(), self.role.to_string()),
             ("ELECTD_PREV_ROLE".into(), self.prev.to_string()),
-            ("ELECTD_ID".into(), identity.id.clone()),
-            ("ELECTD_ELECTION".into(), identity.election.clone()),
-            (
-                "ELECTD_LEADER_ID".into(),
-                self.leader_id.clone().unwrap_or_default(),
-            ),
-            (
-                "ELECTD_FENCING_TOKEN".into(),
-                self.token.map(|t| t.to_string()).unwrap_or_default(),
-            ),
-        ]
+        ];
+        env.extend(identity.env());
+        env.push((
+            "ELECTD_LEADER_ID".into(),
+            self.leader_id.clone().unwrap_or_default(),
+        ));
+        env.push((
+            FENCING_TOKEN_VAR.into(),
+            self.token.map(|t| t.to_string()).unwrap_or_default(),
+        ));
+        env
     }
 }
 

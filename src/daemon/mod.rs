@@ -258,10 +258,7 @@ fn start_health(
     metrics: &Metrics,
 ) -> mpsc::Receiver<health::Change> {
     let (tx, rx) = mpsc::channel(4);
-    let env = vec![
-        ("ELECTD_ID".to_string(), identity.id.clone()),
-        ("ELECTD_ELECTION".to_string(), identity.election.clone()),
-    ];
+    let env = identity.env();
     let m = metrics.clone();
     health::spawn(check, env, tx, move |outcome| {
         let result = match outcome {

@@ -37,19 +37,31 @@ pub struct Identity {
     pub election: String,
 }
 
-/// The command's environment: the one place the `ELECTD_*` variables are written.
+impl Identity {
+    /// `ELECTD_ID` and `ELECTD_ELECTION`, which every process electd starts is given (the
+    /// wrapped command, elect-run's job, health checks, role-change hooks).
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("ELECTD_ID".to_string(), self.id.clone()),
+            ("ELECTD_ELECTION".to_string(), self.election.clone()),
+        ]
+    }
+}
+
+/// The variable that carries the fencing token (the leader key's create revision) to the
+/// wrapped command and to role-change hooks.
+pub const FENCING_TOKEN_VAR: &str = "ELECTD_FENCING_TOKEN";
+
+/// The command's environment: the one place the leader's `ELECTD_*` variables are written.
 pub fn command_env(
     identity: &Identity,
     leader: &LeaderInfo,
     token: i64,
     extra: &[(String, String)],
 ) -> Vec<(String, String)> {
-    let mut env = vec![
-        ("ELECTD_ID".to_string(), identity.id.clone()),
-        ("ELECTD_ELECTION".to_string(), identity.election.clone()),
-        ("ELECTD_LEADER_KEY".to_string(), leader.key.clone()),
-        ("ELECTD_FENCING_TOKEN".to_string(), token.to_string()),
-    ];
+    let mut env = identity.env();
+    env.push(("ELECTD_LEADER_KEY".to_string(), leader.key.clone()));
+    env.push((FENCING_TOKEN_VAR.to_string(), token.to_string()));
     env.extend(extra.iter().cloned());
     env
 }
