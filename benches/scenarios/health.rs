@@ -1,7 +1,7 @@
 //! Scenario: health-check failover (issue 13). Replicas wrap the ledger-writing child, each
 //! with `--health-cmd "test -f FILE"` on a file of its own; the leader's file is removed, and
 //! the leader must stop its command and give way to the next healthy replica. Timed from the
-//! removal, beside the floor the settings set: `--health-fall` failed checks
+//! removal, beside the bound the settings set: `--health-fall` failed checks
 //! `--health-interval` apart.
 
 use std::path::Path;
@@ -102,7 +102,7 @@ fn iteration(cfg: &BenchConfig, etcd: &Etcd, dir: &Path, name: &str) -> Sample {
 }
 
 pub fn health(cfg: &BenchConfig) -> Section {
-    let floor = INTERVAL * FALL;
+    let bound = INTERVAL * FALL;
     let replicas = cfg.health_replicas.max(2);
     let mut s = Section::new(
         "health",
@@ -112,14 +112,14 @@ pub fn health(cfg: &BenchConfig) -> Section {
              `--health-cmd \"test -f FILE\" --health-interval {}ms --health-fall {FALL} \
              --health-rise {RISE}` on a file of its own (and `--stop-grace {}ms`). Once the \
              first leads and the others follow, the leader's file is removed; times are from \
-             the removal, which comes at a random phase of the check period. The floor is fall × interval = {} ms: the leader acts after \
-             {FALL} failed checks in a row. `etcdctl lock` has no health check, so there is \
+             the removal, which comes at a random phase of the check period. The bound is fall × interval = {} ms: the leader acts after \
+             {FALL} failed checks in a row, the first within one interval of the removal. `etcdctl lock` has no health check, so there is \
              nothing to compare it with.",
             INTERVAL.as_millis(),
             cfg.stop_grace.as_millis(),
-            floor.as_millis(),
+            bound.as_millis(),
         ),
-        ["electd", "floor"],
+        ["electd", "bound"],
     );
     s.expected = cfg.iterations;
     let etcd = Etcd::start();
@@ -159,27 +159,27 @@ pub fn health(cfg: &BenchConfig) -> Section {
             }
         }
     }
-    let floor_ms = Value::Text(floor.as_millis().to_string());
+    let bound_ms = Value::Text(bound.as_millis().to_string());
     s.push(
         "detected",
         "health file removed → the leader logs that it is unhealthy",
         "ms",
         false,
-        [Value::Samples(detected), floor_ms.clone()],
+        [Value::Samples(detected), bound_ms.clone()],
     );
     s.push(
         "old_stop",
         "health file removed → old child's `stop` record",
         "ms",
         false,
-        [Value::Samples(old_stop), floor_ms.clone()],
+        [Value::Samples(old_stop), bound_ms.clone()],
     );
     s.push(
         "new_start",
         "health file removed → new leader's child start",
         "ms",
         false,
-        [Value::Samples(new_start), floor_ms],
+        [Value::Samples(new_start), bound_ms],
     );
     s.push(
         "handoff",
@@ -220,7 +220,7 @@ pub fn health(cfg: &BenchConfig) -> Section {
          lease, and the next replica starts its child when the delete event reaches it — the \
          graceful handoff's path (section 1).",
         (INTERVAL * (FALL - 1)).as_millis(),
-        floor.as_millis(),
+        bound.as_millis(),
     ));
     s
 }
