@@ -378,29 +378,37 @@ const PROBE_DROPPED_FOR: Duration = Duration::from_secs(3);
 /// tells nothing; an https:// endpoint on a plain-HTTP port ends in "tls handshake eof", and an
 /// http:// endpoint on a TLS port in "broken pipe". Those are also what an etcd restart looks
 /// like, so they are not fatal in themselves: retry them here until the alert is seen, and if
-/// every connection is dropped for [`PROBE_DROPPED_FOR`], report [`EtcdError::TlsDropped`] (or
-/// [`EtcdError::PlainDropped`]) rather than letting the driver retry for ever.
+/// connections are still dropped after [`PROBE_DROPPED_FOR`], report [`EtcdError::TlsDropped`]
+/// (or [`EtcdError::PlainDropped`]) rather than letting the driver retry for ever. Other
+/// errors (a timeout, a refused connection) are probed through the same window, so one slow
+/// first answer does not hide the misconfiguration; if the last one is such an error, it is
+/// returned (etcd unreachable: the driver keeps trying).
 async fn probe(client: &Clients, prefix: &str, t: Duration, tls: bool) -> Result<(), EtcdError> {
     let started = tokio::time::Instant::now();
     let mut tries = 0;
     loop {
-        match candidates(client, prefix, t).await {
+        let e = match candidates(client, prefix, t).await {
             Ok(_) => return Ok(()),
-            Err(e) if dropped(&e) => {
-                tries += 1;
-                if started.elapsed() >= PROBE_DROPPED_FOR {
-                    let last = e.to_string();
-                    return Err(if tls {
-                        EtcdError::TlsDropped { tries, last }
-                    } else {
-                        EtcdError::PlainDropped { tries, last }
-                    });
-                }
-                tracing::debug!(error = %e, "etcd dropped the connection; probing again");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            Err(e) if e.is_fatal() => return Err(e),
+            Err(e) => e,
+        };
+        let was_dropped = dropped(&e);
+        tries += was_dropped as u32;
+        if started.elapsed() >= PROBE_DROPPED_FOR {
+            // Judged by the last answer: a connection that etcd still drops after the whole
+            // window (a timeout or a refusal on the way, as on a busy machine, changes nothing).
+            if !was_dropped {
+                return Err(e);
             }
-            Err(e) => return Err(e),
+            let last = e.to_string();
+            return Err(if tls {
+                EtcdError::TlsDropped { tries, last }
+            } else {
+                EtcdError::PlainDropped { tries, last }
+            });
         }
+        tracing::debug!(error = %e, "etcd dropped the connection or did not answer; probing again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
