@@ -9,7 +9,7 @@
 //! - [`election`] — the backend-neutral contract (view, position, leader and member info,
 //!   driver commands, telemetry), the pure role state machine ([`election::role`]), the key
 //!   layout ([`election::keys`]), and the etcd backend ([`election::etcd`]: session, campaign,
-//!   driver, transactions — the only importer of `etcd_client`).
+//!   driver, transactions — the only code that uses the etcd client crate).
 //! - [`leadership`] — the one loop that runs a command only while this replica leads, for
 //!   electd and both elect-run modes: sources of leadership ([`leadership::source`]), the
 //!   `--on-exit` policy as a pure value ([`leadership::policy`]), observers of role changes.

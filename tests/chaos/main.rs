@@ -130,7 +130,6 @@ impl World {
         }
     }
 
-    /// One agreed leader among the daemons that answer; returns its index.
     /// Waits for one leader that every running replica names and that no eligible replica of
     /// higher priority is about to take over from (after a priority shift or a rejoin, the
     /// takeover follows within the takeover delay): the election is settled, so the next
@@ -138,7 +137,8 @@ impl World {
     ///
     /// The target of a switchover keeps leadership whatever the priorities while it leads:
     /// `switched` is the fencing token of a leadership taken by switchover (or the target's id
-    /// while the switchover is under way), and its leader is settled as it is.
+    /// while the switchover is under way), and its leader is settled as it is. Returns the
+    /// leader's index.
     fn wait_leader(&self, within: Duration, after: &str, switched: &mut Switched) -> usize {
         let mut found = None;
         wait_until(
@@ -158,7 +158,9 @@ impl World {
                     None => true,
                     Some(r) => r["leader"]["id"].as_str() == Some(id.as_str()),
                 });
-                let token = ds[leading[0]].fencing_token();
+                let token = roles[leading[0]]
+                    .as_ref()
+                    .and_then(|r| r["fencing_token"].as_i64());
                 let by_switchover = match &*switched {
                     Switched::No => false,
                     Switched::To(to) => *to == id,
@@ -170,8 +172,6 @@ impl World {
                         (true, Some(t)) => Switched::Holds(t),
                         _ => Switched::No,
                     };
-                }
-                if ok {
                     found = Some(leading[0]);
                 }
                 ok
@@ -546,7 +546,6 @@ const SWITCH_TO: [&str; REPLICAS] = [
     "resign --to n4",
 ];
 
-/// The `--priority` a replica was last started with.
 /// Whether the leader got there by switchover, which priorities do not pre-empt.
 enum Switched {
     No,
@@ -582,6 +581,7 @@ fn await_clean_exit(d: &mut Daemon) {
     );
 }
 
+/// The `--priority` a replica was last started with.
 fn priority(d: &Daemon) -> u32 {
     d.spec
         .extra
