@@ -5,21 +5,11 @@
 use std::borrow::Cow;
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+pub use crate::api::doc::ChildStatus;
 use crate::api::doc::{LeaderDoc, Rfc3339, RoleDoc, SuspectDoc};
 use crate::election::role::{Role, RoleKind};
-use crate::supervisor::ExitInfo;
-
-/// The wrapped command's state, when there is one.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ChildStatus {
-    pub running: bool,
-    pub pid: Option<u32>,
-    pub restarts: u64,
-    pub last_exit: Option<ExitInfo>,
-}
 
 #[derive(Debug, Clone)]
 pub struct Status {

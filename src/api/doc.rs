@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::election::role::RoleKind;
 use crate::election::{Candidate, LeaderInfo, MemberInfo, MemberList};
-use crate::status::ChildStatus;
+use crate::supervisor::ExitInfo;
 
 /// `GET /role` (also each `/watch` event and `/leader`'s body).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,6 +40,15 @@ pub struct RoleDoc<'a> {
     pub suspect: Option<SuspectDoc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub child: Option<Cow<'a, ChildStatus>>,
+}
+
+/// The wrapped command's state, when there is one.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChildStatus {
+    pub running: bool,
+    pub pid: Option<u32>,
+    pub restarts: u64,
+    pub last_exit: Option<ExitInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,7 +1,6 @@
 //! Connecting to etcd: one client per endpoint ([`Clients`]) so a call that times out on a
 //! frozen member is retried on another, TLS and authentication from the configuration, and the
-//! startup probe that tells a misconfiguration (refused certificate, bad credentials, denied
-//! permission) from an outage, so the former is reported at start instead of retried for ever.
+//! guard against a rewound history ([`Clients::check`]). The startup probe is `super::probe`'s.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,8 +9,7 @@ use std::time::Duration;
 use etcd_client::{Client, ConnectOptions};
 use tracing::{debug, info};
 
-use super::error::{Backoff, EtcdError, bounded, error_chain};
-use super::txn::candidates;
+use super::error::{EtcdError, bounded, error_chain};
 use crate::config::{Config, Pem};
 
 /// One client per endpoint, and the endpoint calls go to now. A call that times out, or finds
@@ -328,108 +326,6 @@ fn read_pem(flag: &str, path: &std::path::Path, want: Pem) -> Result<Vec<u8>, Et
         Some(p) => Err(EtcdError::Setup(format!("{flag} {}: {p}", path.display()))),
         None => Ok(bytes),
     }
-}
-
-/// Connect, retrying with backoff while etcd is unreachable; returns at once on a fatal
-/// error (TLS trust, credentials, permissions), which a startup read of the election's prefix
-/// also checks, so a misconfiguration is reported at start instead of as an endless retry.
-pub async fn connect_and_probe(config: &Config) -> Result<Clients, EtcdError> {
-    let t = config.timing().request_timeout.max(Duration::from_secs(2));
-    let prefix = crate::election::keys::election_prefix(&config.election);
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
-    let mut warned = false;
-    loop {
-        let err = match connect(config).await {
-            Ok(client) => match probe(&client, &prefix, t, expects_tls(config)).await {
-                Ok(_) => return Ok(client),
-                // Unreachable but well configured so far: the driver keeps retrying.
-                Err(e) if !e.is_fatal() => {
-                    tracing::warn!(error = %e, "etcd is not reachable yet; campaigning once it is");
-                    return Ok(client);
-                }
-                Err(e) => e,
-            },
-            Err(e) => e,
-        };
-        if err.is_fatal() {
-            return Err(err);
-        }
-        if !warned {
-            tracing::warn!(error = %err, "cannot connect to etcd yet; retrying");
-            warned = true;
-        }
-        tokio::time::sleep(backoff.delay()).await;
-    }
-}
-
-/// Whether electd talks TLS to etcd: TLS files given, or an https:// endpoint.
-fn expects_tls(config: &Config) -> bool {
-    config.etcd_tls.is_some() || config.endpoints.iter().any(|e| e.starts_with("https://"))
-}
-
-/// How long the startup probe keeps retrying connections that etcd drops before concluding
-/// that the drops are a misconfiguration rather than an outage.
-const PROBE_DROPPED_FOR: Duration = Duration::from_secs(3);
-
-/// The startup read of the election's prefix. Over TLS 1.3 the server checks our client
-/// certificate only after our side of the handshake is done, so a refused certificate shows up
-/// either as the server's alert (a fatal "tls" error) or, when the connection dies before our
-/// request is under way, as a dropped connection ("connection closed", "broken pipe") that
-/// tells nothing; an https:// endpoint on a plain-HTTP port ends in "tls handshake eof", and an
-/// http:// endpoint on a TLS port in "broken pipe". Those are also what an etcd restart looks
-/// like, so they are not fatal in themselves: retry them here until the alert is seen, and if
-/// connections are still dropped after [`PROBE_DROPPED_FOR`], report [`EtcdError::TlsDropped`]
-/// (or [`EtcdError::PlainDropped`]) rather than letting the driver retry for ever. Other
-/// errors (a timeout, a refused connection) are probed through the same window, so one slow
-/// first answer does not hide the misconfiguration; if the last one is such an error, it is
-/// returned (etcd unreachable: the driver keeps trying).
-async fn probe(client: &Clients, prefix: &str, t: Duration, tls: bool) -> Result<(), EtcdError> {
-    let started = tokio::time::Instant::now();
-    let mut tries = 0;
-    loop {
-        let e = match candidates(client, prefix, t).await {
-            Ok(_) => return Ok(()),
-            Err(e) if e.is_fatal() => return Err(e),
-            Err(e) => e,
-        };
-        let was_dropped = dropped(&e);
-        tries += was_dropped as u32;
-        if started.elapsed() >= PROBE_DROPPED_FOR {
-            // Judged by the last answer: a connection that etcd still drops after the whole
-            // window (a timeout or a refusal on the way, as on a busy machine, changes nothing).
-            if !was_dropped {
-                return Err(e);
-            }
-            let last = e.to_string();
-            return Err(if tls {
-                EtcdError::TlsDropped { tries, last }
-            } else {
-                EtcdError::PlainDropped { tries, last }
-            });
-        }
-        tracing::debug!(error = %e, "etcd dropped the connection or did not answer; probing again");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A connection that etcd accepted and then dropped, during the TLS handshake or right after
-/// it, before an answer (not one refused or timed out: that is etcd being down).
-fn dropped(e: &EtcdError) -> bool {
-    let EtcdError::Request { source, .. } = e else {
-        return false;
-    };
-    if e.is_fatal() {
-        return false;
-    }
-    let text = error_chain(source).to_ascii_lowercase();
-    [
-        "connection closed",
-        "broken pipe",
-        "connection reset",
-        "tls handshake eof",
-    ]
-    .iter()
-    .any(|s| text.contains(s))
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@
 //!   owner's commands;
 //! - `txn` — put-if-absent, the whole-election read, elect-run's fenced slot records;
 //! - `client` — a client per endpoint (a call that times out moves to the next), TLS, auth,
-//!   and the startup probe;
+//!   the rewound-history guard;
+//! - `probe` — the startup probe (misconfiguration told from an outage);
 //! - `error` — what can go wrong, with a label and a hint, and the per-call deadline.
 //!
 //! [`EtcdBackend`] is the handle everything outside this folder uses.
@@ -17,6 +18,7 @@ mod client;
 mod driver;
 mod error;
 mod observe;
+mod probe;
 mod session;
 mod txn;
 
@@ -54,7 +56,7 @@ impl EtcdBackend {
     /// at once instead of being retried for ever.
     pub async fn connect_and_probe(config: &Config) -> Result<EtcdBackend, EtcdError> {
         Ok(EtcdBackend {
-            clients: client::connect_and_probe(config).await?,
+            clients: probe::connect_and_probe(config).await?,
         })
     }
 
