@@ -702,7 +702,9 @@ async fn via_socket(
         path: path.to_path_buf(),
         reason,
     };
-    let source = SocketSource::connect(path).await.map_err(socket_err)?;
+    let source = SocketSource::connect(path, config.stop_grace)
+        .await
+        .map_err(socket_err)?;
     let first = source.last().expect("invariant: connect read an answer");
     let identity = Identity {
         id: first.id.to_string(),

@@ -304,6 +304,7 @@ fn fixed_state() -> (ApiState, Box<dyn std::any::Any + Send>) {
         metrics: Metrics::new(),
         members: None,
         ready: electd::api::Ready::default(),
+        claims: Default::default(),
         allow: AllowList {
             uids: Vec::new(),
             gids: Vec::new(),

@@ -168,43 +168,49 @@ fn missing_election_says_how_to_set_it() {
 }
 
 #[test]
-fn stop_grace_must_fit_inside_ttl_with_a_command() {
-    // Without a command the grace is irrelevant.
-    resolve(
-        &[
-            ("election", "e"),
-            ("id", "a"),
-            ("ttl", "3s"),
-            ("stop_grace", "5s"),
-        ],
-        false,
-    )
-    .unwrap();
-    let msg = error(
-        &[
-            ("election", "e"),
-            ("id", "a"),
-            ("ttl", "3s"),
-            ("stop_grace", "5s"),
-        ],
-        true,
-    );
+fn stop_grace_must_fit_inside_ttl_on_a_replica_that_may_lead() {
+    let base = [
+        ("election", "e"),
+        ("id", "a"),
+        ("ttl", "3s"),
+        ("stop_grace", "5s"),
+    ];
+    // With a command: the command must be dead before the lease can expire.
+    let msg = error(&base, true);
     assert!(msg.contains("does not fit inside the lease TTL"), "{msg}");
     assert!(msg.contains("keepalive interval"), "{msg}");
-    // The fast-failover setup stays valid.
-    let c = resolve(
-        &[
-            ("election", "e"),
-            ("id", "a"),
-            ("ttl", "3s"),
-            ("stop_grace", "1s"),
-        ],
-        true,
-    )
-    .unwrap();
-    let t = c.timing();
-    assert!(t.leader_budget() > Duration::from_secs(1), "{t:?}");
-    assert!(t.keepalive_interval * 3 <= t.leader_budget(), "{t:?}");
+    assert!(msg.contains("its command dead"), "{msg}");
+    // Without one (a sidecar): the app following /role's budget must have stopped.
+    let msg = error(&base, false);
+    assert!(msg.contains("does not fit inside the lease TTL"), "{msg}");
+    assert!(msg.contains("docs/app-contract.md"), "{msg}");
+    // The built-in default grace (3s) does not fit a 3 s TTL either, and the error says where
+    // the value came from.
+    let msg = error(&[("election", "e"), ("id", "a"), ("ttl", "3s")], false);
+    assert!(msg.contains("the built-in default"), "{msg}");
+    // An observer never leads: the grace is irrelevant.
+    let mut observer = base.to_vec();
+    observer.push(("priority", "0"));
+    resolve(&observer, false).unwrap();
+    // The fast-failover setup stays valid, and its budget counts the grace in both modes.
+    for has_command in [true, false] {
+        let c = resolve(
+            &[
+                ("election", "e"),
+                ("id", "a"),
+                ("ttl", "3s"),
+                ("stop_grace", "1s"),
+            ],
+            has_command,
+        )
+        .unwrap();
+        let t = c.timing();
+        assert_eq!(t.leader_budget(), Duration::from_millis(1700), "{t:?}");
+        assert!(t.keepalive_interval * 3 <= t.leader_budget(), "{t:?}");
+        let sent = tokio::time::Instant::now();
+        assert_eq!(t.deadline(sent), sent + Duration::from_millis(1700));
+        assert_eq!(t.kill_deadline(sent), sent + Duration::from_millis(2700));
+    }
 }
 
 #[test]
