@@ -21,6 +21,6 @@ if [ $# -eq 2 ]; then
     export ELECTD_CHAOS_SEED="$2"
 fi
 export ELECTD_CHAOS_REPORT="${ELECTD_CHAOS_REPORT:-docs}"
-scripts/setup.sh
+scripts/setup.sh chaos
 cargo build --all-targets --locked
 exec cargo test --locked --test chaos chaos_report -- --ignored --exact --nocapture
