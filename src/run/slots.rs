@@ -182,6 +182,21 @@ mod tests {
     use super::*;
 
     const T0: u64 = 1_700_000_059;
+    const EXITED_0: End = End::Done {
+        exit_code: 0,
+        signal: None,
+    };
+    const LOST: End = End::Lost {
+        exit_code: None,
+        signal: None,
+    };
+
+    fn minute_slot() -> Slot {
+        Slot::containing(
+            UNIX_EPOCH + Duration::from_secs(T0),
+            Duration::from_secs(60),
+        )
+    }
 
     #[test]
     fn slot_table() {
@@ -213,29 +228,10 @@ mod tests {
 
     #[test]
     fn record_transition_table() {
-        let slot = Slot::containing(
-            UNIX_EPOCH + Duration::from_secs(T0),
-            Duration::from_secs(60),
-        );
-        let running = SlotRecord::running("a", Some("host-a".into()), slot, 42, "t0".into());
-        let done = running
-            .ended(
-                End::Done {
-                    exit_code: 0,
-                    signal: None,
-                },
-                "t1".into(),
-            )
-            .unwrap();
-        let lost = running
-            .ended(
-                End::Lost {
-                    exit_code: None,
-                    signal: None,
-                },
-                "t1".into(),
-            )
-            .unwrap();
+        let running =
+            SlotRecord::running("a", Some("host-a".into()), minute_slot(), 42, "t0".into());
+        let done = running.ended(EXITED_0, "t1".into()).unwrap();
+        let lost = running.ended(LOST, "t1".into()).unwrap();
         use SlotState::*;
         type Want = Result<(SlotState, Option<i32>, Option<i32>, EndLease), AlreadyEnded>;
         #[rustfmt::skip]
@@ -280,21 +276,9 @@ mod tests {
 
     #[test]
     fn found_record_table() {
-        let slot = Slot::containing(
-            UNIX_EPOCH + Duration::from_secs(T0),
-            Duration::from_secs(60),
-        );
-        let ours = SlotRecord::running("a", None, slot, 42, "t0".into());
-        let theirs = SlotRecord::running("b", None, slot, 41, "t0".into());
-        let ours_done = ours
-            .ended(
-                End::Done {
-                    exit_code: 0,
-                    signal: None,
-                },
-                "t1".into(),
-            )
-            .unwrap();
+        let ours = SlotRecord::running("a", None, minute_slot(), 42, "t0".into());
+        let theirs = SlotRecord::running("b", None, minute_slot(), 41, "t0".into());
+        let ours_done = ours.ended(EXITED_0, "t1".into()).unwrap();
         #[rustfmt::skip]
         let cases: Vec<(&str, String, Found)> = vec![
             ("our claim committed, reply lost", ours.to_json(), Found::Ours),
