@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The long chaos run behind docs/safety.md: FAULTS faults of the combined nemesis (tests/chaos/),
-# seeded with SEED (default: from the clock; printed either way), then the report and its
+# seeded with SEED (default: from the clock; printed either way), then its records
+# (docs/safety.json), the report rendered from them (docs/safety.md) and its
 # timeline pictures in docs/.
 #
 #   scripts/chaos.sh 1000            # a new schedule
