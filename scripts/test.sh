@@ -3,6 +3,6 @@
 # missing. Extra arguments go to `cargo nextest run`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh test
 cargo build --all-targets --locked
 cargo nextest run --locked --no-fail-fast "$@"

@@ -27,7 +27,8 @@
 //! - [`hooks`] — role-change hooks (`--on-role-change`), one at a time, never blocking.
 //! - [`metrics`] — Prometheus metrics, fed by the election's telemetry and the publisher.
 //! - [`ctl`] — `electd status|resign|pause|resume`: the operator's client.
-//! - [`run`] — `elect-run`: one command on exactly one replica, optionally once per slot.
+//! - [`run`] — `elect-run`: one command on exactly one replica (its own election, or the local
+//!   electd's socket), optionally once per schedule slot ([`run::slots`]).
 //! - [`exit`] — every exit code, defined once.
 
 pub mod api;

@@ -31,6 +31,8 @@ use table::{Shape, spec_of};
 pub const MIN_TTL: Duration = Duration::from_secs(2);
 /// Etcd's largest lease TTL (`MaxLeaseTTL`): a longer one is refused by every grant.
 pub const MAX_TTL: Duration = Duration::from_secs(9_000_000_000);
+/// The longest `elect-run --once-per` slot (a slot record lives on a lease of two periods).
+pub const MAX_ONCE_PER: Duration = Duration::from_secs(366 * 24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -281,6 +283,15 @@ impl Config {
     pub fn timing(&self) -> Timing {
         Timing::new(self.ttl, self.stop_grace)
     }
+}
+
+/// elect-run's own settings ([`table::Scope::Run`]), validated by [`Layers::elect_run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunSettings {
+    /// How long to wait to become leader; zero = decide at the first election read.
+    pub wait: Duration,
+    /// Run at most once per slot of this length (whole seconds).
+    pub once_per: Option<Duration>,
 }
 
 /// Read the TOML config file into [`Settings`]. Syntax errors carry line and column.
@@ -602,6 +613,24 @@ impl Layers {
         };
         check_routing(&config)?;
         Ok(config)
+    }
+
+    /// elect-run's own settings. `socket`: whether elect-run's `--socket` (ask the local
+    /// electd instead of campaigning) was given, which `--once-per` cannot go with.
+    pub fn elect_run(&self, socket: bool) -> Result<RunSettings, ConfigError> {
+        let wait = self.value("wait", parse::duration)?.value;
+        let once_per = self.get("once_per", parse::once_per)?;
+        if let (Some(once_per), true) = (&once_per, socket) {
+            return Err(ConfigError::Inconsistent(format!(
+                "once_per (from {}) cannot be combined with --socket: slot records are \
+                 written under elect-run's own fencing token; drop --socket to campaign directly",
+                once_per.origin
+            )));
+        }
+        Ok(RunSettings {
+            wait,
+            once_per: once_per.map(|g| g.value),
+        })
     }
 
     fn health(&self) -> Result<Option<crate::health::HealthCheck>, ConfigError> {

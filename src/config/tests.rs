@@ -288,6 +288,14 @@ fn example_config_documents_every_key_and_parses() {
 fn resolve_reads_every_setting_of_the_table_and_only_those() {
     READ.with(|r| r.borrow_mut().clear());
     resolve(&[("election", "svc"), ("id", "a")], true).unwrap();
+    // elect-run's own settings are read by their own resolver.
+    Layers {
+        flags: Settings::default(),
+        env: Settings::default(),
+        file: None,
+    }
+    .elect_run(false)
+    .unwrap();
     let read = READ.with(|r| r.borrow().clone());
     let table: BTreeSet<&str> = table::known_keys().into_iter().collect();
     // etcd_password_file is read only when etcd_user is set.
@@ -433,4 +441,79 @@ fn elect_run_ignores_what_only_the_daemon_reads() {
     let c = layers().for_elect_run().resolve(true).unwrap();
     assert_eq!(c.proxy, None);
     assert_eq!(c.ttl, Duration::from_secs(5), "shared settings still count");
+}
+
+#[test]
+fn elect_run_settings_are_validated_like_the_others() {
+    let layers = |flags: Settings, env: Settings| Layers {
+        flags,
+        env,
+        file: None,
+    };
+    let none = Settings::default;
+    let got = layers(none(), none()).elect_run(false).unwrap();
+    assert_eq!(
+        got,
+        RunSettings {
+            wait: Duration::ZERO,
+            once_per: None
+        }
+    );
+    let got = layers(none().set("wait", "30s").set("once_per", "1h"), none())
+        .elect_run(false)
+        .unwrap();
+    assert_eq!(got.wait, Duration::from_secs(30));
+    assert_eq!(got.once_per, Some(Duration::from_secs(3600)));
+    type Case<'a> = (Settings, Settings, bool, &'a [&'a str]);
+    let cases: Vec<Case> = vec![
+        (
+            none().set("wait", "soon"),
+            none(),
+            false,
+            &["invalid wait \"soon\"", "flag --wait", "duration"],
+        ),
+        (
+            none(),
+            none().set("wait", "soon"),
+            false,
+            &["invalid wait", "environment variable ELECTD_WAIT"],
+        ),
+        (
+            none().set("once_per", "1500ms"),
+            none(),
+            false,
+            &[
+                "invalid once_per",
+                "flag --once-per",
+                "whole number of seconds",
+            ],
+        ),
+        (
+            none().set("once_per", "0s"),
+            none(),
+            false,
+            &["invalid once_per", "at least 1s"],
+        ),
+        (
+            none().set("once_per", "1000000000000s"),
+            none(),
+            false,
+            &["invalid once_per", "at most 366d"],
+        ),
+        (
+            none(),
+            none().set("once_per", "1m"),
+            true,
+            &["once_per", "ELECTD_ONCE_PER", "--socket"],
+        ),
+    ];
+    for (flags, env, socket, needles) in cases {
+        let err = layers(flags, env)
+            .elect_run(socket)
+            .unwrap_err()
+            .to_string();
+        for n in needles {
+            assert!(err.contains(n), "{err:?} lacks {n:?}");
+        }
+    }
 }

@@ -13,6 +13,7 @@ mod haproxy;
 mod http;
 mod ledger;
 mod proxy;
+pub mod reports;
 mod tls;
 
 pub use app::{NameApp, Replica, ask, ask_once, connect};
