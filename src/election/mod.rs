@@ -135,6 +135,10 @@ impl MemberInfo {
     }
 }
 
+/// The variable that names a term's leader key to the wrapped command. Every process of the
+/// command's tree inherits it, so the freeze watchdog finds them by it.
+pub const LEADER_KEY_VAR: &str = "ELECTD_LEADER_KEY";
+
 /// What it takes to hand a leader's term over once its process has died: its lease, its
 /// candidate key with that key's create revision (the fencing token), and the key's value with
 /// the clean-release mark. The freeze watchdog holds it while this replica leads.

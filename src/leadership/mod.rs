@@ -26,7 +26,7 @@ pub use policy::{Decision, ExitPolicy};
 pub use source::{ElectionSource, SocketSource, Source};
 
 use crate::election::role::{Action, Event, Machine, Role};
-use crate::election::{LeaderInfo, Position};
+use crate::election::{LEADER_KEY_VAR, LeaderInfo, Position};
 use crate::exit;
 use crate::supervisor::watchdog::WatchdogHandle;
 use crate::supervisor::{ExitInfo, Supervisor, SupervisorError};
@@ -52,10 +52,6 @@ impl Identity {
 /// The variable that carries the fencing token (the leader key's create revision) to the
 /// wrapped command and to role-change hooks.
 pub const FENCING_TOKEN_VAR: &str = "ELECTD_FENCING_TOKEN";
-
-/// The variable that carries the leader key to the wrapped command. Every process of the
-/// command's tree inherits it, so the freeze watchdog finds them by it.
-pub const LEADER_KEY_VAR: &str = "ELECTD_LEADER_KEY";
 
 /// The command's environment: the one place the leader's `ELECTD_*` variables are written.
 pub fn command_env(

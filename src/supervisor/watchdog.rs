@@ -378,7 +378,7 @@ fn electd_died(slots: &BTreeMap<u32, Slot>, etcd: Option<&EtcdHelper>) {
 /// the term's leader key; true once none of them is alive (zombies count as gone), within
 /// [`CONFIRM_WITHIN`].
 fn kill_tree(pgid: i32, reported: &[(i32, u64)], lead: Option<&Handover>) -> bool {
-    let marker = lead.map(|h| format!("{}={}", crate::leadership::LEADER_KEY_VAR, h.key));
+    let marker = lead.map(|h| format!("{}={}", crate::election::LEADER_KEY_VAR, h.key));
     let until = std::time::Instant::now() + CONFIRM_WITHIN;
     loop {
         // The tree first, while it is intact (the command's root was only stopped when electd
