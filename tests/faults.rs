@@ -258,10 +258,16 @@ fn keys_deleted_or_leases_revoked_from_outside_stop_the_child_at_once_and_everyo
                 .start()
         })
         .collect();
+    // Each candidate key with its create revision: a rejoin under a lease that survived keeps
+    // the key's name (`<election>/<lease>`) and gets a new create revision.
     let keys = || -> Vec<String> {
-        etcd.etcdctl_ok(&["get", "outside/", "--prefix", "--keys-only"])
-            .split_whitespace()
-            .map(str::to_string)
+        let (_, body) = http_get(&daemons[0].http, "/members").unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        doc["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| format!("{}@{}", m["key"].as_str().unwrap(), m["create_revision"]))
             .collect()
     };
     let now_ns = || {
@@ -309,7 +315,8 @@ fn keys_deleted_or_leases_revoked_from_outside_stop_the_child_at_once_and_everyo
             "{what}: the child stopped {after:?} after the fault"
         );
 
-        // Everyone rejoins with a new lease; one leader, with a higher token, runs a child.
+        // Everyone rejoins with a new key (under a new lease when the lease went); one leader,
+        // with a higher token, runs a child.
         wait_until(
             Duration::from_secs(10),
             "one leader with a new token",

@@ -86,6 +86,12 @@ fn haproxy_checking_leader_reaches_the_leader_and_follows_failovers() {
         "HAProxy shut the connection to the deposed leader {:?} after the resign",
         resigned.elapsed()
     );
+    // The new leader is in service once HAProxy's checks have seen it answer 200 (`rise`).
+    wait_until(
+        Duration::from_secs(5),
+        "HAProxy to reach the new leader",
+        || answer(&bind).as_deref() == Some(second.as_str()),
+    );
     for _ in 0..10 {
         assert_eq!(answer(&bind).as_deref(), Some(second.as_str()));
     }

@@ -15,6 +15,7 @@
 //! Every rejected value is reported with where it came from (`--ttl`, `ELECTD_TTL`, or
 //! `ttl in electd.toml`) and what would be accepted. Durations are written `5s`, `500ms`, `1m`.
 
+pub mod elections;
 pub mod parse;
 pub mod table;
 
@@ -71,6 +72,12 @@ pub enum Origin {
         path: PathBuf,
         key: &'static str,
     },
+    /// A key of the config file's `number`th `[[elections]]` table.
+    Table {
+        path: PathBuf,
+        number: usize,
+        key: &'static str,
+    },
     Default,
 }
 
@@ -80,6 +87,11 @@ impl fmt::Display for Origin {
             Origin::Flag(flag) => write!(f, "flag {flag}"),
             Origin::Env(var) => write!(f, "environment variable {var}"),
             Origin::File { path, key } => write!(f, "{} (key `{key}`)", path.display()),
+            Origin::Table { path, number, key } => write!(
+                f,
+                "{} ([[elections]] #{number}, key `{key}`)",
+                path.display()
+            ),
             Origin::Default => write!(f, "the built-in default"),
         }
     }
@@ -128,9 +140,10 @@ impl Raw {
     }
 }
 
-/// One layer of settings as given, before validation, keyed by [`table::Spec::key`].
+/// One layer of settings as given, before validation, keyed by [`table::Spec::key`]; and, in
+/// the config file only, its `[[elections]]` tables.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Settings(BTreeMap<&'static str, Raw>);
+pub struct Settings(BTreeMap<&'static str, Raw>, Vec<elections::Table>);
 
 impl Settings {
     /// Set `key` (which must be in the table) to a single value.
@@ -199,6 +212,14 @@ pub struct Config {
     pub etcd_auth: Option<Auth>,
     /// Whether a command is wrapped (`-- CMD`); tightens the timing checks.
     pub has_command: bool,
+    /// The config file's `[[elections]]`, resolved; empty: the one election of `election` (and
+    /// `-- CMD`). See [`Config::elections`].
+    pub tables: Vec<elections::Election>,
+    /// Spread leadership evenly over the replicas that serve the same elections.
+    pub balance: bool,
+    /// How long after a change of leadership a replica above its share waits before it hands
+    /// an election over.
+    pub balance_delay: Duration,
 }
 
 /// How to reach etcd: what a client needs of the configuration (also handed, over a private
@@ -298,6 +319,21 @@ impl Config {
         Timing::new(self.ttl, self.stop_grace)
     }
 
+    /// Every election this electd takes part in: the `[[elections]]` tables, or the one of
+    /// `--election` wrapping `command` (`-- CMD`).
+    pub fn elections(&self, command: Vec<String>) -> Vec<elections::Election> {
+        if !self.tables.is_empty() {
+            return self.tables.clone();
+        }
+        vec![elections::Election {
+            name: self.election.clone(),
+            command,
+            stop_grace: self.stop_grace,
+            on_exit: self.on_exit,
+            priority: self.priority,
+        }]
+    }
+
     /// How to reach etcd.
     pub fn etcd_settings(&self) -> EtcdSettings {
         EtcdSettings {
@@ -348,9 +384,13 @@ pub fn parse_file(path: &Path, text: &str) -> Result<Settings, ConfigError> {
     })?;
     let mut settings = Settings::default();
     for (key, value) in table {
+        if key.get_ref() == "elections" {
+            settings.1 = elections::read(path, value.get_ref())?;
+            continue;
+        }
         let Some(spec) = table::SETTINGS.iter().find(|s| s.key == key.get_ref()) else {
             return Err(err(format!(
-                "{}: unknown key `{}`; known keys: {}",
+                "{}: unknown key `{}`; known keys: {}, and [[elections]] tables",
                 at(key.span()),
                 key.get_ref(),
                 table::known_keys().join(", ")
@@ -449,6 +489,8 @@ impl Layers {
         self.env.0.retain(|k, _| !daemon_only(k));
         if let Some((_, file)) = self.file.as_mut() {
             file.0.retain(|k, _| !daemon_only(k));
+            // elect-run runs one job in the election its --election names.
+            file.1.clear();
         }
         self
     }
@@ -578,13 +620,53 @@ impl Layers {
                 expected: "give at least one etcd URL such as http://127.0.0.1:2379".into(),
             });
         }
-        let election = self.value("election", parse::election)?.value;
+        let tables = self.file.as_ref().filter(|(_, f)| !f.1.is_empty());
         let ttl = self.value("ttl", parse::ttl)?;
         let stop_grace = self.value("stop_grace", parse::duration)?;
         let priority = self.value("priority", parse::number_between(0, 1000))?;
+        let on_exit = self.value("on_exit", parse::on_exit)?.value;
+        let (election, tables) = match tables {
+            None => (self.value("election", parse::election)?.value, Vec::new()),
+            Some((path, file)) => {
+                if self.flags.contains("election") || self.env.contains("election") {
+                    return Err(ConfigError::Inconsistent(format!(
+                        "--election (or ELECTD_ELECTION) and the [[elections]] tables of {}                          exclude each other: name the elections in the file, or give one with                          --election",
+                        path.display()
+                    )));
+                }
+                if has_command {
+                    return Err(ConfigError::Inconsistent(format!(
+                        "`-- CMD` and the [[elections]] tables of {} exclude each other: give                          each election its `command = [\"program\", \"arg\"]` in the file",
+                        path.display()
+                    )));
+                }
+                let defaults = elections::Election {
+                    name: String::new(),
+                    command: Vec::new(),
+                    stop_grace: stop_grace.value,
+                    on_exit,
+                    priority: priority.value,
+                };
+                let tables = elections::resolve(path, &file.1, &defaults)?;
+                for e in &tables {
+                    if !e.command.is_empty() || e.priority > 0 {
+                        let grace = Got {
+                            value: e.stop_grace,
+                            origin: Origin::Table {
+                                path: path.clone(),
+                                number: 1 + tables.iter().position(|t| t == e).unwrap_or(0),
+                                key: "stop_grace",
+                            },
+                        };
+                        check_grace_fits(&ttl, &grace, !e.command.is_empty())?;
+                    }
+                }
+                (tables[0].name.clone(), tables)
+            }
+        };
         // A replica that may lead must have its command — or, without one, the app following
         // `/role`'s budget — stopped before its lease can expire. An observer never leads.
-        if has_command || priority.value > 0 {
+        if tables.is_empty() && (has_command || priority.value > 0) {
             check_grace_fits(&ttl, &stop_grace, has_command)?;
         }
         let config = Config {
@@ -615,7 +697,7 @@ impl Layers {
             log_format: self.value("log_format", parse::log_format)?.value,
             stop_signal: self.value("stop_signal", parse::stop_signal)?.value,
             stop_grace: stop_grace.value,
-            on_exit: self.value("on_exit", parse::on_exit)?.value,
+            on_exit,
             health: self.health()?,
             priority: priority.value,
             takeover_delay: self.value("takeover_delay", parse::duration_or_off)?.value,
@@ -637,6 +719,11 @@ impl Layers {
             etcd_tls: self.tls()?,
             etcd_auth: self.auth()?,
             has_command,
+            balance: self.value("balance", parse::boolean)?.value,
+            balance_delay: self
+                .value("balance_delay", parse::duration_between("0s", "1h"))?
+                .value,
+            tables,
         };
         check_routing(&config)?;
         Ok(config)

@@ -217,6 +217,15 @@ pub fn stop_signal(v: &str) -> Result<nix::sys::signal::Signal, String> {
     })
 }
 
+/// `true` or `false` (also `yes`/`no`, `on`/`off`, `1`/`0`).
+pub fn boolean(v: &str) -> Result<bool, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => Err("expected `true` or `false`".into()),
+    }
+}
+
 pub fn on_exit(v: &str) -> Result<OnExit, String> {
     match v.trim() {
         "restart" => Ok(OnExit::Restart),

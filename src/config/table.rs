@@ -267,6 +267,20 @@ pub const SETTINGS: &[Spec] = &[
         "How long to wait before leading when the leader before us vanished without a clean release (its lease expired or was revoked, its key deleted): time for a deposed leader to have killed its command; `0s` to start at once",
     ),
     spec(
+        "balance",
+        "BOOL",
+        Value("false"),
+        Daemon,
+        "With several elections ([[elections]] in the config file): spread leadership evenly over the replicas that serve the same elections",
+    ),
+    spec(
+        "balance_delay",
+        "DURATION",
+        Value("5s"),
+        Daemon,
+        "With --balance: how long after a change of leadership a replica above its share waits before it hands an election over",
+    ),
+    spec(
         "advertise",
         "HOST:PORT",
         Unset,

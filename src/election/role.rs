@@ -222,8 +222,10 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Machine {
     pub role: Role,
-    /// A lease this replica gave up leadership under; a view still showing it leading (the
-    /// driver has not caught up yet) must not make us leader again.
+    /// The term (fencing token) this replica gave up leadership in; a view still showing it
+    /// leading (the driver has not caught up yet) must not make us leader again. (Not the
+    /// lease: one lease serves every election of a process, and a campaign after a
+    /// resignation keeps it, under a new key.)
     pub abandoned: Option<i64>,
     /// This replica may not lead now (see [`Event::Ineligible`]).
     pub ineligible: bool,
@@ -299,11 +301,11 @@ impl Machine {
             }
 
             (
-                Role::Leader { lease, .. } | Role::Suspect { lease, .. },
+                Role::Leader { token, .. } | Role::Suspect { token, .. },
                 Event::Resign { rejoin_after },
             ) => {
                 next.role = Role::Candidate;
-                next.abandoned = Some(*lease);
+                next.abandoned = Some(*token);
                 let after = if rejoin_after.is_zero() {
                     After::Rejoin
                 } else {
@@ -313,10 +315,10 @@ impl Machine {
             }
             (_, Event::Resign { .. }) => vec![],
 
-            (Role::Leader { lease, .. } | Role::Suspect { lease, .. }, Event::Ineligible) => {
+            (Role::Leader { token, .. } | Role::Suspect { token, .. }, Event::Ineligible) => {
                 next.ineligible = true;
                 next.role = Role::Candidate;
-                next.abandoned = Some(*lease);
+                next.abandoned = Some(*token);
                 vec![Action::StopChild, Action::Release(After::Observe)]
             }
             (_, Event::Ineligible) if self.ineligible => vec![],
@@ -362,7 +364,7 @@ impl Machine {
                         // Out of time, or handing leadership to another candidate: stop, then
                         // rejoin at the back of the queue.
                         next.role = Role::Candidate;
-                        next.abandoned = Some(*lease);
+                        next.abandoned = Some(*token);
                         vec![Action::StopChild, Action::Release(After::Rejoin)]
                     } else if o.reachable {
                         next.role = Role::Leader {
@@ -392,7 +394,7 @@ impl Machine {
             (Role::Candidate | Role::Follower { .. }, Event::Observed(o)) => {
                 let elected = match (&o.position, o.lease, o.deadline) {
                     (Position::Leading { token, leader }, Some(lease), Some(deadline))
-                        if self.abandoned != Some(lease) && !self.ineligible && now < deadline =>
+                        if self.abandoned != Some(*token) && !self.ineligible && now < deadline =>
                     {
                         Some((*token, lease, leader.clone(), deadline))
                     }
@@ -1177,17 +1179,23 @@ mod tests {
     }
 
     #[test]
-    fn abandoned_lease_does_not_lead_again() {
+    fn an_abandoned_term_does_not_lead_again() {
         let t0 = Instant::now();
         let (after_resign, _) = machine(leader_role(t0)).step(&Event::RESIGN, t0);
-        assert_eq!(after_resign.abandoned, Some(7));
-        // The driver has not released yet and still reports Leading on lease 7.
+        assert_eq!(after_resign.abandoned, Some(10));
+        // The driver has not released yet and still reports Leading under token 10.
         let (next, actions) = after_resign.step(&leading(7, 10, t0, true), t0);
         assert_eq!(next.role.kind(), RoleKind::Candidate);
         assert!(actions.is_empty());
-        // A fresh session that wins leads again with its own token.
-        let (next, actions) = next.step(&leading(9, 12, t0, true), t0);
+        // A new key under the same lease (a campaign after the resignation) that wins leads
+        // again with its own token.
+        let (next, actions) = next.step(&leading(7, 12, t0, true), t0);
         assert_eq!(next.role.kind(), RoleKind::Leader);
         assert_eq!(actions, vec![Action::StartChild { token: 12 }]);
+        // So does one under a fresh lease.
+        let (next, _) = next.step(&Event::RESIGN, t0);
+        let (next, actions) = next.step(&leading(9, 14, t0, true), t0);
+        assert_eq!(next.role.kind(), RoleKind::Leader);
+        assert_eq!(actions, vec![Action::StartChild { token: 14 }]);
     }
 }

@@ -9,14 +9,20 @@
 //! - the key is that replica's (its value's `id`);
 //! - it did not start before its key led, nor outlive its key: its start is not before the
 //!   earliest time its key can have become the leader key, and its last sign of life is not
-//!   after the latest time the key can have been deleted (the revision's wall-time bounds
-//!   come from the clock in `history`);
+//!   after the latest time the key can have been released with the clean-release mark — nor,
+//!   for a key deleted without it (taken away: expired, revoked), later than the successor's
+//!   start guard after that (the revision's wall-time bounds come from the clock in
+//!   `history`);
 //! - tokens strictly increase from run to run; a run may repeat the previous token only as a
 //!   restart under the same key (one leadership, the command restarted inside it).
 
 use std::collections::BTreeMap;
 
 use crate::common::{Record, Run};
+
+/// electd's default `--start-guard` (the chaos replicas run with it): how long a successor
+/// waits after a leader's key vanished without the clean-release mark.
+pub const START_GUARD_NS: u128 = 250_000_000;
 use crate::history::{Clocked, Lead};
 
 /// What the checker found out about one run.
@@ -114,10 +120,12 @@ pub fn check(
     let (order, restarts) = token_order(runs);
     v.violations.extend(order);
     v.restarts_in_term = restarts;
-    let by_key: BTreeMap<&str, usize> = leads
+    // A key's name is `<election>/<lease>`, and one lease serves a process across campaigns:
+    // a leadership is a key name *and* its create revision.
+    let by_key: BTreeMap<(&str, i64), usize> = leads
         .iter()
         .enumerate()
-        .map(|(i, l)| (l.key.as_str(), i))
+        .map(|(i, l)| ((l.key.as_str(), l.create_rev), i))
         .collect();
     for r in runs {
         let mut facts = RunFacts {
@@ -134,7 +142,10 @@ pub fn check(
             v.facts.push(facts);
             continue;
         };
-        let Some(&li) = by_key.get(key) else {
+        let Some(&li) = by_key.get(&(key, r.token)).or_else(|| {
+            // Not a leadership of that key with the run's token: report against the key's.
+            by_key.iter().find(|((k, _), _)| *k == key).map(|(_, i)| i)
+        }) else {
             v.violations.push(format!(
                 "{who}: its key {key} was never the leader key at etcd"
             ));
@@ -177,12 +188,23 @@ pub fn check(
             if let Some(hi) = clock.upper(until) {
                 facts.outlived_surely_ns = Some(r.last as i128 - hi as i128);
             }
+            // Released with the mark: its command was stopped before the mark was written.
+            // Taken away (deleted without the mark): it is killed once its electd sees the
+            // deletion, and the successor waits its start guard — it may outlive the key by
+            // less than that, never more.
+            let allowed = if lead.released { 0 } else { START_GUARD_NS };
             if let Some(hi) = clock.upper(until)
-                && r.last > hi
+                && r.last > hi + allowed
             {
                 v.violations.push(format!(
-                    "{who}: alive {} ms after its key {key} was certainly deleted (revision {until})",
-                    (r.last - hi) / 1_000_000
+                    "{who}: alive {} ms after its key {key} was certainly {} (revision {until}){}",
+                    (r.last - hi) / 1_000_000,
+                    if lead.released { "released" } else { "deleted" },
+                    if lead.released {
+                        ""
+                    } else {
+                        ": longer than the successor's start guard"
+                    }
                 ));
             }
         }

@@ -213,7 +213,8 @@ pub fn read_history(endpoints: &[String], prefix: &str) -> Vec<KeyEvent> {
 }
 
 /// For each revision: the lowest-create-revision key under `prefix` at that revision (key,
-/// create revision), as `etcdctl get --prefix --rev=R --sort-by=create --limit=1` shows it.
+/// create revision), as `etcdctl get --prefix --rev=R --sort-by=create` shows it, passing over
+/// keys that carry the clean-release mark (released: no longer candidates, deleted next).
 pub fn lowest_at(
     endpoints: &[String],
     prefix: &str,
@@ -226,13 +227,16 @@ pub fn lowest_at(
             let opts = GetOptions::new()
                 .with_prefix()
                 .with_revision(rev)
-                .with_sort(SortTarget::Create, SortOrder::Ascend)
-                .with_limit(1);
+                .with_sort(SortTarget::Create, SortOrder::Ascend);
             let resp = client
                 .get(prefix, Some(opts))
                 .await
                 .unwrap_or_else(|e| panic!("get {prefix} at revision {rev}: {e}"));
-            let lowest = resp.kvs().first().map(|kv| {
+            let released = |v: &[u8]| {
+                serde_json::from_slice::<serde_json::Value>(v)
+                    .is_ok_and(|d| d["released"] == true)
+            };
+            let lowest = resp.kvs().iter().find(|kv| !released(kv.value())).map(|kv| {
                 (
                     kv.key_str().unwrap_or_default().to_string(),
                     kv.create_revision(),
@@ -254,6 +258,11 @@ pub struct Lead {
     pub until_rev: Option<i64>,
     /// The `id` in the key's value (electd publishes its member info there).
     pub id: Option<String>,
+    /// Its leadership ended with the clean-release mark (a put of the key with `"released":
+    /// true`, before the revoke): its command was stopped before that. Otherwise it ended by the
+    /// key's deletion alone (expired, revoked, deleted by hand), and the successor waits its start
+    /// guard.
+    pub released: bool,
 }
 
 /// Who was the leader key when, from the key events.
@@ -264,15 +273,23 @@ pub fn leads(events: &[KeyEvent]) -> Vec<Lead> {
     let mut i = 0;
     while i < events.len() {
         let rev = events[i].rev;
+        // Keys released with the mark at this revision (they leave the queue then).
+        let mut released_now = Vec::new();
         // One revision may hold several events (a lease revoke deletes all its keys at once).
         while i < events.len() && events[i].rev == rev {
             let e = &events[i];
             match &e.put {
                 Some((create_rev, value)) => {
-                    let id = serde_json::from_slice::<serde_json::Value>(value)
-                        .ok()
+                    let doc = serde_json::from_slice::<serde_json::Value>(value).ok();
+                    let id = doc
+                        .as_ref()
                         .and_then(|v| v["id"].as_str().map(str::to_string));
-                    live.insert(*create_rev, e.key.clone());
+                    if doc.as_ref().is_some_and(|v| v["released"] == true) {
+                        live.remove(create_rev);
+                        released_now.push(*create_rev);
+                    } else {
+                        live.insert(*create_rev, e.key.clone());
+                    }
                     created.insert(e.key.clone(), (*create_rev, id));
                 }
                 None => {
@@ -288,6 +305,7 @@ pub fn leads(events: &[KeyEvent]) -> Vec<Lead> {
         if current.map(|l| l.create_rev) != lowest.as_ref().map(|(c, _)| *c) {
             if let Some(l) = out.last_mut().filter(|l| l.until_rev.is_none()) {
                 l.until_rev = Some(rev);
+                l.released = released_now.contains(&l.create_rev);
             }
             if let Some((create_rev, key)) = lowest {
                 let id = created.get(&key).and_then(|(_, id)| id.clone());
@@ -297,6 +315,7 @@ pub fn leads(events: &[KeyEvent]) -> Vec<Lead> {
                     from_rev: rev,
                     until_rev: None,
                     id,
+                    released: false,
                 });
             }
         }
@@ -338,6 +357,43 @@ fn leads_follow_the_lowest_create_revision() {
         ]
     );
     assert_eq!(l[1].id.as_deref(), Some("n1"));
+    assert!(!l[0].released && !l[1].released);
+    // A clean release: the mark ends the lead at once (the key is deleted after), and the
+    // same key name under a new create revision is another lead.
+    let mark = |rev, key: &str, create| KeyEvent {
+        rev,
+        key: key.into(),
+        put: Some((create, b"{\"id\":\"n2\",\"released\":true}".to_vec())),
+    };
+    let mut events = events;
+    events.extend([
+        put(13, "e/d", 13, "n3"),
+        mark(14, "e/c", 12),
+        del(15, "e/c"),
+        put(16, "e/c", 16, "n2"),
+        del(17, "e/d"),
+    ]);
+    let l = leads(&events);
+    let short: Vec<(&str, i64, i64, Option<i64>, bool)> = l
+        .iter()
+        .map(|l| {
+            (
+                l.key.as_str(),
+                l.create_rev,
+                l.from_rev,
+                l.until_rev,
+                l.released,
+            )
+        })
+        .collect();
+    assert_eq!(
+        short[2..],
+        [
+            ("e/c", 12, 12, Some(14), true),
+            ("e/d", 13, 14, Some(17), false),
+            ("e/c", 16, 17, None, false),
+        ]
+    );
 }
 
 #[test]

@@ -19,6 +19,9 @@ use crate::election::{LeaderInfo, Position};
 pub(super) enum CampaignEnd {
     /// Our key or lease is gone at etcd.
     SessionLost(String),
+    /// Our key's name (`<election>/<lease>`) is taken by a key another writer put there: no
+    /// candidate key can be created under this lease.
+    Blocked(String),
     /// A non-retryable error.
     Fatal(EtcdError),
 }
@@ -45,6 +48,11 @@ pub(super) async fn create_key(
                     "lease gone before the key was created".into(),
                 ));
             }
+            Err(EtcdError::KeyTaken { key, lease }) => {
+                return Err(CampaignEnd::Blocked(format!(
+                    "candidate key {key} exists, bound to another lease ({lease:x}): written by another writer"
+                )));
+            }
             Err(e) if e.is_fatal() => return Err(CampaignEnd::Fatal(e)),
             Err(e) => {
                 on_error(&e);
@@ -66,10 +74,10 @@ async fn create_candidate(
     match put_if_absent(clients, "campaign txn", key, value, lease, [], after).await? {
         PutIfAbsent::Created(revision) => Ok(revision),
         PutIfAbsent::Exists(kv) if kv.lease() == lease => Ok(kv.create_revision()),
-        PutIfAbsent::Exists(kv) => Err(EtcdError::Setup(format!(
-            "candidate key {key} exists with another lease {:x}",
-            kv.lease()
-        ))),
+        PutIfAbsent::Exists(kv) => Err(EtcdError::KeyTaken {
+            key: key.to_string(),
+            lease: kv.lease(),
+        }),
         // No extra condition, so absent means written: cannot happen inside one txn.
         PutIfAbsent::ConditionFailed => Err(EtcdError::LeaseGone { lease }),
     }

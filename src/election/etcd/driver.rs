@@ -1,8 +1,14 @@
-//! The driver: one task per replica that observes the election all the time (one read, one
-//! watch of the whole prefix) and runs sessions back to back — grant a lease, keep it alive,
-//! create the candidate key — publishing what it knows as an [`ElectionView`] and obeying the
-//! owner's commands (release the session, then rejoin, wait, pause or stop). It never decides
-//! what a view means for the wrapped command: that is the role machine's job.
+//! The driver: one task per election that observes it all the time (one read, one watch of
+//! its prefix) and runs campaigns back to back — create the candidate key under the host's
+//! lease (`super::host`: one lease and one keepalive stream for every election of the process),
+//! follow the queue — publishing what it knows as an [`ElectionView`] and obeying the owner's
+//! commands (release the key, then rejoin, wait, pause or stop). It never decides what a view
+//! means for the wrapped command: that is the role machine's job.
+//!
+//! Giving up one election deletes its key only (with the clean-release mark first when it
+//! leads); the lease stays for the process's other elections and for rejoining. When the
+//! lease is lost, every election's key goes with it, and each driver campaigns again under the
+//! host's next lease.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,10 +20,11 @@ use tracing::{debug, info, warn};
 
 use super::campaign::{CampaignEnd, create_key, position};
 use super::client::Clients;
-use super::error::{Backoff, EtcdError};
+use super::error::EtcdError;
+use super::host::{Host, HostHandle, SessionView};
 use super::observe::{Observe, Seen};
-use super::session::{KeepaliveEvent, Pace, Session, grant, revoke};
-use super::txn::update_candidate;
+use super::session::Pace;
+use super::txn::{delete_candidate, update_candidate};
 use crate::election::candidacy;
 use crate::election::queue::{Delta, Queue};
 use crate::election::{
@@ -25,8 +32,13 @@ use crate::election::{
     Position, Telemetry, keys,
 };
 
-/// Runs the election for one replica.
+/// Runs one election for one replica.
 pub struct Driver {
+    /// The host whose lease this election's key is bound to, and — when this driver has a
+    /// host of its own (one election per process) — the host to run beside it.
+    host: HostHandle,
+    own_host: Option<Host>,
+    session: watch::Receiver<SessionView>,
     clients: Clients,
     cfg: DriverConfig,
     view: watch::Sender<ElectionView>,
@@ -40,6 +52,9 @@ pub struct Driver {
     unmarked_loss: Instant,
     /// When this driver started (an `unmarked_loss` of then is only not knowing).
     started: Instant,
+    /// A key of ours whose deletion failed: deleted before the next campaign (a key of a
+    /// lease that stays must not linger in the queue).
+    stale: Option<(String, i64, i64)>,
 }
 
 /// This session's candidate key, once created.
@@ -100,14 +115,27 @@ impl Prefs {
 }
 
 impl Driver {
-    /// Create a driver; run it with [`Driver::run`]. The receiver observes its view.
+    /// A driver with a host of its own (the process's only election); run it with
+    /// [`Driver::run`]. The receiver observes its view.
     pub(super) fn new(
         clients: Clients,
         cfg: DriverConfig,
     ) -> (Driver, DriverHandle, watch::Receiver<ElectionView>) {
+        let (host, handle) = Host::new(clients.clone(), cfg.timing, Arc::new(NoTelemetry));
+        let (mut driver, h, view) = Driver::on(clients, &handle, cfg);
+        driver.own_host = Some(host);
+        (driver, h, view)
+    }
+
+    /// A driver for one election on `host`'s lease.
+    pub(super) fn on(
+        clients: Clients,
+        host: &HostHandle,
+        cfg: DriverConfig,
+    ) -> (Driver, DriverHandle, watch::Receiver<ElectionView>) {
         let (view, view_rx) = watch::channel(ElectionView::new());
         let (handle, commands) = DriverHandle::channel();
-        let pace = Pace::new(&cfg.timing);
+        let pace = host.pace();
         let observe = Observe::new(
             clients.clone(),
             &cfg.election,
@@ -115,6 +143,9 @@ impl Driver {
         );
         (
             Driver {
+                host: host.clone(),
+                own_host: None,
+                session: host.view(),
                 clients,
                 cfg,
                 view,
@@ -125,20 +156,40 @@ impl Driver {
                 prefs: Prefs::default(),
                 unmarked_loss: Instant::now(),
                 started: Instant::now(),
+                stale: None,
             },
             handle,
             view_rx,
         )
     }
 
-    /// Report keepalive round trips and etcd errors to `telemetry`.
+    /// Report keepalive round trips and etcd errors to `telemetry` (the host's too, when it is
+    /// this driver's own).
     pub fn with_telemetry(mut self, telemetry: Arc<dyn Telemetry>) -> Driver {
+        if let Some(host) = self.own_host.take() {
+            self.own_host = Some(host.with_telemetry(telemetry.clone()));
+        }
         self.telemetry = telemetry;
         self
     }
 
-    /// Run until told to stop, or until an unrecoverable error (returned).
+    /// Run until told to stop, or until an unrecoverable error (returned). A host of its own
+    /// runs beside it, and is stopped (its lease revoked) at the end.
     pub async fn run(mut self) -> Result<(), EtcdError> {
+        let Some(host) = self.own_host.take() else {
+            return self.elect().await;
+        };
+        let handle = self.host.clone();
+        let host = tokio::spawn(host.run());
+        let _host = crate::election::AbortOnDrop(tokio::spawn(async move {
+            let _ = host.await;
+        }));
+        let r = self.elect().await;
+        handle.stop().await;
+        r
+    }
+
+    async fn elect(mut self) -> Result<(), EtcdError> {
         let mut after = if self.cfg.observe_first {
             After::Observe
         } else {
@@ -180,7 +231,7 @@ impl Driver {
                 }
                 After::Rejoin => {}
             }
-            after = self.session().await?;
+            after = self.campaign().await?;
         }
     }
 
@@ -208,6 +259,7 @@ impl Driver {
                     if let Some(delta) = self.take(seen)? {
                         self.note(&delta);
                         let _ = self.follow(None, &delta);
+                        self.sweep().await;
                     }
                 }
             }
@@ -367,28 +419,18 @@ impl Driver {
         Ok(review_at)
     }
 
-    /// Grant a lease, retrying with backoff; commands may interrupt.
-    async fn grant(&mut self) -> Result<Result<(i64, Instant), After>, EtcdError> {
-        let t = self.cfg.timing;
-        let mut backoff = Backoff::new(
-            Duration::from_millis(100),
-            t.keepalive_interval.max(Duration::from_secs(1)),
-        );
-        let mut retry_at = Instant::now();
+    /// Wait until the host has a lease, observing the election and answering commands
+    /// meanwhile; `Err(after)` when a command ends the attempt first.
+    async fn lease(&mut self) -> Result<Result<i64, After>, EtcdError> {
         loop {
+            let lease = self.session_changed()?;
+            if let Some(lease) = lease {
+                return Ok(Ok(lease));
+            }
             tokio::select! {
-                _ = sleep_until(retry_at) => {
-                    let sent = Instant::now();
-                    let granted = grant(&self.clients, t.ttl, self.pace.now()).await;
-                    match self.pace.note(sent, granted) {
-                        Ok(lease) => return Ok(Ok((lease, sent))),
-                        Err(e) if e.is_fatal() => return Err(e),
-                        Err(e) => {
-                            self.mark_error(&e);
-                            retry_at = Instant::now() + backoff.delay();
-                        }
-                    }
-                }
+                changed = self.session.changed() => if changed.is_err() {
+                    return Err(self.host_gone());
+                },
                 cmd = self.commands.recv() => if let Some(after) = answer_without_session(cmd) {
                     return Ok(Err(after));
                 },
@@ -402,23 +444,70 @@ impl Driver {
         }
     }
 
-    /// One session: lease, keepalive, candidate key, place in the queue; returns what to do
-    /// next.
-    async fn session(&mut self) -> Result<After, EtcdError> {
+    /// The host stopped (an unrecoverable error, or shutdown).
+    fn host_gone(&self) -> EtcdError {
+        let why = self.session.borrow().failed.clone();
+        EtcdError::Setup(why.unwrap_or_else(|| "the election's session ended".into()))
+    }
+
+    /// Take in the host's view: this election's deadline counts from its keepalives. Returns
+    /// the host's lease now, or the host's fatal error.
+    fn session_changed(&mut self) -> Result<Option<i64>, EtcdError> {
+        let s = self.session.borrow_and_update().clone();
+        if s.failed.is_some() {
+            return Err(self.host_gone());
+        }
+        let restored = s.reachable && !self.view.borrow().reachable;
+        self.view.send_if_modified(|v| {
+            let next = (
+                v.lease.is_some().then_some(s.last_ok_sent).flatten(),
+                s.reachable,
+                s.last_contact,
+            );
+            let changed = (v.last_ok_sent, v.reachable, v.last_contact) != next;
+            if v.lease.is_some() {
+                v.last_ok_sent = s.last_ok_sent;
+            }
+            v.reachable = s.reachable;
+            v.last_contact = v.last_contact.max(s.last_contact);
+            changed
+        });
+        if restored {
+            // The watch may have died silently with the connection: reopen it from the last
+            // revision seen.
+            self.observe.reopen();
+        }
+        Ok(s.lease)
+    }
+
+    /// One campaign: our candidate key under the host's lease, and its place in the queue;
+    /// returns what to do next.
+    async fn campaign(&mut self) -> Result<After, EtcdError> {
         self.forget_session();
-        let (lease, sent) = match self.grant().await? {
-            Ok(g) => g,
+        // The key of an earlier campaign that could not be deleted goes first: created again,
+        // it would be adopted at its old place in the queue.
+        while self.stale.is_some() {
+            self.sweep().await;
+            if self.stale.is_none() {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                cmd = self.commands.recv() => if let Some(after) = answer_without_session(cmd) {
+                    return Ok(after);
+                },
+            }
+        }
+        let lease = match self.lease().await? {
+            Ok(l) => l,
             Err(after) => return Ok(after),
         };
-        self.mark_contact(None);
         self.view.send_modify(|v| {
             v.lease = Some(lease);
-            v.last_ok_sent = v.last_ok_sent.max(Some(sent));
         });
+        self.session_changed()?;
         let key = keys::candidate_key(&self.cfg.election, lease);
-        debug!(lease = format!("{lease:x}"), key, "session started");
-        let mut session = Session::keep_alive(&self.clients, lease, self.cfg.timing, &self.pace);
-
+        debug!(lease = format!("{lease:x}"), key, "campaign started");
         let value =
             serde_json::to_string(&self.cfg.member).expect("invariant: MemberInfo serialises");
         let (view, telemetry) = (self.view.clone(), self.telemetry.clone());
@@ -448,6 +537,18 @@ impl Driver {
                         lost
                     }
                     Err(CampaignEnd::SessionLost(why)) => Some(why),
+                    Err(CampaignEnd::Blocked(why)) => {
+                        warn!(reason = %why, "cannot campaign under this lease; asking for a fresh one");
+                        self.forget_session();
+                        self.host.renew(lease).await;
+                        // Campaign again once the host's lease changed.
+                        let _ = tokio::time::timeout(
+                            self.cfg.timing.keepalive_interval.max(Duration::from_millis(500)),
+                            self.session.wait_for(|s| s.lease != Some(lease)),
+                        )
+                        .await;
+                        return Ok(After::Rejoin);
+                    }
                     Err(CampaignEnd::Fatal(e)) => return Err(e),
                 },
                 seen = self.observe.next(&self.pace) => match self.take(seen)? {
@@ -462,10 +563,14 @@ impl Driver {
                     self.note(&Delta::default());
                     self.place(own.as_mut(), &Delta::default())
                 }
-                ev = session.event() => {
-                    if !self.keepalive_answered(ev)? {
-                        info!(lease = format!("{lease:x}"), "lease expired or revoked at etcd; rejoining with a fresh lease");
-                        break After::Rejoin;
+                changed = self.session.changed() => {
+                    if changed.is_err() {
+                        return Err(self.host_gone());
+                    }
+                    if self.session_changed()? != Some(lease) {
+                        info!(lease = format!("{lease:x}"), "lease expired or revoked at etcd; campaigning again under the next one");
+                        self.forget_session();
+                        return Ok(After::Rejoin);
                     }
                     None
                 }
@@ -473,9 +578,9 @@ impl Driver {
                     None => break After::Stop,
                     Some(DriverCommand::Release { after, reply }) => {
                         // Given up on purpose (the command is stopped): mark it, so the
-                        // successor starts at once.
+                        // successor starts at once; then delete the key (the lease stays).
                         self.mark_released(own.as_ref(), lease).await;
-                        self.release(lease).await;
+                        self.release(own.as_ref(), lease).await;
                         let _ = reply.send(());
                         return Ok(after);
                     }
@@ -490,15 +595,15 @@ impl Driver {
                 },
             };
             if let Some(why) = lost {
-                info!(lease = format!("{lease:x}"), reason = %why, "election session lost; rejoining with a fresh lease");
+                info!(key, reason = %why, "campaign lost; joining again at the back of the queue");
                 break After::Rejoin;
             }
         };
-        // Session over. Say so first — the role machine stops a running command on it, and must
-        // not wait for etcd (the key is gone already, or etcd is slow) — then make sure the old
-        // lease is gone before a new one is granted.
+        // Campaign over. Say so first — the role machine stops a running command on it, and
+        // must not wait for etcd (the key is gone already, or etcd is slow) — then make sure
+        // the old key is gone before a new one is created.
         self.forget_session();
-        self.release(lease).await;
+        self.release(own.as_ref(), lease).await;
         Ok(after)
     }
 
@@ -511,35 +616,6 @@ impl Driver {
                 None
             }
             Err(why) => Some(why),
-        }
-    }
-
-    /// Take in what the keepalive stream said: false when the lease is gone at etcd (expired
-    /// or revoked), an error when it cannot heal.
-    fn keepalive_answered(&mut self, ev: Option<KeepaliveEvent>) -> Result<bool, EtcdError> {
-        match ev {
-            Some(KeepaliveEvent::Ok { sent }) => {
-                self.telemetry.keepalive_ok(sent.elapsed());
-                let restored = !self.view.borrow().reachable;
-                self.view.send_modify(|v| {
-                    v.last_ok_sent = v.last_ok_sent.max(Some(sent));
-                    v.reachable = true;
-                    v.last_contact = Some(Instant::now());
-                });
-                if restored {
-                    // The watch may have died silently with the connection: reopen it from the
-                    // last revision seen.
-                    self.observe.reopen();
-                }
-                Ok(true)
-            }
-            Some(KeepaliveEvent::Failed(e)) if e.is_fatal() => Err(e),
-            Some(KeepaliveEvent::Failed(e)) => {
-                self.telemetry.keepalive_failed();
-                self.mark_error(&e);
-                Ok(true)
-            }
-            Some(KeepaliveEvent::Gone) | None => Ok(false),
         }
     }
 
@@ -627,16 +703,51 @@ impl Driver {
         }
     }
 
-    /// Revoke the session's lease, which deletes our candidate key with it in one step. Best
-    /// effort and bounded: if etcd is unreachable the lease expires after its TTL.
-    async fn release(&self, lease: i64) {
-        match revoke(&self.clients, lease, self.pace.now()).await {
-            Ok(()) => debug!(lease = format!("{lease:x}"), "lease revoked"),
-            Err(e) => {
-                warn!(lease = format!("{lease:x}"), error = %e, "could not revoke lease; it expires after its TTL")
+    /// Delete our candidate key, if it still has its create revision (the lease stays, for the
+    /// process's other elections and for rejoining). Best effort and bounded: if etcd is
+    /// unreachable the key goes with the lease, after its TTL at the latest.
+    async fn release(&mut self, own: Option<&Own>, lease: i64) {
+        if let Some(own) = own {
+            match delete_candidate(
+                &self.clients,
+                &own.key,
+                own.revision,
+                lease,
+                self.pace.now(),
+            )
+            .await
+            {
+                Ok(_) => debug!(key = %own.key, "candidate key deleted"),
+                Err(e) => {
+                    warn!(key = %own.key, lease = format!("{lease:x}"), error = %e, "could not delete the candidate key yet; retrying before the next campaign");
+                    self.stale = Some((own.key.clone(), own.revision, lease));
+                }
             }
         }
         self.forget_session();
+    }
+
+    /// Delete a key of ours that should not be in the queue: one whose deletion failed, or
+    /// one created after its campaign was given up (its reply lost, or still in flight). Best
+    /// effort: tried again on the next change of the queue.
+    async fn sweep(&mut self) {
+        let lease = self.session.borrow().lease;
+        let stray = self.stale.clone().or_else(|| {
+            let lease = lease?;
+            let key = keys::candidate_key(&self.cfg.election, lease);
+            let c = self.observe.queue().get(&key)?;
+            Some((key, c.create_revision, lease))
+        });
+        let Some((key, revision, lease)) = stray else {
+            return;
+        };
+        match delete_candidate(&self.clients, &key, revision, lease, self.pace.now()).await {
+            Ok(_) => {
+                debug!(key, "stray candidate key deleted");
+                self.stale = None;
+            }
+            Err(e) => debug!(key, error = %e, "could not delete a stray candidate key yet"),
+        }
     }
 
     /// The view without a session: no lease, no keepalive, no position that needs one.

@@ -18,6 +18,8 @@ pub enum EtcdError {
     },
     #[error("lease {lease:x} is gone at etcd (expired or revoked)")]
     LeaseGone { lease: i64 },
+    #[error("candidate key {key} exists, bound to another lease ({lease:x})")]
+    KeyTaken { key: String, lease: i64 },
     #[error("etcd {op} stream closed")]
     StreamClosed { op: &'static str },
     #[error("cannot set up the etcd client: {0}")]
@@ -93,6 +95,7 @@ impl EtcdError {
                 }
             }
             EtcdError::LeaseGone { .. } => "lease_gone",
+            EtcdError::KeyTaken { .. } => "key_taken",
             EtcdError::StreamClosed { .. } => "stream_closed",
             EtcdError::Setup(_) => "setup",
             EtcdError::TlsDropped { .. } | EtcdError::PlainDropped { .. } => "tls",

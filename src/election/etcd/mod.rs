@@ -3,8 +3,9 @@
 //! - `session` — a lease, its keepalive task and the reply pacing every call shares;
 //! - `observe` — one read and one watch of the whole prefix, feeding the local queue;
 //! - `campaign` — the candidate key and its place in that queue;
-//! - `driver` — observation all the time, sessions back to back, the published view, the
-//!   owner's commands;
+//! - `host` — one lease and its keepalive for every election of the process;
+//! - `driver` — per election: observation all the time, campaigns back to back under the
+//!   host's lease, the published view, the owner's commands;
 //! - `txn` — put-if-absent, the whole-election read, elect-run's fenced slot records;
 //! - `client` — a client per endpoint (a call that times out moves to the next), TLS, auth,
 //!   the rewound-history guard;
@@ -17,6 +18,7 @@ mod campaign;
 mod client;
 mod driver;
 mod error;
+mod host;
 mod observe;
 mod probe;
 mod session;
@@ -30,12 +32,13 @@ use tokio::sync::watch;
 pub use client::Clients;
 pub use driver::Driver;
 pub use error::{Backoff, EtcdError, error_chain};
+pub use host::{HostHandle, SessionView};
 pub use txn::SlotClaim;
 
-use crate::config::{Config, EtcdSettings};
+use crate::config::{Config, EtcdSettings, Timing};
 use crate::election::{
     DriverConfig, DriverHandle, ElectionView, Handover, MemberList, MemberSource,
-    MemberSourceFuture, keys,
+    MemberSourceFuture, Telemetry, keys,
 };
 
 /// Connections to etcd, one per endpoint (made lazily, shared by clones).
@@ -90,12 +93,31 @@ impl EtcdBackend {
         })
     }
 
-    /// A driver campaigning in `cfg.election`; run it with [`Driver::run`].
+    /// A driver campaigning in `cfg.election` with a lease of its own; run it with
+    /// [`Driver::run`].
     pub fn driver(
         &self,
         cfg: DriverConfig,
     ) -> (Driver, DriverHandle, watch::Receiver<ElectionView>) {
         Driver::new(self.clients.clone(), cfg)
+    }
+
+    /// One lease (and one keepalive stream) for several elections: start its host, then a
+    /// driver per election with [`EtcdBackend::driver_on`]. Stop it last, with
+    /// [`HostHandle::stop`] (which revokes the lease).
+    pub fn host(&self, timing: Timing, telemetry: Arc<dyn Telemetry>) -> HostHandle {
+        let (host, handle) = host::Host::new(self.clients.clone(), timing, telemetry);
+        tokio::spawn(host.run());
+        handle
+    }
+
+    /// A driver campaigning in `cfg.election` under `host`'s lease.
+    pub fn driver_on(
+        &self,
+        host: &HostHandle,
+        cfg: DriverConfig,
+    ) -> (Driver, DriverHandle, watch::Receiver<ElectionView>) {
+        Driver::on(self.clients.clone(), host, cfg)
     }
 
     /// Every candidate of `election` in queue order.

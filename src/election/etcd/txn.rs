@@ -1,5 +1,6 @@
 //! The few transactions beside the campaign: put-if-absent (shared by the candidate key and
-//! elect-run's slot claim), the whole-election read behind `/members` and `electd status`,
+//! elect-run's slot claim), the candidate key's update and fenced delete, the whole-election
+//! read behind `/members` and `electd status`,
 //! and elect-run's slot records, whose every write is fenced by the leader key's create
 //! revision.
 
@@ -116,6 +117,32 @@ pub(super) async fn update_candidate(
     let floor = clients.max_revision();
     let resp = clients
         .call("candidate update", after, lease, |mut c| async move {
+            c.txn(txn).await
+        })
+        .await?;
+    clients.check(floor, resp.header())?;
+    Ok(resp.succeeded())
+}
+
+/// Delete our candidate `key` iff it still has `create_revision` and is still bound to
+/// `lease` (a key another writer rewrote is not ours to delete); whether it was deleted (it
+/// may be gone already).
+pub(super) async fn delete_candidate(
+    clients: &Clients,
+    key: &str,
+    create_revision: i64,
+    lease: i64,
+    after: Duration,
+) -> Result<bool, EtcdError> {
+    let txn = Txn::new()
+        .when([
+            Compare::create_revision(key, CompareOp::Equal, create_revision),
+            Compare::lease(key, CompareOp::Equal, lease),
+        ])
+        .and_then([TxnOp::delete(key, None)]);
+    let floor = clients.max_revision();
+    let resp = clients
+        .call("candidate delete", after, 0, |mut c| async move {
             c.txn(txn).await
         })
         .await?;
