@@ -148,6 +148,9 @@ pub struct SocketArg {
     /// The local electd's socket.
     #[arg(long, value_name = "PATH", env = "ELECTD_SOCKET")]
     pub socket: PathBuf,
+    /// With several elections in that electd: act on this one only (all when absent).
+    #[arg(long, value_name = "NAME")]
+    pub election: Option<String>,
 }
 
 #[derive(Debug, Args)]

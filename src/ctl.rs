@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::api::client;
-use crate::api::doc::{ControlReply, ErrorDoc, MembersDoc, RoleDoc};
+use crate::api::doc::{ControlReplies, ControlReply, ElectionsDoc, ErrorDoc, MembersDoc, RoleDoc};
 use crate::cli::{StatusArgs, Sub};
 use crate::config::Config;
 use crate::election::etcd::{EtcdBackend, EtcdError};
@@ -58,11 +58,20 @@ pub fn run(sub: Sub) -> i32 {
     match sub {
         Sub::Status(a) => status(&a),
         Sub::Resign(a) => match &a.to {
-            Some(to) => switchover(&a.socket.socket, to),
-            None => action(&a.socket.socket, "resign"),
+            Some(to) => switchover(&a.socket.socket, a.socket.election.as_deref(), to),
+            None => action(&a.socket.socket, a.socket.election.as_deref(), "resign"),
         },
-        Sub::Pause(a) => action(&a.socket, "pause"),
-        Sub::Resume(a) => action(&a.socket, "resume"),
+        Sub::Pause(a) => action(&a.socket, a.election.as_deref(), "pause"),
+        Sub::Resume(a) => action(&a.socket, a.election.as_deref(), "resume"),
+    }
+}
+
+/// The path of `what` (`/role`, `/resign`, …) for one election of a daemon, or for its only
+/// (or every) one.
+fn path_for(election: Option<&str>, what: &str) -> String {
+    match election {
+        Some(e) => format!("/elections/{}{what}", encode(e)),
+        None => what.to_string(),
     }
 }
 
@@ -78,8 +87,11 @@ fn print(text: &str) {
 }
 
 fn status(a: &StatusArgs) -> i32 {
-    let doc = match &a.socket {
-        Some(path) => status_from_socket(path),
+    let docs = match &a.socket {
+        Some(path) => {
+            let only = a.flags.settings.get("election").map(|r| r.text());
+            status_from_socket_all(path, only.as_deref())
+        }
         None => {
             let config = match a
                 .config
@@ -96,40 +108,74 @@ fn status(a: &StatusArgs) -> i32 {
                 .enable_all()
                 .build()
                 .expect("invariant: a current-thread runtime can be built");
-            rt.block_on(status_from_etcd(&config))
+            rt.block_on(status_from_etcd(&config)).map(|d| vec![d])
         }
     };
-    match doc {
-        Ok(doc) if a.json => {
-            let text = serde_json::to_string_pretty(&doc).expect("invariant: StatusDoc serialises");
+    match docs {
+        Ok(docs) if a.json => {
+            let text = match <[StatusDoc; 1]>::try_from(docs) {
+                Ok([one]) => serde_json::to_string_pretty(&one),
+                Err(all) => serde_json::to_string_pretty(&StatusDocs { elections: all }),
+            }
+            .expect("invariant: StatusDoc serialises");
             print(&format!("{text}\n"));
             0
         }
-        Ok(doc) => {
-            print(&render_status(&doc));
+        Ok(docs) => {
+            let text: Vec<String> = docs.iter().map(render_status).collect();
+            print(&text.join("\n"));
             0
         }
         Err(e) => fail(e),
     }
 }
 
-/// Send a control action; exit 0 when it took effect, 1 when it changed nothing.
-fn action(socket: &Path, name: &str) -> i32 {
-    match control(socket, name) {
-        Ok(reply) => {
-            let text = serde_json::to_string(&reply).expect("invariant: ControlReply serialises");
-            print(&format!("{text}\n"));
-            if reply.acted() { 0 } else { exit::REFUSED }
-        }
-        Err(e) => fail(e),
+/// `electd status --json` of a daemon with several elections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusDocs {
+    pub elections: Vec<StatusDoc>,
+}
+
+/// Send a control action (to one election, or to every one); exit 0 when it took effect
+/// (in at least one), 1 when it changed nothing.
+fn action(socket: &Path, election: Option<&str>, name: &str) -> i32 {
+    let (code, body) =
+        match client::request(socket, "POST", &path_for(election, &format!("/{name}"))) {
+            Ok(r) => r,
+            Err(e) => return fail(e.into()),
+        };
+    if code != 200 {
+        return fail(CtlError::Refused { code, body });
+    }
+    let replies = match serde_json::from_str::<ControlReplies>(&body) {
+        Ok(r) if !r.replies.is_empty() => r.replies,
+        _ => match serde_json::from_str::<ControlReply>(&body) {
+            Ok(r) => vec![r],
+            Err(e) => {
+                return fail(CtlError::Refused {
+                    code,
+                    body: format!("unexpected answer ({e}): {body}"),
+                });
+            }
+        },
+    };
+    for reply in &replies {
+        let text = serde_json::to_string(reply).expect("invariant: ControlReply serialises");
+        print(&format!("{text}\n"));
+    }
+    if replies.iter().any(ControlReply::acted) {
+        0
+    } else {
+        exit::REFUSED
     }
 }
 
 /// `resign --to ID`: ask the leader to hand leadership to ID, then wait until the local electd
 /// sees ID lead. Exit 0 once it does; 1 when refused (ID is not an eligible candidate, this
 /// replica does not lead) or when ID does not take over within the bound electd gives.
-fn switchover(socket: &Path, to: &str) -> i32 {
-    let reply: ControlReply = match get(socket, "POST", &format!("/resign?to={}", encode(to))) {
+fn switchover(socket: &Path, election: Option<&str>, to: &str) -> i32 {
+    let uri = path_for(election, &format!("/resign?to={}", encode(to)));
+    let reply: ControlReply = match get(socket, "POST", &uri) {
         Ok(r) => r,
         Err(e) => return fail(e),
     };
@@ -144,7 +190,9 @@ fn switchover(socket: &Path, to: &str) -> i32 {
     let until = std::time::Instant::now() + within;
     let mut last = None;
     while std::time::Instant::now() < until {
-        if let Ok(doc) = get::<RoleDoc<'static>>(socket, "GET", "/role?claim=false") {
+        if let Ok(doc) =
+            get::<RoleDoc<'static>>(socket, "GET", &path_for(election, "/role?claim=false"))
+        {
             if let Some(l) = &doc.leader
                 && l.id == to
             {
@@ -189,10 +237,48 @@ fn get<T: DeserializeOwned>(socket: &Path, method: &str, uri: &str) -> Result<T,
     })
 }
 
+/// The status documents from the local daemon: one per election (or only `only`).
+pub fn status_from_socket_all(
+    socket: &Path,
+    only: Option<&str>,
+) -> Result<Vec<StatusDoc>, CtlError> {
+    let names: Vec<String> = match get::<ElectionsDoc>(socket, "GET", "/elections") {
+        Ok(d) => d.elections.into_iter().map(|e| e.election).collect(),
+        // An electd from before several elections: its one.
+        Err(CtlError::Refused { code: 404, .. }) => {
+            return status_from_socket(socket).map(|d| vec![d]);
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(o) = only
+        && !names.iter().any(|n| n == o)
+    {
+        return Err(CtlError::Refused {
+            code: 404,
+            body: format!(
+                "no election {o:?} in this electd; its elections: {}",
+                names.join(", ")
+            ),
+        });
+    }
+    if names.len() == 1 {
+        return status_from_socket(socket).map(|d| vec![d]);
+    }
+    names
+        .iter()
+        .filter(|n| only.is_none_or(|o| o == n.as_str()))
+        .map(|n| status_of(socket, Some(n)))
+        .collect()
+}
+
 /// The status document from the local daemon: this replica's `/role` and `/members`.
 pub fn status_from_socket(socket: &Path) -> Result<StatusDoc, CtlError> {
-    let this: RoleDoc<'static> = get(socket, "GET", "/role?claim=false")?;
-    let members = match get::<MembersDoc>(socket, "GET", "/members") {
+    status_of(socket, None)
+}
+
+fn status_of(socket: &Path, election: Option<&str>) -> Result<StatusDoc, CtlError> {
+    let this: RoleDoc<'static> = get(socket, "GET", &path_for(election, "/role?claim=false"))?;
+    let members = match get::<MembersDoc>(socket, "GET", &path_for(election, "/members")) {
         Ok(m) => Members::List(m),
         Err(e) => Members::Error(ErrorDoc {
             error: e.to_string(),

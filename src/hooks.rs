@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::election::role::{Role, RoleKind};
 use crate::leadership::{FENCING_TOKEN_VAR, Identity, Observer, Step};
-use crate::metrics::Metrics;
+use crate::metrics::ElectionMetrics;
 use crate::supervisor::tree;
 
 /// Changes waiting for their hook at most.
@@ -56,7 +56,7 @@ impl RoleChange {
 /// The observer that queues role changes for the hook runner.
 pub struct Hooks {
     queue: mpsc::Sender<RoleChange>,
-    metrics: Metrics,
+    metrics: ElectionMetrics,
 }
 
 /// The role a hook is told: a suspect leader (riding out a flap, its command still running)
@@ -96,7 +96,7 @@ pub fn start(
     command: String,
     limit: Duration,
     identity: Identity,
-    metrics: Metrics,
+    metrics: ElectionMetrics,
 ) -> (Hooks, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::channel::<RoleChange>(QUEUE);
     let m = metrics.clone();

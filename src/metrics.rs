@@ -1,13 +1,15 @@
 //! Prometheus metrics, registered once per daemon in their own registry and rendered by
-//! `GET /metrics`. Names carry units and counters end in `_total`. None carries the election:
-//! `electd_info{election,id,version,commit}` does, for joins on the scrape target
-//! (`deploy/prometheus/electd-rules.yml` shows how).
+//! `GET /metrics`. Names carry units and counters end in `_total`. Every series of an
+//! election carries its name in an `election` label ([`ElectionMetrics`]: a process may take
+//! part in several elections); what the process does once for all of them (the keepalive of its
+//! one lease, its etcd calls, its health check) does not. `electd_info{election,id,version,
+//! commit}` is 1 for every election.
 
 use std::time::Duration;
 
 use prometheus::{
-    Counter, Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry,
+    Counter, CounterVec, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 use crate::election::Telemetry;
@@ -15,13 +17,23 @@ use crate::election::role::RoleKind;
 
 /// Declares the metrics once each: the field, its type and how it is made. The macro writes
 /// the struct and `Metrics::registered`, which makes every metric and registers it, so no name
-/// is listed twice.
+/// is listed twice. The per-election metrics (`per_election { … }`) get their `election` label first,
+/// and a field of the same name in [`ElectionMetrics`]: the child of one election, or (`=>
+/// more`) the vector with the election given and the other labels left.
 macro_rules! metrics {
-    ($($field:ident: $ty:ty = $make:expr;)*) => {
+    (
+        process {
+            $($field:ident: $ty:ty = $make:expr;)*
+        }
+        per_election {
+            $($efield:ident: $ety:ty => $eone:ident $echild:ty = $emake:expr;)*
+        }
+    ) => {
         #[derive(Clone)]
         pub struct Metrics {
             registry: Registry,
             $(pub $field: $ty,)*
+            $($efield: $ety,)*
         }
 
         impl Metrics {
@@ -33,57 +45,70 @@ macro_rules! metrics {
                         .register(Box::new($field.clone()))
                         .expect("invariant: metric names are unique");
                 )*
-                Metrics { registry, $($field,)* }
+                $(
+                    let $efield: $ety = $emake.expect("invariant: valid metric");
+                    registry
+                        .register(Box::new($efield.clone()))
+                        .expect("invariant: metric names are unique");
+                )*
+                Metrics { registry, $($field,)* $($efield,)* }
+            }
+
+            /// The series of `election`.
+            pub fn election(&self, election: &str) -> ElectionMetrics {
+                ElectionMetrics {
+                    process: self.clone(),
+                    name: election.to_string(),
+                    $($efield: metrics!(@child $eone self.$efield, election),)*
+                }
             }
         }
+
+        /// The series of one election (its `election` label given).
+        #[derive(Clone)]
+        pub struct ElectionMetrics {
+            /// What the process counts once for every election.
+            pub process: Metrics,
+            pub name: String,
+            $(pub $efield: $echild,)*
+        }
+    };
+    (@child one $vec:expr, $election:expr) => { $vec.with_label_values(&[$election]) };
+    (@child more $vec:expr, $election:expr) => {
+        ForElection { vec: $vec.clone(), election: $election.to_string() }
     };
 }
 
+/// A metric vector with its `election` label given: the other labels are added per use.
+#[derive(Clone)]
+pub struct ForElection<V> {
+    vec: V,
+    election: String,
+}
+
+impl ForElection<IntCounterVec> {
+    pub fn with_label_values(&self, rest: &[&str]) -> IntCounter {
+        let mut labels = vec![self.election.as_str()];
+        labels.extend_from_slice(rest);
+        self.vec.with_label_values(&labels)
+    }
+}
+
+impl ForElection<IntGaugeVec> {
+    pub fn with_label_values(&self, rest: &[&str]) -> IntGauge {
+        let mut labels = vec![self.election.as_str()];
+        labels.extend_from_slice(rest);
+        self.vec.with_label_values(&labels)
+    }
+}
+
+/// `Opts` for a metric of one election: its labels after `election`.
+fn per_election(name: &str, help: &str) -> Opts {
+    Opts::new(name, help)
+}
+
 metrics! {
-    is_leader: IntGauge = IntGauge::new("electd_is_leader", "1 while this replica leads, else 0");
-    role: IntGaugeVec = IntGaugeVec::new(
-            Opts::new("electd_role", "1 for the current role of this replica"),
-            &["role"],
-        );
-    transitions: IntCounterVec = IntCounterVec::new(
-            Opts::new(
-                "electd_leader_transitions_total",
-                "Role changes of this replica",
-            ),
-            &["from", "to"],
-        );
-    fencing_token: IntGauge = IntGauge::new(
-            "electd_fencing_token",
-            "Create revision of the current leader's key (0 when unknown)",
-        );
-    etcd_reachable: IntGauge = IntGauge::new(
-            "electd_etcd_reachable",
-            "1 while the last etcd call succeeded",
-        );
-    child_running: IntGauge = IntGauge::new(
-            "electd_child_running",
-            "1 while the wrapped command runs",
-        );
-    child_restarts: IntCounter = IntCounter::new(
-            "electd_child_restarts_total",
-            "Restarts of the wrapped command after it exited on its own",
-        );
-    child_exits: IntCounterVec = IntCounterVec::new(
-            Opts::new(
-                "electd_child_exits_total",
-                "Exits of the wrapped command by reason",
-            ),
-            &["reason"],
-        );
-    predecessor_wakeups: IntCounter = IntCounter::new(
-            "electd_predecessor_wakeups_total",
-            "Times this replica re-read the election because its predecessor's key went away",
-        );
-    foreign_keys: IntCounter = IntCounter::new(
-            "electd_foreign_keys_total",
-            "Keys under the election's prefix that are not candidates (written by hand, or a \
-             candidate key rewritten without its lease), each counted once when first seen",
-        );
+    process {
     health_checks: IntCounterVec = IntCounterVec::new(
             Opts::new(
                 "electd_health_checks_total",
@@ -97,50 +122,6 @@ metrics! {
                 "Changes of health after --health-rise passes or --health-fall failures in a row, by the state entered (healthy, unhealthy)",
             ),
             &["to"],
-        );
-    eligible: IntGauge = IntGauge::new(
-            "electd_eligible",
-            "1 while this replica may lead (campaigns), 0 while it may not (a failing health check, priority 0)",
-        );
-    history_rewound: IntGauge = IntGauge::new(
-            "electd_history_rewound",
-            "1 while this replica refuses to lead because etcd answered below a revision it had seen (history rewound)",
-        );
-    proxy_connections: IntCounter = IntCounter::new(
-            "electd_proxy_connections_total",
-            "Connections accepted by the leader-following proxy (--proxy)",
-        );
-    proxy_open: IntGauge = IntGauge::new(
-            "electd_proxy_connections_open",
-            "Proxied connections open now",
-        );
-    proxy_closed: IntCounterVec = IntCounterVec::new(
-            Opts::new(
-                "electd_proxy_closed_total",
-                "Proxied connections ended, by reason: closed (by either side), leader_changed, view_stale (cut off from etcd longer than the leader budget), no_leader (none within --proxy-wait), upstream_unreachable (the leader's app could not be reached within --proxy-wait), shutdown",
-            ),
-            &["reason"],
-        );
-    proxy_bytes: IntCounterVec = IntCounterVec::new(
-            Opts::new(
-                "electd_proxy_bytes_total",
-                "Bytes forwarded by the proxy, by direction (to_leader, from_leader)",
-            ),
-            &["direction"],
-        );
-    proxy_wait_seconds: Histogram = Histogram::with_opts(
-            HistogramOpts::new(
-                "electd_proxy_wait_seconds",
-                "Time a proxied connection waited for a leader to route to",
-            )
-            .buckets(vec![0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
-        );
-    hooks: IntCounterVec = IntCounterVec::new(
-            Opts::new(
-                "electd_role_change_hooks_total",
-                "Role-change hooks (--on-role-change), by result: ok, failed, timeout, dropped (the queue was full)",
-            ),
-            &["result"],
         );
     keepalive_rtt: Histogram = Histogram::with_opts(
             HistogramOpts::new(
@@ -163,14 +144,10 @@ metrics! {
             "electd_etcd_last_contact_age_seconds",
             "Seconds since etcd last answered (at scrape time)",
         );
-    suspect_seconds: Counter = Counter::new(
-            "electd_suspect_seconds_total",
-            "Time spent as a leader that lost contact with etcd (completed episodes)",
-        );
     info: IntGaugeVec = IntGaugeVec::new(
             Opts::new(
                 "electd_info",
-                "1, labelled with this replica's election, id, version and commit",
+                "1 for every election this replica takes part in, labelled with the election, its id, version and commit",
             ),
             &["election", "id", "version", "commit"],
         );
@@ -178,12 +155,140 @@ metrics! {
             "electd_lease_ttl_seconds",
             "The configured lease TTL (--ttl)",
         );
+    }
+    per_election {
+        is_leader: IntGaugeVec => one IntGauge = IntGaugeVec::new(
+                per_election("electd_is_leader", "1 while this replica leads the election, else 0"),
+                &["election"],
+            );
+        role: IntGaugeVec => more ForElection<IntGaugeVec> = IntGaugeVec::new(
+                per_election("electd_role", "1 for the current role of this replica"),
+                &["election", "role"],
+            );
+        transitions: IntCounterVec => more ForElection<IntCounterVec> = IntCounterVec::new(
+                per_election(
+                    "electd_leader_transitions_total",
+                    "Role changes of this replica",
+                ),
+                &["election", "from", "to"],
+            );
+        fencing_token: IntGaugeVec => one IntGauge = IntGaugeVec::new(
+                per_election(
+                    "electd_fencing_token",
+                    "Create revision of the current leader's key (0 when unknown)",
+                ),
+                &["election"],
+            );
+        etcd_reachable: IntGaugeVec => one IntGauge = IntGaugeVec::new(
+                per_election(
+                    "electd_etcd_reachable",
+                    "1 while the last etcd call succeeded",
+                ),
+                &["election"],
+            );
+        child_running: IntGaugeVec => one IntGauge = IntGaugeVec::new(
+                per_election(
+                    "electd_child_running",
+                    "1 while the wrapped command runs",
+                ),
+                &["election"],
+            );
+        child_restarts: IntCounterVec => one IntCounter = IntCounterVec::new(
+                per_election(
+                    "electd_child_restarts_total",
+                    "Restarts of the wrapped command after it exited on its own",
+                ),
+                &["election"],
+            );
+        child_exits: IntCounterVec => more ForElection<IntCounterVec> = IntCounterVec::new(
+                per_election(
+                    "electd_child_exits_total",
+                    "Exits of the wrapped command by reason",
+                ),
+                &["election", "reason"],
+            );
+        predecessor_wakeups: IntCounterVec => one IntCounter = IntCounterVec::new(
+                per_election(
+                    "electd_predecessor_wakeups_total",
+                    "Times this replica re-read the election because its predecessor's key went away",
+                ),
+                &["election"],
+            );
+        foreign_keys: IntCounterVec => one IntCounter = IntCounterVec::new(
+                per_election(
+                    "electd_foreign_keys_total",
+                    "Keys under the election's prefix that are not candidates (written by hand, or a \
+                     candidate key rewritten without its lease), each counted once when first seen",
+                ),
+                &["election"],
+            );
+        eligible: IntGaugeVec => one IntGauge = IntGaugeVec::new(
+                per_election(
+                    "electd_eligible",
+                    "1 while this replica may lead (campaigns), 0 while it may not (a failing health check, priority 0)",
+                ),
+                &["election"],
+            );
+        history_rewound: IntGaugeVec => one IntGauge = IntGaugeVec::new(
+                per_election(
+                    "electd_history_rewound",
+                    "1 while this replica refuses to lead because etcd answered below a revision it had seen (history rewound)",
+                ),
+                &["election"],
+            );
+        proxy_connections: IntCounterVec => one IntCounter = IntCounterVec::new(
+                per_election(
+                    "electd_proxy_connections_total",
+                    "Connections accepted by the leader-following proxy (--proxy)",
+                ),
+                &["election"],
+            );
+        proxy_open: IntGaugeVec => one IntGauge = IntGaugeVec::new(
+                per_election("electd_proxy_connections_open", "Proxied connections open now"),
+                &["election"],
+            );
+        proxy_closed: IntCounterVec => more ForElection<IntCounterVec> = IntCounterVec::new(
+                per_election(
+                    "electd_proxy_closed_total",
+                    "Proxied connections ended, by reason: closed (by either side), leader_changed, view_stale (cut off from etcd longer than the leader budget), no_leader (none within --proxy-wait), upstream_unreachable (the leader's app could not be reached within --proxy-wait), shutdown",
+                ),
+                &["election", "reason"],
+            );
+        proxy_bytes: IntCounterVec => more ForElection<IntCounterVec> = IntCounterVec::new(
+                per_election(
+                    "electd_proxy_bytes_total",
+                    "Bytes forwarded by the proxy, by direction (to_leader, from_leader)",
+                ),
+                &["election", "direction"],
+            );
+        proxy_wait_seconds: HistogramVec => one Histogram = HistogramVec::new(
+                HistogramOpts::new(
+                    "electd_proxy_wait_seconds",
+                    "Time a proxied connection waited for a leader to route to",
+                )
+                .buckets(vec![0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                &["election"],
+            );
+        hooks: IntCounterVec => more ForElection<IntCounterVec> = IntCounterVec::new(
+                per_election(
+                    "electd_role_change_hooks_total",
+                    "Role-change hooks (--on-role-change), by result: ok, failed, timeout, dropped (the queue was full)",
+                ),
+                &["election", "result"],
+            );
+        suspect_seconds: CounterVec => one Counter = CounterVec::new(
+                per_election(
+                    "electd_suspect_seconds_total",
+                    "Time spent as a leader that lost contact with etcd (completed episodes)",
+                ),
+                &["election"],
+            );
+    }
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
         let m = Metrics::registered();
-        m.set_role(RoleKind::Candidate);
         // Counters with known labels exist from the start, at 0, so rates see their first step.
         for result in ["pass", "fail"] {
             m.health_checks.with_label_values(&[result]);
@@ -191,39 +296,33 @@ impl Metrics {
         for to in ["healthy", "unhealthy"] {
             m.health_transitions.with_label_values(&[to]);
         }
-        for reason in ["closed", "leader_changed", "view_stale", "no_leader"] {
-            m.proxy_closed.with_label_values(&[reason]);
-        }
-        for direction in ["to_leader", "from_leader"] {
-            m.proxy_bytes.with_label_values(&[direction]);
-        }
-        for result in ["ok", "failed", "timeout", "dropped"] {
-            m.hooks.with_label_values(&[result]);
-        }
-        // Winning the election is the only way into `leader`: start those series at 0 so that
-        // `increase()` counts the first win too (a series that appears at 1 counts 0).
-        for from in [RoleKind::Candidate, RoleKind::Follower] {
-            m.transitions
-                .with_label_values(&[from.as_str(), RoleKind::Leader.as_str()]);
-        }
         m
     }
 
-    /// Publish which election this replica campaigns in, as whom, and its lease TTL.
+    /// Publish that this replica takes part in `election` as `id`, and its lease TTL; the
+    /// election's series start (at 0, candidate) so rates and `increase()` see their first step.
     pub fn set_identity(&self, election: &str, id: &str, ttl: Duration) {
         self.info
             .with_label_values(&[election, id, env!("CARGO_PKG_VERSION"), crate::GIT_COMMIT])
             .set(1);
         self.lease_ttl.set(ttl.as_secs_f64());
-    }
-
-    pub fn set_role(&self, kind: RoleKind) {
-        for k in RoleKind::ALL {
-            self.role
-                .with_label_values(&[k.as_str()])
-                .set((k == kind) as i64);
+        let e = self.election(election);
+        e.set_role(RoleKind::Candidate);
+        for reason in ["closed", "leader_changed", "view_stale", "no_leader"] {
+            e.proxy_closed.with_label_values(&[reason]);
         }
-        self.is_leader.set(kind.leads() as i64);
+        for direction in ["to_leader", "from_leader"] {
+            e.proxy_bytes.with_label_values(&[direction]);
+        }
+        for result in ["ok", "failed", "timeout", "dropped"] {
+            e.hooks.with_label_values(&[result]);
+        }
+        // Winning the election is the only way into `leader`: start those series at 0 so that
+        // `increase()` counts the first win too (a series that appears at 1 counts 0).
+        for from in [RoleKind::Candidate, RoleKind::Follower] {
+            e.transitions
+                .with_label_values(&[from.as_str(), RoleKind::Leader.as_str()]);
+        }
     }
 
     /// The text exposition format.
@@ -236,7 +335,19 @@ impl Metrics {
     }
 }
 
-/// The election driver's reports, fed into the metrics (the election does not know metrics).
+impl ElectionMetrics {
+    pub fn set_role(&self, kind: RoleKind) {
+        for k in RoleKind::ALL {
+            self.role
+                .with_label_values(&[k.as_str()])
+                .set((k == kind) as i64);
+        }
+        self.is_leader.set(kind.leads() as i64);
+    }
+}
+
+/// The election driver's reports, fed into the metrics (the election does not know metrics):
+/// the process's lease and etcd calls.
 impl Telemetry for Metrics {
     fn keepalive_ok(&self, rtt: Duration) {
         self.keepalive_rtt.observe(rtt.as_secs_f64());
@@ -248,6 +359,21 @@ impl Telemetry for Metrics {
 
     fn backend_error(&self, kind: &'static str) {
         self.etcd_errors.with_label_values(&[kind]).inc();
+    }
+}
+
+/// One election's driver reports: its queue's, under its label; its etcd calls, the process's.
+impl Telemetry for ElectionMetrics {
+    fn keepalive_ok(&self, rtt: Duration) {
+        self.process.keepalive_ok(rtt);
+    }
+
+    fn keepalive_failed(&self) {
+        self.process.keepalive_failed();
+    }
+
+    fn backend_error(&self, kind: &'static str) {
+        self.process.backend_error(kind);
     }
 
     fn predecessor_woken(&self) {
@@ -284,8 +410,9 @@ mod tests {
         for line in [
             info.as_str(),
             "electd_lease_ttl_seconds 10",
-            "electd_leader_transitions_total{from=\"candidate\",to=\"leader\"} 0",
-            "electd_leader_transitions_total{from=\"follower\",to=\"leader\"} 0",
+            "electd_leader_transitions_total{election=\"my-service\",from=\"candidate\",to=\"leader\"} 0",
+            "electd_leader_transitions_total{election=\"my-service\",from=\"follower\",to=\"leader\"} 0",
+            "electd_is_leader{election=\"my-service\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
@@ -297,7 +424,13 @@ mod tests {
             .expect("README.md");
         let m = Metrics::new();
         m.set_identity("e", "r", Duration::from_secs(3));
-        m.child_exits.with_label_values(&["exited"]);
+        let e = m.election("e");
+        e.child_exits.with_label_values(&["exited"]);
+        e.child_restarts.inc();
+        e.suspect_seconds.inc_by(0.0);
+        e.proxy_wait_seconds.observe(0.0);
+        e.predecessor_wakeups.inc();
+        e.foreign_keys.inc();
         m.etcd_errors.with_label_values(&["timeout"]);
         m.health_checks.with_label_values(&["pass"]);
         m.health_transitions.with_label_values(&["healthy"]);

@@ -29,7 +29,7 @@ use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tracing::{debug, info};
 
 use crate::election::role::Role;
-use crate::metrics::Metrics;
+use crate::metrics::ElectionMetrics;
 use crate::status::Status;
 
 /// Open proxied connections at most; further clients wait in the listen backlog.
@@ -166,7 +166,7 @@ pub async fn serve(
     listener: TcpListener,
     status: watch::Receiver<Status>,
     cfg: ProxyConfig,
-    metrics: Metrics,
+    metrics: ElectionMetrics,
     stop: impl Future<Output = ()>,
 ) {
     let (routes_tx, routes) = watch::channel(Route::Hold("starting"));
@@ -218,7 +218,7 @@ async fn proxy_one(
     peer: SocketAddr,
     mut routes: watch::Receiver<Route>,
     wait: Duration,
-    metrics: &Metrics,
+    metrics: &ElectionMetrics,
 ) -> &'static str {
     let (mut upstream, addr, token) = match connect_leader(peer, &mut routes, wait, metrics).await {
         Ok(c) => c,
@@ -255,7 +255,7 @@ async fn connect_leader(
     peer: SocketAddr,
     routes: &mut watch::Receiver<Route>,
     wait: Duration,
-    metrics: &Metrics,
+    metrics: &ElectionMetrics,
 ) -> Result<(TcpStream, String, i64), &'static str> {
     let started = Instant::now();
     let deadline = started + wait;

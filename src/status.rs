@@ -60,6 +60,19 @@ impl Status {
         self.role.leader().map(|l| l.create_revision)
     }
 
+    /// This election's line in `GET /elections` at `now`.
+    pub fn summary(&self, now: Instant) -> crate::api::doc::ElectionDoc {
+        let role = self.role.at(now);
+        crate::api::doc::ElectionDoc {
+            election: self.election.clone(),
+            role: role.kind(),
+            leader: role.leader().map(|l| l.id.clone()),
+            fencing_token: role.leader().map(|l| l.create_revision),
+            eligible: self.ineligible.is_none(),
+            version: self.version,
+        }
+    }
+
     /// Whether an answer built at `now` may say this replica leads (never past its deadline).
     pub fn leads_at(&self, now: Instant) -> bool {
         self.role.at(now).leads()

@@ -32,7 +32,13 @@ const PROMETHEUS_SERIES: [&str; 1] = ["up"];
 fn exported() -> BTreeMap<String, BTreeSet<String>> {
     let m = Metrics::new();
     m.set_identity("e", "r", Duration::from_secs(10));
-    m.child_exits.with_label_values(&["exited"]);
+    let e = m.election("e");
+    e.child_exits.with_label_values(&["exited"]);
+    e.child_restarts.inc();
+    e.suspect_seconds.inc_by(0.0);
+    e.proxy_wait_seconds.observe(0.0);
+    e.predecessor_wakeups.inc();
+    e.foreign_keys.inc();
     m.etcd_errors.with_label_values(&["keepalive"]);
     m.keepalive_rtt.observe(0.01);
     let text = m.render();

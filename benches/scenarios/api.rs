@@ -299,12 +299,15 @@ fn fixed_state() -> (ApiState, Box<dyn std::any::Any + Send>) {
     let (status_tx, status_rx) = tokio::sync::watch::channel(status);
     let (control_tx, control_rx) = tokio::sync::mpsc::channel(8);
     let state = ApiState {
-        status: status_rx,
-        control: control_tx,
+        elections: vec![electd::api::ElectionApi {
+            name: "my-service".into(),
+            status: status_rx,
+            control: control_tx,
+            members: None,
+            ready: electd::api::Ready::default(),
+            claims: Default::default(),
+        }],
         metrics: Metrics::new(),
-        members: None,
-        ready: electd::api::Ready::default(),
-        claims: Default::default(),
         allow: AllowList {
             uids: Vec::new(),
             gids: Vec::new(),
@@ -560,7 +563,7 @@ fn micro(body: &'static str, reps: usize, n: u32) -> Micro {
             }
             t.elapsed().as_secs_f64() * 1e9 / f64::from(n)
         }
-        let status = state.status.borrow().clone();
+        let status = state.elections[0].status.borrow().clone();
         for _ in 0..reps {
             m.oneshot[0].push(timed(&electd, n, || get("/role")).await);
             m.oneshot[1].push(timed(&bare, n, || get("/role")).await);
@@ -606,7 +609,7 @@ pub fn profile_if_asked() -> bool {
         .expect("runtime");
     let _guard = rt.enter();
     let (state, _keep) = fixed_state();
-    let status = state.status.borrow().clone();
+    let status = state.elections[0].status.borrow().clone();
     let body: &'static str = {
         let mut b = Vec::new();
         serde_json::to_writer(&mut b, &status.doc(Instant::now())).expect("serialises");

@@ -284,6 +284,7 @@ fn spawn(backend: &EtcdBackend, timing: Timing, n: usize) -> Candidate {
             takeover_delay: None,
         },
         start_guard: Duration::from_millis(250),
+        balance: None,
     });
     let task = tokio::spawn(async move {
         let _ = driver.run().await;

@@ -210,10 +210,38 @@ impl MemberDoc {
     }
 }
 
+/// `GET /elections`: every election of this electd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElectionsDoc {
+    pub elections: Vec<ElectionDoc>,
+}
+
+/// One election in `GET /elections`: this replica's role in it, who leads, the fencing token
+/// (an observer's summary: no budget; ask `/elections/NAME/role` for one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElectionDoc {
+    pub election: String,
+    pub role: RoleKind,
+    /// The leader's member id, while one is known.
+    pub leader: Option<String>,
+    pub fencing_token: Option<i64>,
+    pub eligible: bool,
+    pub version: u64,
+}
+
+/// The answer to a control action on several elections: one reply each, named.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlReplies {
+    pub replies: Vec<ControlReply>,
+}
+
 /// The answer to a control action (`POST /resign`, `/pause`, `/resume`): whether it acted
 /// (under the action's own name), and the role before, or why nothing changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ControlReply {
+    /// Which election, when this electd takes part in several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub election: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resigned: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

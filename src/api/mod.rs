@@ -1,9 +1,14 @@
 //! The role API: one [`router`] served on TCP and on the Unix socket.
 //!
-//! Read endpoints (`/role`, `/leader`, `/healthz`, `/metrics`, `/watch`, `/members`) answer on
-//! both. Control endpoints (`/resign`, `/pause`, `/resume`) act only when the request came
-//! over the Unix socket *and* the peer's credentials (SO_PEERCRED) are on the allow-list; over
-//! TCP they answer 403.
+//! Read endpoints (`/role`, `/leader`, `/healthz`, `/metrics`, `/watch`, `/members`, `/ready`)
+//! answer on both. Control endpoints (`/resign`, `/pause`, `/resume`) act only when the request
+//! came over the Unix socket *and* the peer's credentials (SO_PEERCRED) are on the allow-list;
+//! over TCP they answer 403.
+//!
+//! With several elections, `/elections` lists them and `/elections/NAME/…` answers for one
+//! (`role`, `leader`, `ready`, `watch`, `members`, and the control actions); the endpoints
+//! without a name answer for the only election, or say what to ask instead (409). A control
+//! action without a name acts on every election.
 
 pub mod client;
 pub mod doc;
@@ -15,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::connect_info::ConnectInfo;
-use axum::extract::{FromRef, Query, Request, State};
+use axum::extract::{FromRef, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -55,12 +60,20 @@ pub enum Control {
 
 #[derive(Clone)]
 pub struct ApiState {
+    /// Every election of this electd, in the configuration's order (at least one).
+    pub elections: Vec<ElectionApi>,
+    pub metrics: Metrics,
+    pub allow: AllowList,
+}
+
+/// What the API knows of one election.
+#[derive(Clone)]
+pub struct ElectionApi {
+    pub name: String,
     pub status: watch::Receiver<Status>,
     pub control: mpsc::Sender<Control>,
-    pub metrics: Metrics,
     /// Where `/members` reads the election from.
     pub members: Option<Arc<dyn MemberSource>>,
-    pub allow: AllowList,
     /// What `/ready` decides with: this replica's app address, the leader budget.
     pub ready: Ready,
     /// Every leadership budget handed out is recorded here (see [`Claims`]).
@@ -101,7 +114,52 @@ struct Listener {
     api: Arc<ApiState>,
     transport: Transport,
     streams: Arc<tokio::sync::Semaphore>,
-    role: Arc<RoleCache>,
+    /// One per election.
+    role: Arc<Vec<RoleCache>>,
+}
+
+impl Listener {
+    /// The only election, for the endpoints without a name; with several, the answer that
+    /// says what to ask instead.
+    fn only(&self, path: &str) -> Result<usize, (StatusCode, String)> {
+        match self.api.elections.len() {
+            1 => Ok(0),
+            n => Err((
+                StatusCode::CONFLICT,
+                format!(
+                    "this electd takes part in {n} elections ({}): ask /elections/NAME{path}, \
+                     or /elections for all of them",
+                    self.names()
+                ),
+            )),
+        }
+    }
+
+    /// The election `name`.
+    fn named(&self, name: &str) -> Result<usize, (StatusCode, String)> {
+        self.api
+            .elections
+            .iter()
+            .position(|e| e.name == name)
+            .ok_or_else(|| {
+                (
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "no election {name:?} in this electd; its elections: {}",
+                        self.names()
+                    ),
+                )
+            })
+    }
+
+    fn names(&self) -> String {
+        let names: Vec<&str> = self.api.elections.iter().map(|e| e.name.as_str()).collect();
+        names.join(", ")
+    }
+
+    fn election(&self, i: usize) -> &ElectionApi {
+        &self.api.elections[i]
+    }
 }
 
 /// The `/role` document of the latest status version, serialised once: the bytes around the
@@ -235,6 +293,11 @@ pub fn router(state: ApiState, transport: Transport) -> Router {
     // Every handler is bounded by construction: long polls are capped at MAX_WAIT, /members
     // by the etcd request timeout, control actions by the stop grace. (A per-request timeout
     // layer cost a fifth of /role's throughput and guarded nothing these bounds don't.)
+    let caches = state
+        .elections
+        .iter()
+        .map(|_| RoleCache::default())
+        .collect();
     Router::new()
         .route("/role", get(role))
         .route("/leader", get(leader))
@@ -246,13 +309,97 @@ pub fn router(state: ApiState, transport: Transport) -> Router {
         .route("/pause", post(pause))
         .route("/resume", post(resume))
         .route("/watch", get(watch_role))
+        .route("/elections", get(elections))
+        .route("/elections/{name}/role", get(election_role))
+        .route("/elections/{name}/leader", get(election_leader))
+        .route("/elections/{name}/ready", get(election_ready))
+        .route("/elections/{name}/members", get(election_members))
+        .route("/elections/{name}/watch", get(election_watch))
+        .route("/elections/{name}/resign", post(election_resign))
+        .route("/elections/{name}/pause", post(election_pause))
+        .route("/elections/{name}/resume", post(election_resume))
         // Shared, not cloned per request: ApiState holds an etcd client and the metrics.
         .with_state(Listener {
             api: Arc::new(state),
             transport,
             streams: Arc::new(tokio::sync::Semaphore::new(MAX_STREAMS)),
-            role: Arc::default(),
+            role: Arc::new(caches),
         })
+}
+
+/// Run `$handler(&l, index, ...)` for the election a request names (`Path`) or the only one.
+macro_rules! for_election {
+    ($l:expr, $which:expr, $path:literal, |$i:ident| $body:expr) => {
+        match $which {
+            Some(name) => match $l.named(&name) {
+                Ok($i) => $body,
+                Err((code, why)) => error(code, why),
+            },
+            None => match $l.only($path) {
+                Ok($i) => $body,
+                Err((code, why)) => error(code, why),
+            },
+        }
+    };
+}
+
+async fn role(State(l): State<Listener>, uri: axum::http::Uri) -> Response {
+    for_election!(l, None::<String>, "/role", |i| role_of(&l, i, &uri).await)
+}
+
+async fn election_role(
+    State(l): State<Listener>,
+    Path(name): Path<String>,
+    uri: axum::http::Uri,
+) -> Response {
+    for_election!(l, Some(name), "/role", |i| role_of(&l, i, &uri).await)
+}
+
+async fn leader(State(l): State<Listener>) -> Response {
+    for_election!(l, None::<String>, "/leader", |i| leader_of(&l, i))
+}
+
+async fn election_leader(State(l): State<Listener>, Path(name): Path<String>) -> Response {
+    for_election!(l, Some(name), "/leader", |i| leader_of(&l, i))
+}
+
+async fn ready(State(l): State<Listener>) -> Response {
+    for_election!(l, None::<String>, "/ready", |i| ready_of(l.election(i)))
+}
+
+async fn election_ready(State(l): State<Listener>, Path(name): Path<String>) -> Response {
+    for_election!(l, Some(name), "/ready", |i| ready_of(l.election(i)))
+}
+
+async fn members(State(l): State<Listener>) -> Response {
+    for_election!(l, None::<String>, "/members", |i| members_of(l.election(i))
+        .await)
+}
+
+async fn election_members(State(l): State<Listener>, Path(name): Path<String>) -> Response {
+    for_election!(l, Some(name), "/members", |i| members_of(l.election(i))
+        .await)
+}
+
+async fn watch_role(State(l): State<Listener>) -> Response {
+    for_election!(l, None::<String>, "/watch", |i| watch_of(&l, i))
+}
+
+async fn election_watch(State(l): State<Listener>, Path(name): Path<String>) -> Response {
+    for_election!(l, Some(name), "/watch", |i| watch_of(&l, i))
+}
+
+/// `GET /elections`: every election with this replica's role in it, its leader and fencing
+/// token (as an observer's answer: no budget).
+async fn elections(State(l): State<Listener>) -> Response {
+    let now = Instant::now();
+    let docs: Vec<doc::ElectionDoc> = l
+        .api
+        .elections
+        .iter()
+        .map(|e| e.status.borrow().summary(now))
+        .collect();
+    Json(doc::ElectionsDoc { elections: docs }).into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -266,12 +413,12 @@ struct RoleQuery {
     claim: Option<bool>,
 }
 
-async fn role(State(l): State<Listener>, uri: axum::http::Uri) -> Response {
-    let s = &l.api;
+async fn role_of(l: &Listener, i: usize, uri: &axum::http::Uri) -> Response {
+    let s = l.election(i);
     // Most requests carry no query: skip its parsing then.
     let q = match uri.query() {
         None => None,
-        Some(_) => match Query::<RoleQuery>::try_from_uri(&uri) {
+        Some(_) => match Query::<RoleQuery>::try_from_uri(uri) {
             Ok(Query(q)) => Some(q),
             Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
         },
@@ -281,7 +428,7 @@ async fn role(State(l): State<Listener>, uri: axum::http::Uri) -> Response {
         _ => Answer::Claim,
     };
     let Some((wait, after)) = q.and_then(|q| Some((q.wait?, q.after))) else {
-        return role_response(&l, &s.status.borrow(), answer);
+        return role_response(l, i, &s.status.borrow(), answer);
     };
     let wait = match crate::config::parse_duration(&wait) {
         Ok(d) => d.min(MAX_WAIT),
@@ -297,7 +444,7 @@ async fn role(State(l): State<Listener>, uri: axum::http::Uri) -> Response {
     // Any other version answers at once, also one from before a restart of this electd (its
     // versions start at the time it started, so they are not reused).
     let _ = tokio::time::timeout(wait, rx.wait_for(|st| st.version != after)).await;
-    role_response(&l, &rx.borrow(), answer)
+    role_response(l, i, &rx.borrow(), answer)
 }
 
 /// What kind of `/role` document an answer is.
@@ -313,25 +460,25 @@ enum Answer {
 
 /// The `/role` document of the snapshot, built now. A claim's budget, if any, is recorded as
 /// handed out.
-fn role_response(l: &Listener, st: &Status, answer: Answer) -> Response {
+fn role_response(l: &Listener, i: usize, st: &Status, answer: Answer) -> Response {
     let now = Instant::now();
     let claim = answer == Answer::Claim;
     if claim
         && st.role.budget_at(now).is_some()
         && let Some(deadline) = st.role.deadline()
     {
-        l.api.claims.record(deadline);
+        l.election(i).claims.record(deadline);
     }
     let code = match answer {
         Answer::Probe if !st.leads_at(now) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::OK,
     };
-    let body = l.role.body(st, now, claim);
+    let body = l.role[i].body(st, now, claim);
     (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn leader(State(l): State<Listener>) -> Response {
-    role_response(&l, &l.api.status.borrow(), Answer::Probe)
+fn leader_of(l: &Listener, i: usize) -> Response {
+    role_response(l, i, &l.election(i).status.borrow(), Answer::Probe)
 }
 
 async fn healthz() -> &'static str {
@@ -341,7 +488,7 @@ async fn healthz() -> &'static str {
 /// 200 when this replica can route clients to the leader (a leader with an advertised address
 /// is known and the view is fresh, or it leads itself), else 503 with the reason: the readiness
 /// probe of every pod whose clients go through the proxy.
-async fn ready(State(s): State<Arc<ApiState>>) -> Response {
+fn ready_of(s: &ElectionApi) -> Response {
     let route = crate::proxy::route_of(&s.status.borrow(), s.ready.own.as_deref(), s.ready.budget);
     let (code, doc) = match route {
         crate::proxy::Route::To { addr, token } => (
@@ -367,7 +514,12 @@ async fn ready(State(s): State<Arc<ApiState>>) -> Response {
 }
 
 async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
-    if let Some(t) = s.status.borrow().last_contact {
+    let contact = s
+        .elections
+        .iter()
+        .filter_map(|e| e.status.borrow().last_contact)
+        .max();
+    if let Some(t) = contact {
         s.metrics.last_contact_age.set(t.elapsed().as_secs_f64());
     }
     (
@@ -382,8 +534,8 @@ async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
 /// every successful keepalive (`valid_ms`, `fencing_token`, `version`): a stream that stays
 /// silent past the last budget means stop. At most [`MAX_STREAMS`] per listener: the stream
 /// holds its permit while open.
-async fn watch_role(State(l): State<Listener>) -> Response {
-    let s = &l.api;
+fn watch_of(l: &Listener, i: usize) -> Response {
+    let s = l.election(i);
     let Ok(permit) = l.streams.clone().try_acquire_owned() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -435,7 +587,7 @@ async fn watch_role(State(l): State<Listener>) -> Response {
 }
 
 /// Every candidate in queue order, read from etcd.
-async fn members(State(s): State<Arc<ApiState>>) -> Response {
+async fn members_of(s: &ElectionApi) -> Response {
     let Some(src) = &s.members else {
         return error(StatusCode::NOT_FOUND, "no etcd source");
     };
@@ -448,10 +600,13 @@ async fn members(State(s): State<Arc<ApiState>>) -> Response {
     }
 }
 
+/// Carry out a control action on the election `which` names, or on every election; the
+/// reply of the one, or of each (with its name).
 async fn control(
     l: &Listener,
+    which: Option<String>,
     req: Request,
-    make: impl FnOnce(oneshot::Sender<ControlReply>) -> Control,
+    make: impl Fn(oneshot::Sender<ControlReply>) -> Control,
 ) -> Response {
     let s = &l.api;
     if l.transport != Transport::Unix {
@@ -471,14 +626,34 @@ async fn control(
             );
         }
     }
-    let (tx, rx) = oneshot::channel();
+    let targets: Vec<usize> = match which {
+        Some(name) => match l.named(&name) {
+            Ok(i) => vec![i],
+            Err((code, why)) => return error(code, why),
+        },
+        None => (0..s.elections.len()).collect(),
+    };
     let gone = || error(StatusCode::SERVICE_UNAVAILABLE, "electd is shutting down");
-    if s.control.send(make(tx)).await.is_err() {
-        return gone();
+    let mut replies = Vec::new();
+    for i in targets {
+        let (tx, rx) = oneshot::channel();
+        let e = l.election(i);
+        if e.control.send(make(tx)).await.is_err() {
+            return gone();
+        }
+        match rx.await {
+            Ok(mut reply) => {
+                if s.elections.len() > 1 {
+                    reply.election = Some(e.name.clone());
+                }
+                replies.push(reply);
+            }
+            Err(_) => return gone(),
+        }
     }
-    match rx.await {
-        Ok(reply) => Json(reply).into_response(),
-        Err(_) => gone(),
+    match <[ControlReply; 1]>::try_from(replies) {
+        Ok([one]) => Json(one).into_response(),
+        Err(replies) => Json(doc::ControlReplies { replies }).into_response(),
     }
 }
 
@@ -488,17 +663,59 @@ struct ResignQuery {
     to: Option<String>,
 }
 
-async fn resign(State(l): State<Listener>, Query(q): Query<ResignQuery>, req: Request) -> Response {
+async fn resign_in(l: &Listener, which: Option<String>, q: ResignQuery, req: Request) -> Response {
     let to = q.to.filter(|t| !t.is_empty());
-    control(&l, req, |reply| Control::Resign { to, reply }).await
+    if to.is_some() && which.is_none() && l.api.elections.len() > 1 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "a switchover goes to one election: POST /elections/NAME/resign?to=ID (elections: {})",
+                l.names()
+            ),
+        );
+    }
+    control(l, which, req, |reply| Control::Resign {
+        to: to.clone(),
+        reply,
+    })
+    .await
+}
+
+async fn resign(State(l): State<Listener>, Query(q): Query<ResignQuery>, req: Request) -> Response {
+    resign_in(&l, None, q, req).await
+}
+
+async fn election_resign(
+    State(l): State<Listener>,
+    Path(name): Path<String>,
+    Query(q): Query<ResignQuery>,
+    req: Request,
+) -> Response {
+    resign_in(&l, Some(name), q, req).await
 }
 
 async fn pause(State(l): State<Listener>, req: Request) -> Response {
-    control(&l, req, Control::Pause).await
+    control(&l, None, req, Control::Pause).await
+}
+
+async fn election_pause(
+    State(l): State<Listener>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Response {
+    control(&l, Some(name), req, Control::Pause).await
 }
 
 async fn resume(State(l): State<Listener>, req: Request) -> Response {
-    control(&l, req, Control::Resume).await
+    control(&l, None, req, Control::Resume).await
+}
+
+async fn election_resume(
+    State(l): State<Listener>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Response {
+    control(&l, Some(name), req, Control::Resume).await
 }
 
 #[cfg(test)]

@@ -132,7 +132,7 @@ impl Raw {
         }
     }
 
-    fn text(&self) -> String {
+    pub fn text(&self) -> String {
         match self {
             Raw::One(s) => s.clone(),
             Raw::List(l) => l.join(","),
@@ -823,6 +823,14 @@ impl Layers {
 /// that may lead needs one, and it must not be the proxy itself.
 fn check_routing(c: &Config) -> Result<(), ConfigError> {
     let Some(proxy) = c.proxy else { return Ok(()) };
+    if c.tables.len() > 1 {
+        return Err(ConfigError::Inconsistent(format!(
+            "--proxy follows one election's leader, and this configuration has {} \
+             ([[elections]]): run the proxy in an electd of its own for the election clients \
+             reach through it",
+            c.tables.len()
+        )));
+    }
     match c.advertise.as_deref() {
         None if c.priority > 0 => Err(ConfigError::Inconsistent(
             "--proxy needs --advertise HOST:PORT, the address of this replica's app, where \

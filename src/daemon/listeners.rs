@@ -79,7 +79,9 @@ impl Listeners {
         if let Some(listener) = self.proxy {
             info!(addr = ?listener.local_addr().ok(), "proxy listening");
             let stop = stopped(stop_rx.clone());
-            let (status, metrics) = (state.status.clone(), state.metrics.clone());
+            // The proxy follows the only election (the configuration allows no more with it).
+            let e = &state.elections[0];
+            let (status, metrics) = (e.status.clone(), state.metrics.election(&e.name));
             servers.push(tokio::spawn(crate::proxy::serve(
                 listener, status, proxy, metrics, stop,
             )));

@@ -13,20 +13,21 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{error, info};
 
 use crate::api::doc::ControlReply;
-use crate::api::{self, ApiState, Control};
+use crate::api::{self, ApiState, Control, ElectionApi};
 use crate::config::Config;
+use crate::config::elections::Election;
 use crate::election::candidacy::Policy;
-use crate::election::etcd::{EtcdBackend, EtcdError};
+use crate::election::etcd::{EtcdBackend, EtcdError, HostHandle};
 use crate::election::role::{Event, Role};
 use crate::election::{DriverConfig, MemberInfo};
 use crate::exit;
 use crate::health;
 use crate::leadership::{AppBudget, ElectionSource, ExitPolicy, Identity, Leadership, Next};
-use crate::metrics::Metrics;
+use crate::metrics::{ElectionMetrics, Metrics};
 use crate::status::Status;
 use crate::supervisor::watchdog::{Watchdog, WatchdogHandle};
 use crate::supervisor::{ChildSpec, Supervisor};
@@ -102,72 +103,80 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonErro
         }
     });
     let _reaper = crate::election::AbortOnDrop(reaper);
-    let timing = config.timing();
+    let elections = config.elections(command);
     let metrics = Metrics::new();
-    metrics.set_identity(&config.election, &config.id, config.ttl);
+    for e in &elections {
+        metrics.set_identity(&e.name, &config.id, config.ttl);
+    }
     let backend = EtcdBackend::connect_and_probe(&config).await?;
     // Listeners first, so a bad address fails before we campaign.
     let listeners = Listeners::bind(&config).await?;
-    let eligibility = Eligibility::new(config.priority, config.health.is_some());
-    let source = ElectionSource::start(
-        &backend,
-        DriverConfig {
-            election: config.election.clone(),
-            member: MemberInfo::new(&config.id, listeners.http_addr())
-                .with_priority(config.priority)
-                .with_advertise(config.advertise.clone()),
-            timing,
-            observe_first: !eligibility.eligible(),
-            policy: Policy {
-                priority: config.priority,
-                takeover_delay: config.takeover_delay,
-            },
-            start_guard: config.start_guard,
-        },
-        Arc::new(metrics.clone()),
-    );
-    let mut status = Status::new(&config.id, &config.election, !command.is_empty());
-    status.priority = config.priority;
-    status.ineligible = eligibility.reason();
-    metrics.eligible.set(eligibility.eligible() as i64);
-    let (status_tx, status_rx) = watch::channel(status);
-    let (control_tx, control_rx) = mpsc::channel(8);
-    let claims = crate::status::Claims::default();
-    let api = serve_api(
-        listeners,
-        &config,
-        &backend,
-        ApiState {
-            status: status_rx,
-            control: control_tx,
-            metrics: metrics.clone(),
-            members: None,
-            allow: api::socket::AllowList {
-                uids: config.control_uids.clone(),
-                gids: config.control_gids.clone(),
-            },
-            ready: api::Ready {
-                own: config.advertise.clone(),
-                budget: timing.leader_budget(),
-            },
-            claims: claims.clone(),
-        },
-    );
-    let sidecar = command.is_empty();
-    // The watchdog holds the command's deadline, and hands the term over if electd dies; a
+    // The watchdog holds every command's deadline, and hands the terms over if electd dies; a
     // replica that never leads needs none.
-    let watchdog = match config.priority > 0 || !sidecar {
+    let watchdog = match elections
+        .iter()
+        .any(|e| e.priority > 0 || !e.command.is_empty())
+    {
         true => {
             Some(Watchdog::spawn(Some(&config.etcd_settings())).map_err(DaemonError::Watchdog)?)
         }
         false => None,
     };
-    let supervisor = supervisor_for(&config, command, watchdog.clone());
-    let publisher = Publisher {
-        status: status_tx.clone(),
-        metrics: metrics.clone(),
-        view: source.view(),
-    };
+    // One lease for every election, kept alive as the most demanding one needs (the shortest
+    // budget bounds how long a keepalive may wait for its reply).
+    let host_timing = elections
+        .iter()
+        .map(|e| e.timing(config.ttl))
+        .min_by_key(|t| t.leader_budget())
+        .expect("invariant: at least one election");
+    let host = backend.host(host_timing, Arc::new(metrics.clone()));
+    let (inputs, _) = broadcast::channel::<Input>(16);
+    // Balancing: one board for every election of this process, and the set it serves in each
+    // candidate key (the replicas that serve the same set share its leaderships).
+    let names: Vec<String> = elections.iter().map(|e| e.name.clone()).collect();
+    let board = config.balance.then(|| {
+        Arc::new(crate::election::balance::Board::new(
+            &config.id,
+            crate::election::balance::serves(&names),
+            elections.first().map_or(1, |e| e.priority),
+            config.balance_delay,
+        ))
+    });
+    let mut runs = Vec::new();
+    let mut apis = Vec::new();
+    for (i, e) in elections.into_iter().enumerate() {
+        let (run, api) = ElectionRun::start(
+            &config,
+            e,
+            Shared {
+                backend: &backend,
+                host: &host,
+                http: listeners.http_addr(),
+                watchdog: watchdog.as_ref().map(|w| w.slot(i as u32)),
+                metrics: &metrics,
+                board: board.clone(),
+                serves: board
+                    .as_ref()
+                    .map(|_| crate::election::balance::serves(&names)),
+            },
+            inputs.subscribe(),
+        );
+        runs.push(run);
+        apis.push(api);
+    }
+    drop(watchdog);
+    let api = serve_api(
+        listeners,
+        &config,
+        ApiState {
+            elections: apis,
+            metrics: metrics.clone(),
+            allow: api::socket::AllowList {
+                uids: config.control_uids.clone(),
+                gids: config.control_gids.clone(),
+            },
+        },
+    );
     let identity = Identity {
         id: config.id.clone(),
         election: config.election.clone(),
@@ -176,70 +185,280 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonErro
         .health
         .clone()
         .map(|check| start_health(check, &identity, &metrics));
-    let mut lead = Leadership::new(
-        source,
-        supervisor,
-        ExitPolicy::new(config.on_exit),
-        identity.clone(),
-    )
-    .observe(Box::new(publisher));
-    if sidecar {
-        lead = lead.with_app(AppBudget {
-            claims,
-            grace: config.stop_grace,
-        });
-    }
-    if let Some(w) = watchdog {
-        lead = lead.with_watchdog(w);
-    }
-    if !eligibility.eligible() {
-        lead = lead.ineligible();
-    }
-    let hooks = config.on_role_change.clone().map(|cmd| {
-        let (observer, task) = crate::hooks::start(
-            cmd,
-            config.on_role_change_timeout,
-            identity,
-            metrics.clone(),
-        );
-        lead.add_observer(Box::new(observer));
-        task
-    });
-    let mut owner = Owner {
-        lead,
-        exit_code: 0,
-        driver_failed: false,
-        eligibility,
-        health,
-        status: status_tx,
-        metrics,
-        switchover_within: timing.ttl * 2,
-    };
-    let result = owner.run(control_rx).await;
+    let (code, runs) = run_elections(runs, inputs, health, &metrics).await;
 
-    // Stop order: the command is already stopped and the lease released; now the API and the
-    // proxy. The hooks already queued run to their end (each bounded by its timeout).
+    // Stop order: the commands are already stopped and the keys released; now the API and the
+    // proxy, then the lease (revoked: anything still under it goes). The hooks already queued
+    // run to their end (each bounded by its timeout).
     api.stop().await;
-    let driver_result = owner.lead.into_source().shutdown().await;
-    if let Some(task) = hooks {
+    let mut driver_result = Ok(());
+    let mut hooks = Vec::new();
+    for run in runs {
+        let r = run.owner.lead.into_source().shutdown().await;
+        driver_result = driver_result.and(r);
+        hooks.extend(run.hooks);
+    }
+    host.stop().await;
+    for task in hooks {
         let limit = config.on_role_change_timeout * 2 + Duration::from_secs(1);
         let _ = tokio::time::timeout(limit, task).await;
     }
-    let code = result?;
+    let code = code?;
     driver_result?;
     Ok(code)
 }
 
-/// Serve the API (with `/members` read through `backend`) and the proxy until [`Api::stop`].
-fn serve_api(listeners: Listeners, config: &Config, backend: &EtcdBackend, state: ApiState) -> Api {
-    let timing = config.timing();
-    let state = ApiState {
-        members: Some(backend.member_source(
-            &config.election,
-            timing.request_timeout.max(Duration::from_secs(2)),
-        )),
-        ..state
-    };
+/// One election of this electd: its owner task and its hook runner.
+struct ElectionRun {
+    owner: Owner,
+    control: mpsc::Receiver<Control>,
+    inputs: broadcast::Receiver<Input>,
+    hooks: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// What every election of the process shares, or takes its part of.
+struct Shared<'a> {
+    backend: &'a EtcdBackend,
+    host: &'a HostHandle,
+    http: Option<String>,
+    /// This election's slot of the freeze watchdog.
+    watchdog: Option<WatchdogHandle>,
+    metrics: &'a Metrics,
+    board: Option<Arc<crate::election::balance::Board>>,
+    serves: Option<String>,
+}
+
+impl ElectionRun {
+    /// Campaign in `e` under the shared lease; what its owner runs, and what the API knows of
+    /// it.
+    fn start(
+        config: &Config,
+        e: Election,
+        shared: Shared<'_>,
+        inputs: broadcast::Receiver<Input>,
+    ) -> (ElectionRun, ElectionApi) {
+        let Shared {
+            backend,
+            host,
+            http,
+            watchdog,
+            metrics,
+            board,
+            serves,
+        } = shared;
+        let timing = e.timing(config.ttl);
+        let eligibility = Eligibility::new(e.priority, config.health.is_some());
+        let metrics = &metrics.election(&e.name);
+        let source = ElectionSource::start_on(
+            backend,
+            host,
+            DriverConfig {
+                election: e.name.clone(),
+                member: MemberInfo {
+                    serves,
+                    ..MemberInfo::new(&config.id, http)
+                        .with_priority(e.priority)
+                        .with_advertise(config.advertise.clone())
+                },
+                timing,
+                observe_first: !eligibility.eligible(),
+                policy: Policy {
+                    priority: e.priority,
+                    takeover_delay: config.takeover_delay,
+                },
+                start_guard: config.start_guard,
+                balance: board,
+            },
+            Arc::new(metrics.clone()),
+        );
+        let sidecar = e.command.is_empty();
+        let mut status = Status::new(&config.id, &e.name, !sidecar);
+        status.priority = e.priority;
+        status.ineligible = eligibility.reason();
+        metrics.eligible.set(eligibility.eligible() as i64);
+        let (status_tx, status_rx) = watch::channel(status);
+        let (control_tx, control_rx) = mpsc::channel(8);
+        let claims = crate::status::Claims::default();
+        let api = ElectionApi {
+            name: e.name.clone(),
+            status: status_rx,
+            control: control_tx,
+            members: Some(
+                backend.member_source(&e.name, timing.request_timeout.max(Duration::from_secs(2))),
+            ),
+            ready: api::Ready {
+                own: config.advertise.clone(),
+                budget: timing.leader_budget(),
+            },
+            claims: claims.clone(),
+        };
+        let supervisor = (!sidecar).then(|| {
+            Supervisor::new(
+                ChildSpec {
+                    argv: e.command.clone(),
+                    stop_signal: config.stop_signal,
+                    stop_grace: e.stop_grace,
+                },
+                watchdog.clone(),
+            )
+        });
+        let publisher = Publisher {
+            status: status_tx.clone(),
+            metrics: metrics.clone(),
+            view: source.view(),
+        };
+        let identity = Identity {
+            id: config.id.clone(),
+            election: e.name.clone(),
+        };
+        let mut lead = Leadership::new(
+            source,
+            supervisor,
+            ExitPolicy::new(e.on_exit),
+            identity.clone(),
+        )
+        .observe(Box::new(publisher));
+        if sidecar {
+            lead = lead.with_app(AppBudget {
+                claims,
+                grace: e.stop_grace,
+            });
+        }
+        if let Some(w) = watchdog {
+            lead = lead.with_watchdog(w);
+        }
+        if !eligibility.eligible() {
+            lead = lead.ineligible();
+        }
+        let hooks = config.on_role_change.clone().map(|cmd| {
+            let (observer, task) = crate::hooks::start(
+                cmd,
+                config.on_role_change_timeout,
+                identity,
+                metrics.clone(),
+            );
+            lead.add_observer(Box::new(observer));
+            task
+        });
+        let owner = Owner {
+            lead,
+            exit_code: 0,
+            driver_failed: false,
+            eligibility,
+            status: status_tx,
+            metrics: metrics.clone(),
+            switchover_within: timing.ttl * 2,
+        };
+        (
+            ElectionRun {
+                owner,
+                control: control_rx,
+                inputs,
+                hooks,
+            },
+            api,
+        )
+    }
+}
+
+/// Run every election's owner until all have ended: signals and health changes go to every
+/// one; when one ends on its own (its command's exit under `--on-exit exit`, a failed driver),
+/// the others are shut down too. The exit code is the first one that ended on its own (0 after
+/// a signal).
+async fn run_elections(
+    runs: Vec<ElectionRun>,
+    inputs: broadcast::Sender<Input>,
+    mut health: Option<mpsc::Receiver<health::Change>>,
+    metrics: &Metrics,
+) -> (Result<i32, DaemonError>, Vec<ElectionRun>) {
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async move {
+            let (done_tx, mut done_rx) = mpsc::channel::<usize>(runs.len().max(1));
+            let mut tasks = Vec::new();
+            for (i, mut run) in runs.into_iter().enumerate() {
+                let done = done_tx.clone();
+                tasks.push(tokio::task::spawn_local(async move {
+                    let r = run.owner.run(&mut run.control, &mut run.inputs).await;
+                    let _ = done.send(i).await;
+                    (r, run)
+                }));
+            }
+            drop(done_tx);
+            let mut signals = match Signals::install() {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = inputs.send(Input::Shutdown("signal handlers failed"));
+                    let mut runs = Vec::new();
+                    for t in tasks {
+                        if let Ok((_, run)) = t.await {
+                            runs.push(run);
+                        }
+                    }
+                    return (Err(e), runs);
+                }
+            };
+            let mut first_done = None;
+            let mut remaining = tasks.len();
+            while remaining > 0 {
+                let health_change = async {
+                    match health.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    Some(i) = done_rx.recv() => {
+                        remaining -= 1;
+                        if first_done.is_none() {
+                            first_done = Some(i);
+                            // One ended on its own: stop the others.
+                            let _ = inputs.send(Input::Shutdown("another election ended"));
+                        }
+                    }
+                    Some(change) = health_change => {
+                        let to = match change {
+                            health::Change::Healthy => "healthy",
+                            health::Change::Unhealthy(_) => "unhealthy",
+                        };
+                        metrics.health_transitions.with_label_values(&[to]).inc();
+                        let _ = inputs.send(Input::Health(change));
+                    }
+                    _ = signals.term.recv() => { let _ = inputs.send(Input::Shutdown("SIGTERM")); }
+                    _ = signals.int.recv() => { let _ = inputs.send(Input::Shutdown("SIGINT")); }
+                    _ = signals.hup.recv() => { let _ = inputs.send(Input::Forward(Signal::SIGHUP)); }
+                    _ = signals.usr1.recv() => { let _ = inputs.send(Input::Forward(Signal::SIGUSR1)); }
+                    _ = signals.usr2.recv() => { let _ = inputs.send(Input::Forward(Signal::SIGUSR2)); }
+                }
+            }
+            let mut code = Ok(0);
+            let mut runs = Vec::new();
+            let mut results = Vec::new();
+            for t in tasks {
+                let (r, run) = t.await.expect("invariant: an election's owner does not panic");
+                results.push(r);
+                runs.push(run);
+            }
+            // The first that ended decides, then any other failure.
+            if let Some(i) = first_done {
+                let r = std::mem::replace(&mut results[i], Ok(0));
+                results.insert(0, r);
+            }
+            for r in results {
+                match (&code, r) {
+                    (Ok(0), r) => code = r,
+                    (Ok(_), Err(e)) => code = Err(e),
+                    _ => {}
+                }
+            }
+            (code, runs)
+        })
+        .await
+}
+
+/// Serve the API and the proxy (which follows the only election) until [`Api::stop`].
+fn serve_api(listeners: Listeners, config: &Config, state: ApiState) -> Api {
+    let budget = state.elections[0].ready.budget;
     listeners.serve(
         state,
         api::serve::Limits {
@@ -249,28 +468,9 @@ fn serve_api(listeners: Listeners, config: &Config, backend: &EtcdBackend, state
         crate::proxy::ProxyConfig {
             own: config.advertise.clone(),
             wait: config.proxy_wait,
-            budget: timing.leader_budget(),
+            budget,
         },
     )
-}
-
-/// The supervisor of the wrapped command, with its freeze watchdog; none without a command.
-fn supervisor_for(
-    config: &Config,
-    command: Vec<String>,
-    watchdog: Option<WatchdogHandle>,
-) -> Option<Supervisor> {
-    if command.is_empty() {
-        return None;
-    }
-    Some(Supervisor::new(
-        ChildSpec {
-            argv: command,
-            stop_signal: config.stop_signal,
-            stop_grace: config.stop_grace,
-        },
-        watchdog,
-    ))
 }
 
 /// Run the health check, reporting changes on a bounded channel and every check to metrics.
@@ -292,14 +492,21 @@ fn start_health(
     rx
 }
 
-/// What the owner waits for besides the leadership loop's own events.
+/// What an election's owner waits for besides its leadership loop's own events: what the
+/// dispatcher hands every election (signals, health), and its own control requests.
+#[derive(Debug, Clone)]
 enum Input {
     Shutdown(&'static str),
     Forward(Signal),
+    Health(health::Change),
+}
+
+/// An input for one owner.
+enum Received {
+    Input(Input),
     Control(Control),
     /// No API listener holds a control sender (HTTP off, no socket).
     ControlClosed,
-    Health(health::Change),
 }
 
 struct Signals {
@@ -323,30 +530,25 @@ impl Signals {
     }
 }
 
-/// Signals, control requests and health changes, whichever comes first.
+/// The dispatcher's inputs and this election's control requests, whichever comes first.
 async fn input(
-    signals: &mut Signals,
+    inputs: &mut broadcast::Receiver<Input>,
     control: &mut mpsc::Receiver<Control>,
     control_open: bool,
-    health: Option<&mut mpsc::Receiver<health::Change>>,
-) -> Input {
-    let health = async {
-        match health {
-            Some(rx) => rx.recv().await,
-            None => std::future::pending().await,
+) -> Received {
+    loop {
+        tokio::select! {
+            i = inputs.recv() => match i {
+                Ok(i) => return Received::Input(i),
+                // Fell behind (a burst of signals): what matters is the latest; go on.
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return Received::Input(Input::Shutdown("the daemon stopped")),
+            },
+            c = control.recv(), if control_open => return match c {
+                Some(c) => Received::Control(c),
+                None => Received::ControlClosed,
+            },
         }
-    };
-    tokio::select! {
-        Some(change) = health => Input::Health(change),
-        _ = signals.term.recv() => Input::Shutdown("SIGTERM"),
-        _ = signals.int.recv() => Input::Shutdown("SIGINT"),
-        _ = signals.hup.recv() => Input::Forward(Signal::SIGHUP),
-        _ = signals.usr1.recv() => Input::Forward(Signal::SIGUSR1),
-        _ = signals.usr2.recv() => Input::Forward(Signal::SIGUSR2),
-        c = control.recv(), if control_open => match c {
-            Some(c) => Input::Control(c),
-            None => Input::ControlClosed,
-        },
     }
 }
 
@@ -355,24 +557,21 @@ struct Owner {
     exit_code: i32,
     driver_failed: bool,
     eligibility: Eligibility,
-    health: Option<mpsc::Receiver<health::Change>>,
     status: watch::Sender<Status>,
-    metrics: Metrics,
+    metrics: ElectionMetrics,
     /// How long a switchover may take before the queue's order decides again.
     switchover_within: Duration,
 }
 
 impl Owner {
-    async fn run(&mut self, mut control: mpsc::Receiver<Control>) -> Result<i32, DaemonError> {
-        let mut signals = Signals::install()?;
+    async fn run(
+        &mut self,
+        control: &mut mpsc::Receiver<Control>,
+        dispatched: &mut broadcast::Receiver<Input>,
+    ) -> Result<i32, DaemonError> {
         let mut control_open = true;
         loop {
-            let inputs = input(
-                &mut signals,
-                &mut control,
-                control_open,
-                self.health.as_mut(),
-            );
+            let inputs = input(dispatched, control, control_open);
             let next = self.lead.next(inputs).await;
             let mut reply = None;
             let event = match next {
@@ -387,29 +586,31 @@ impl Owner {
                     self.driver_failed = true;
                     Event::Shutdown
                 }
-                Next::Input(Input::Shutdown(name)) => {
-                    info!("{name} received; shutting down");
+                Next::Input(Received::Input(Input::Shutdown(why))) => {
+                    info!(election = %self.lead.identity().election, "{why}; shutting down");
                     Event::Shutdown
                 }
-                Next::Input(Input::Forward(sig)) => {
+                Next::Input(Received::Input(Input::Forward(sig))) => {
                     self.lead.forward(sig);
                     continue;
                 }
-                Next::Input(Input::ControlClosed) => {
+                Next::Input(Received::ControlClosed) => {
                     control_open = false;
                     continue;
                 }
-                Next::Input(Input::Control(c)) => match self.control_event(c).await {
+                Next::Input(Received::Control(c)) => match self.control_event(c).await {
                     Some((event, r)) => {
                         reply = Some(r);
                         event
                     }
                     None => continue,
                 },
-                Next::Input(Input::Health(change)) => match self.health_changed(&change) {
-                    Some(event) => event,
-                    None => continue,
-                },
+                Next::Input(Received::Input(Input::Health(change))) => {
+                    match self.health_changed(&change) {
+                        Some(event) => event,
+                        None => continue,
+                    }
+                }
             };
             // etcd's history rewound (or mended): leave (or rejoin) the queue right after.
             let refusal = match &event {
@@ -472,14 +673,6 @@ impl Owner {
     /// A change of health: publish the eligibility; the event for the role machine when it
     /// changed.
     fn health_changed(&mut self, change: &health::Change) -> Option<Event> {
-        let to = match change {
-            health::Change::Healthy => "healthy",
-            health::Change::Unhealthy(_) => "unhealthy",
-        };
-        self.metrics
-            .health_transitions
-            .with_label_values(&[to])
-            .inc();
         let (next, event) = self.eligibility.health(change);
         self.eligibility = next;
         self.publish_eligibility();

@@ -8,13 +8,13 @@ use tokio::sync::watch;
 use crate::election::ElectionView;
 use crate::election::role::{Event, Role};
 use crate::leadership::{CommandChange, Observer, Step};
-use crate::metrics::Metrics;
+use crate::metrics::ElectionMetrics;
 use crate::status::{ChildStatus, Status};
 
 /// Publishes every step as the [`Status`] snapshot the API reads, and as metrics.
 pub(super) struct Publisher {
     pub status: watch::Sender<Status>,
-    pub metrics: Metrics,
+    pub metrics: ElectionMetrics,
     pub view: watch::Receiver<ElectionView>,
 }
 

@@ -14,6 +14,7 @@
 //!   create revision, and it carries that revision: the fencing token;
 //! - every write to a candidate key is guarded by a compare on its create revision.
 
+pub mod balance;
 pub mod candidacy;
 pub mod etcd;
 pub mod keys;
@@ -86,6 +87,10 @@ pub struct MemberInfo {
     /// A leader's key that vanishes without it makes the successor wait its start guard.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub released: bool,
+    /// With balancing: which set of elections this replica serves ([`balance::serves`]); the
+    /// replicas that serve the same set share its leaderships evenly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serves: Option<String>,
 }
 
 impl MemberInfo {
@@ -102,6 +107,7 @@ impl MemberInfo {
             handoff_to: None,
             advertise: None,
             released: false,
+            serves: None,
         }
     }
 
@@ -354,6 +360,8 @@ pub struct DriverConfig {
     /// How long to wait before leading after the leader before us vanished without the
     /// clean-release mark (`--start-guard`).
     pub start_guard: Duration,
+    /// With balancing: the board every election of this process shares.
+    pub balance: Option<std::sync::Arc<balance::Board>>,
 }
 
 /// What a driver reports as it goes, for metrics. The election does not know who listens

@@ -327,6 +327,11 @@ impl<S: Source, R: Runner> Leadership<S, R> {
         &self.machine.role
     }
 
+    /// Who this replica is, in which election.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
     pub fn source(&self) -> &S {
         &self.source
     }

@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 
 use crate::api::doc::{LeaderDoc, RoleDoc};
 use crate::config::Timing;
-use crate::election::etcd::{EtcdBackend, EtcdError};
+use crate::election::etcd::{Driver, EtcdBackend, EtcdError, HostHandle};
 use crate::election::role::{Observed, RoleKind};
 use crate::election::{
     After, DriverConfig, DriverHandle, ElectionView, Handover, LeaderInfo, Position, Telemetry,
@@ -66,16 +66,36 @@ pub struct ElectionSource {
 }
 
 impl ElectionSource {
-    /// Start campaigning in `cfg.election` on `backend`.
+    /// Start campaigning in `cfg.election` on `backend`, under a lease of its own.
     pub fn start(
         backend: &EtcdBackend,
         cfg: DriverConfig,
         telemetry: Arc<dyn Telemetry>,
     ) -> ElectionSource {
+        let parts = backend.driver(cfg.clone());
+        ElectionSource::from_driver(cfg, parts, telemetry)
+    }
+
+    /// Start campaigning in `cfg.election` under `host`'s lease, which the process's other
+    /// elections share (stop the host after every source is shut down).
+    pub fn start_on(
+        backend: &EtcdBackend,
+        host: &HostHandle,
+        cfg: DriverConfig,
+        telemetry: Arc<dyn Telemetry>,
+    ) -> ElectionSource {
+        let parts = backend.driver_on(host, cfg.clone());
+        ElectionSource::from_driver(cfg, parts, telemetry)
+    }
+
+    fn from_driver(
+        cfg: DriverConfig,
+        (driver, handle, view): (Driver, DriverHandle, watch::Receiver<ElectionView>),
+        telemetry: Arc<dyn Telemetry>,
+    ) -> ElectionSource {
         let timing = cfg.timing;
         let mark = serde_json::to_string(&cfg.member.released())
             .expect("invariant: MemberInfo serialises");
-        let (driver, handle, view) = backend.driver(cfg);
         let driver = tokio::spawn(driver.with_telemetry(telemetry).run());
         ElectionSource {
             view,

@@ -69,6 +69,7 @@ pub(super) async fn run(
                 takeover_delay: None,
             },
             start_guard: config.start_guard,
+            balance: None,
         },
         Arc::new(NoTelemetry),
     );

@@ -233,15 +233,18 @@ pub fn lowest_at(
                 .await
                 .unwrap_or_else(|e| panic!("get {prefix} at revision {rev}: {e}"));
             let released = |v: &[u8]| {
-                serde_json::from_slice::<serde_json::Value>(v)
-                    .is_ok_and(|d| d["released"] == true)
+                serde_json::from_slice::<serde_json::Value>(v).is_ok_and(|d| d["released"] == true)
             };
-            let lowest = resp.kvs().iter().find(|kv| !released(kv.value())).map(|kv| {
-                (
-                    kv.key_str().unwrap_or_default().to_string(),
-                    kv.create_revision(),
-                )
-            });
+            let lowest = resp
+                .kvs()
+                .iter()
+                .find(|kv| !released(kv.value()))
+                .map(|kv| {
+                    (
+                        kv.key_str().unwrap_or_default().to_string(),
+                        kv.create_revision(),
+                    )
+                });
             out.insert(rev, lowest);
         }
         out

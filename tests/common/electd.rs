@@ -124,11 +124,14 @@ impl Daemon {
             .open(&self.log)
             .expect("open daemon log");
         let mut cmd = Command::new(electd_binary());
+        // An empty election name: the elections come from a config file (`[[elections]]`,
+        // given with `.args(&["--config", …])`).
+        if !self.spec.election.is_empty() {
+            cmd.args(["--election", &self.spec.election]);
+        }
         cmd.args([
             "--endpoints",
             &self.spec.endpoints,
-            "--election",
-            &self.spec.election,
             "--id",
             &self.spec.id,
             "--ttl",
@@ -233,6 +236,24 @@ impl Daemon {
     pub fn role_name(&self) -> Option<String> {
         self.role()
             .and_then(|r| r["role"].as_str().map(str::to_string))
+    }
+
+    /// The elections this daemon leads now (`GET /elections`), sorted; `None` when it does
+    /// not answer.
+    pub fn leads(&self) -> Option<Vec<String>> {
+        let (code, body) = http_get(&self.http, "/elections").ok()?;
+        if code != 200 {
+            return None;
+        }
+        let doc: Value = serde_json::from_str(&body).expect("/elections is JSON");
+        let mut out: Vec<String> = doc["elections"]
+            .as_array()?
+            .iter()
+            .filter(|e| matches!(e["role"].as_str(), Some("leader" | "suspect")))
+            .filter_map(|e| e["election"].as_str().map(str::to_string))
+            .collect();
+        out.sort();
+        Some(out)
     }
 
     /// Whether `/leader` answers 200.

@@ -55,6 +55,10 @@ pub struct Driver {
     /// A key of ours whose deletion failed: deleted before the next campaign (a key of a
     /// lease that stays must not linger in the queue).
     stale: Option<(String, i64, i64)>,
+    /// With balancing: the board's changes (the other elections' queues moved).
+    board: Option<watch::Receiver<u64>>,
+    /// With balancing: a hand-over to this candidate was announced in our key.
+    balancing_to: Option<String>,
 }
 
 /// This session's candidate key, once created.
@@ -136,6 +140,10 @@ impl Driver {
         let (view, view_rx) = watch::channel(ElectionView::new());
         let (handle, commands) = DriverHandle::channel();
         let pace = host.pace();
+        let board = cfg.balance.as_ref().map(|b| {
+            b.serve(&cfg.election);
+            b.subscribe()
+        });
         let observe = Observe::new(
             clients.clone(),
             &cfg.election,
@@ -157,6 +165,8 @@ impl Driver {
                 unmarked_loss: Instant::now(),
                 started: Instant::now(),
                 stale: None,
+                board,
+                balancing_to: None,
             },
             handle,
             view_rx,
@@ -320,6 +330,9 @@ impl Driver {
                 warn!(id = %self.cfg.member.id, key, "another candidate uses this replica's id: give every replica its own --id");
             }
         }
+        if let Some(b) = &self.cfg.balance {
+            b.saw(&self.cfg.election, queue);
+        }
         for d in &seen.delta.head_left {
             if d.marked {
                 debug!(key = %d.key, "the leader released its key cleanly");
@@ -408,6 +421,18 @@ impl Driver {
             candidacy::Verdict::Stay { review_at: r } => {
                 review_at = review_at.min(r).or(review_at).or(r);
             }
+        }
+        // Balance: about to lead one election more than our share while a replica of our
+        // group below its share waits here: give way to it.
+        if let (Position::Leading { .. }, false, Some(b)) =
+            (&position, own.leading, &self.cfg.balance)
+            && handoff.is_none()
+            && let Err(m) = b.take(&self.cfg.election)
+        {
+            return Err(format!(
+                "giving way to {} (balance: this replica leads its share)",
+                m.id
+            ));
         }
         own.leading |= matches!(position, Position::Leading { .. });
         self.view.send_if_modified(|v| {
@@ -505,6 +530,7 @@ impl Driver {
         self.view.send_modify(|v| {
             v.lease = Some(lease);
         });
+        self.balancing_to = None;
         self.session_changed()?;
         let key = keys::candidate_key(&self.cfg.election, lease);
         debug!(lease = format!("{lease:x}"), key, "campaign started");
@@ -563,6 +589,9 @@ impl Driver {
                     self.note(&Delta::default());
                     self.place(own.as_mut(), &Delta::default())
                 }
+                _ = board_changed(&mut self.board) => {
+                    self.place(own.as_mut(), &Delta::default())
+                }
                 changed = self.session.changed() => {
                     if changed.is_err() {
                         return Err(self.host_gone());
@@ -597,6 +626,9 @@ impl Driver {
             if let Some(why) = lost {
                 info!(key, reason = %why, "campaign lost; joining again at the back of the queue");
                 break After::Rejoin;
+            }
+            if let Some(at) = self.balance(own.as_ref(), lease).await {
+                self.prefs.review_at = Some(self.prefs.review_at.map_or(at, |r| r.min(at)));
             }
         };
         // Campaign over. Say so first — the role machine stops a running command on it, and
@@ -757,6 +789,48 @@ impl Driver {
             v.lease = None;
             v.last_ok_sent = None;
         });
+        if let Some(b) = &self.cfg.balance {
+            b.drop_lead(&self.cfg.election);
+        }
+    }
+
+    /// With balancing, while we lead: hand this election over now if it is the one the
+    /// balance moves (announced in our key, as a switchover: the role machine stops the
+    /// command, then releases); when to look again otherwise.
+    async fn balance(&mut self, own: Option<&Own>, lease: i64) -> Option<Instant> {
+        let b = self.cfg.balance.clone()?;
+        let own = own.filter(|o| o.leading)?;
+        let (mv, review) = b.move_now(Instant::now());
+        match mv {
+            Some((election, to))
+                if election == self.cfg.election
+                    && self.balancing_to.as_deref() != Some(to.id.as_str()) =>
+            {
+                info!(to = %to.id, "this replica leads more than its share: handing the election over (balance)");
+                b.moving(&election, Instant::now() + self.switchover_bound());
+                match self.announce_handoff(Some(own), lease, &to.id).await {
+                    Ok(_) => self.balancing_to = Some(to.id),
+                    Err(why) => {
+                        debug!(reason = %why, "the balance hand-over was not announced");
+                        b.moving(&election, Instant::now());
+                    }
+                }
+                None
+            }
+            _ => review,
+        }
+    }
+}
+
+/// The next change of the balance board (pending for ever without balancing).
+async fn board_changed(board: &mut Option<watch::Receiver<u64>>) {
+    match board {
+        Some(b) => {
+            if b.changed().await.is_err() {
+                std::future::pending::<()>().await
+            }
+        }
+        None => std::future::pending().await,
     }
 }
 
