@@ -2,7 +2,10 @@
 
 mod common;
 
-use common::{Etcd, EtcdCluster, ProxyMode, TcpProxy, free_port, http_get, unix_http, wait_until};
+use common::{
+    Etcd, EtcdCluster, ProxyMode, TcpProxy, etcd_binary, etcdctl_binary, free_port, http_get,
+    unix_http, wait_until,
+};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -17,6 +20,63 @@ fn free_port_never_repeats() {
     for p in ports {
         TcpListener::bind(("127.0.0.1", p)).expect("handed-out port is bindable");
     }
+}
+
+/// The etcd the suite runs on is the one asked for: with `ELECTD_TEST_ETCD=DIR` (what
+/// `scripts/etcd.sh VERSION` prints) both binaries come from DIR, and the server that answers
+/// is that build, with an etcdctl of the same version.
+#[test]
+fn the_etcd_under_test_is_the_one_chosen() {
+    let version_of = |bin: &std::path::Path, arg: &str, prefix: &str| -> String {
+        let out = std::process::Command::new(bin)
+            .arg(arg)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .unwrap_or_else(|e| panic!("run {} {arg}: {e}", bin.display()));
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("{} {arg} printed no {prefix:?}: {text}", bin.display()))
+            .trim()
+            .to_string()
+    };
+    let (etcd_bin, etcdctl_bin) = (etcd_binary(), etcdctl_binary());
+    if let Some(dir) = std::env::var_os("ELECTD_TEST_ETCD").filter(|d| !d.is_empty()) {
+        let dir = std::path::PathBuf::from(dir);
+        let dir = if dir.is_dir() {
+            dir
+        } else {
+            dir.parent().unwrap().into()
+        };
+        assert_eq!(
+            etcd_bin.parent(),
+            Some(dir.as_path()),
+            "etcd from ELECTD_TEST_ETCD"
+        );
+        if std::env::var_os("ELECTD_TEST_ETCDCTL").is_none() {
+            assert_eq!(
+                etcdctl_bin.parent(),
+                Some(dir.as_path()),
+                "etcdctl beside it"
+            );
+        }
+    }
+    let built = version_of(&etcd_bin, "--version", "etcd Version:");
+    let client = version_of(&etcdctl_bin, "version", "etcdctl version:");
+    let etcd = Etcd::start();
+    let (status, body) = http_get(&etcd.endpoint(), "/version").expect("GET /version");
+    assert_eq!(status, 200, "{body}");
+    let served: serde_json::Value = serde_json::from_str(&body).expect("/version is JSON");
+    eprintln!(
+        "etcd under test: {} (server {body}, etcdctl {client})",
+        etcd_bin.display()
+    );
+    assert_eq!(
+        served["etcdserver"].as_str(),
+        Some(built.as_str()),
+        "{body}"
+    );
+    assert_eq!(client, built, "etcdctl and etcd of one version");
 }
 
 #[test]
