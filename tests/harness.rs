@@ -3,8 +3,8 @@
 mod common;
 
 use common::{
-    Etcd, EtcdCluster, ProxyMode, TcpProxy, etcd_binary, etcdctl_binary, free_port, http_get,
-    unix_http, wait_until,
+    Etcd, EtcdCluster, PendingGet, ProxyMode, TcpProxy, etcd_binary, etcdctl_binary, free_port,
+    http_get, unix_http, wait_until,
 };
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -77,6 +77,44 @@ fn the_etcd_under_test_is_the_one_chosen() {
         "{body}"
     );
     assert_eq!(client, built, "etcdctl and etcd of one version");
+}
+
+/// `PendingGet::wait_parked` returns once the server has read the request and not answered,
+/// and fails while the request sits unread or when the answer came at once.
+#[test]
+fn a_pending_get_is_parked_only_once_the_server_has_read_it() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let unread = PendingGet::send(&addr, "/slow", Duration::from_secs(5));
+    let (conn, _) = listener.accept().unwrap();
+    let waited = std::panic::catch_unwind(|| unread.wait_parked(Duration::from_millis(300)));
+    assert!(waited.is_err(), "an unread request counted as parked");
+
+    let parked = PendingGet::send(&addr, "/slow", Duration::from_secs(5));
+    let (mut conn2, _) = listener.accept().unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        conn2.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    parked.wait_parked(Duration::from_secs(2));
+    conn2
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        .unwrap();
+    assert_eq!(parked.answer().unwrap(), (200, "ok".to_string()));
+
+    let answered = PendingGet::send(&addr, "/fast", Duration::from_secs(5));
+    let (mut conn3, _) = listener.accept().unwrap();
+    let mut buf = [0u8; 512];
+    let _ = conn3.read(&mut buf).unwrap();
+    conn3
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let waited = std::panic::catch_unwind(|| answered.wait_parked(Duration::from_secs(2)));
+    assert!(waited.is_err(), "an answered request counted as parked");
+    drop(conn);
 }
 
 #[test]
