@@ -176,6 +176,22 @@ impl Daemon {
         }
     }
 
+    /// The pid of this daemon's freeze watchdog (its child `<exe> __watchdog`), if one runs.
+    pub fn watchdog_pid(&self) -> Option<u32> {
+        let me = self.child.as_ref()?.id();
+        std::fs::read_dir("/proc")
+            .ok()?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .find(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let ppid = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                ppid == Some(me) && cmdline.split(|b| *b == 0).any(|a| a == b"__watchdog")
+            })
+    }
+
     pub fn signal(&self, sig: Signal) {
         signal_pid(self.pid(), sig);
     }
