@@ -200,6 +200,8 @@ impl Metrics {
         for result in ["ok", "failed", "timeout", "dropped"] {
             m.hooks.with_label_values(&[result]);
         }
+        // etcd out of space (its NOSPACE alarm) pages on the first refusal (ElectdEtcdNoSpace).
+        m.etcd_errors.with_label_values(&["nospace"]);
         // Winning the election is the only way into `leader`: start those series at 0 so that
         // `increase()` counts the first win too (a series that appears at 1 counts 0).
         for from in [RoleKind::Candidate, RoleKind::Follower] {
