@@ -19,6 +19,8 @@ command -v dpkg-deb >/dev/null || need+=(dpkg)
 command -v lintian >/dev/null || need+=(lintian)
 # tests/haproxy.rs and the routing benchmark put HAProxy in front of the replicas.
 command -v haproxy >/dev/null || need+=(haproxy)
+# scripts/etcd.sh (CI's second etcd) reads Debian's package lists, signed with this keyring.
+[ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || need+=(debian-archive-keyring)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
