@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The long chaos run behind docs/safety.md: FAULTS faults of the combined nemesis (tests/chaos/),
-# seeded with SEED (default: from the clock; printed either way), then the report and its
+# seeded with SEED (default: from the clock; printed either way), then its records
+# (docs/safety.json), the report rendered from them (docs/safety.md) and its
 # timeline pictures in docs/.
 #
 #   scripts/chaos.sh 1000            # a new schedule
@@ -21,6 +22,6 @@ if [ $# -eq 2 ]; then
     export ELECTD_CHAOS_SEED="$2"
 fi
 export ELECTD_CHAOS_REPORT="${ELECTD_CHAOS_REPORT:-docs}"
-scripts/setup.sh
+scripts/setup.sh chaos
 cargo build --all-targets --locked
 exec cargo test --locked --test chaos chaos_report -- --ignored --exact --nocapture

@@ -3,7 +3,7 @@
 # leads, kills the leader with SIGKILL, and shows the new leader and its fencing token.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh demo
 cargo build --release --locked --bin electd
 bin=target/release/electd
 

@@ -33,8 +33,8 @@ stage=""
 repack=""
 trap 'rm -rf ${stage:+"$stage"} ${repack:+"$repack"}' EXIT
 
-# Installs what is missing: protoc to build, cargo-deb, lintian.
-scripts/setup.sh
+# Installs what is missing: protoc to build, dpkg-deb, lintian and cargo-deb.
+scripts/setup.sh package
 
 # Man pages and completions from the same clap definitions the binaries parse with.
 assets=target/assets

@@ -10,7 +10,7 @@
 # To run everything on another etcd: ELECTD_TEST_ETCD=$(scripts/etcd.sh 3.5 | tail -n1) scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh test
 profile=()
 if [ "${1:-}" = --etcd ]; then
   [ -n "${2:-}" ] || { echo "usage: scripts/test.sh --etcd VERSION [nextest args]" >&2; exit 64; }

@@ -11,24 +11,41 @@ use crate::config::table::{SETTINGS, Scope, Spec};
 use crate::config::{self, ConfigError, Layers, LogFormat, Raw, Settings};
 use crate::exit;
 
-/// The setting flags of one binary: every table setting (`DAEMON`) or only the shared ones.
+/// The setting flags of one command line: which table settings it takes, by [`Scope`].
 #[derive(Debug, Clone, Default)]
-pub struct Flags<const DAEMON: bool> {
+pub struct Flags<const FOR: u8> {
     pub settings: Settings,
 }
 
-/// `electd`'s setting flags.
-pub type DaemonFlags = Flags<true>;
-/// The setting flags `elect-run` and `electd status` share with `electd`.
-pub type SharedFlags = Flags<false>;
+/// [`Flags`] for `electd`: every setting but elect-run's own.
+pub const ELECTD: u8 = 0;
+/// [`Flags`] for `electd status`: the settings both binaries share.
+pub const SHARED: u8 = 1;
+/// [`Flags`] for `elect-run`: the shared settings and its own.
+pub const ELECT_RUN: u8 = 2;
 
-impl<const DAEMON: bool> Flags<DAEMON> {
+/// `electd`'s setting flags.
+pub type DaemonFlags = Flags<ELECTD>;
+/// The setting flags `electd status` shares with both binaries.
+pub type SharedFlags = Flags<SHARED>;
+/// `elect-run`'s setting flags.
+pub type RunFlags = Flags<ELECT_RUN>;
+
+impl<const FOR: u8> Flags<FOR> {
+    /// Whether this command line takes the settings of `scope` as flags.
+    pub fn takes(scope: Scope) -> bool {
+        matches!(
+            (FOR, scope),
+            (_, Scope::Both) | (ELECTD, Scope::Daemon) | (ELECT_RUN, Scope::Run)
+        )
+    }
+
     fn specs() -> impl Iterator<Item = &'static Spec> {
-        SETTINGS.iter().filter(|s| DAEMON || s.scope == Scope::Both)
+        SETTINGS.iter().filter(|s| Self::takes(s.scope))
     }
 }
 
-impl<const DAEMON: bool> clap::FromArgMatches for Flags<DAEMON> {
+impl<const FOR: u8> clap::FromArgMatches for Flags<FOR> {
     fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
         let mut settings = Settings::default();
         for spec in Self::specs() {
@@ -45,7 +62,7 @@ impl<const DAEMON: bool> clap::FromArgMatches for Flags<DAEMON> {
     }
 }
 
-impl<const DAEMON: bool> Args for Flags<DAEMON> {
+impl<const FOR: u8> Args for Flags<FOR> {
     fn augment_args(cmd: clap::Command) -> clap::Command {
         Self::specs().fold(cmd, |cmd, spec| {
             cmd.arg(
@@ -166,17 +183,7 @@ pub struct ElectRunCli {
     #[command(flatten)]
     pub config: ConfigFile,
     #[command(flatten)]
-    pub flags: SharedFlags,
-    /// How long to wait to become leader. 0 (default): decide at the first election read; if
-    /// another replica leads, exit 75 at once. etcd counts as unreachable (69) when no
-    /// election read succeeds within max(--wait, 5s).
-    #[arg(long, value_name = "DURATION")]
-    pub wait: Option<String>,
-    /// Run at most once per schedule slot (wall-clock time floored to DURATION, e.g. 1m, 1h,
-    /// 24h), recorded in etcd at `<election>.slots/<slot start, unix seconds>`. A replica that
-    /// finds its slot taken (running or done) exits 75.
-    #[arg(long, value_name = "DURATION")]
-    pub once_per: Option<String>,
+    pub flags: RunFlags,
     /// Instead of campaigning, ask the local electd on this Unix socket and run CMD only if it
     /// leads right now (stopped, exit 76, when it stops leading). No lease is held by
     /// elect-run: the guarantee is electd's.
@@ -245,10 +252,15 @@ mod tests {
                         && a.get_help().map(|h| h.to_string()) == Some(help.clone())
                 })
             };
-            assert!(has(&electd), "electd lacks {}", spec.flag());
+            assert_eq!(
+                has(&electd),
+                spec.scope != Scope::Run,
+                "electd and {}",
+                spec.flag()
+            );
             assert_eq!(
                 has(&run),
-                spec.scope == Scope::Both,
+                spec.scope != Scope::Daemon,
                 "elect-run and {}",
                 spec.flag()
             );

@@ -144,7 +144,7 @@ fn switchover(socket: &Path, to: &str) -> i32 {
     let until = std::time::Instant::now() + within;
     let mut last = None;
     while std::time::Instant::now() < until {
-        if let Ok(doc) = get::<RoleDoc<'static>>(socket, "GET", "/role") {
+        if let Ok(doc) = get::<RoleDoc<'static>>(socket, "GET", "/role?claim=false") {
             if let Some(l) = &doc.leader
                 && l.id == to
             {
@@ -191,7 +191,7 @@ fn get<T: DeserializeOwned>(socket: &Path, method: &str, uri: &str) -> Result<T,
 
 /// The status document from the local daemon: this replica's `/role` and `/members`.
 pub fn status_from_socket(socket: &Path) -> Result<StatusDoc, CtlError> {
-    let this: RoleDoc<'static> = get(socket, "GET", "/role")?;
+    let this: RoleDoc<'static> = get(socket, "GET", "/role?claim=false")?;
     let members = match get::<MembersDoc>(socket, "GET", "/members") {
         Ok(m) => Members::List(m),
         Err(e) => Members::Error(ErrorDoc {

@@ -6,6 +6,7 @@
 //! - [`config`] — TOML + `ELECTD_*` env + flags into one validated `Config`; every setting
 //!   declared once in [`config::table`], each value parsed by [`config::parse`].
 //! - [`cli`] — both binaries' command lines (setting flags generated from the table); logging.
+//! - [`clock`] — `CLOCK_MONOTONIC` nanoseconds: deadlines that cross a process boundary.
 //! - [`election`] — the backend-neutral contract (view, position, leader and member info,
 //!   driver commands, telemetry), the pure role state machine ([`election::role`]), the key
 //!   layout ([`election::keys`]), and the etcd backend ([`election::etcd`]: session, campaign,
@@ -26,11 +27,13 @@
 //! - [`hooks`] — role-change hooks (`--on-role-change`), one at a time, never blocking.
 //! - [`metrics`] — Prometheus metrics, fed by the election's telemetry and the publisher.
 //! - [`ctl`] — `electd status|resign|pause|resume`: the operator's client.
-//! - [`run`] — `elect-run`: one command on exactly one replica, optionally once per slot.
+//! - [`run`] — `elect-run`: one command on exactly one replica (its own election, or the local
+//!   electd's socket), optionally once per schedule slot ([`run::slots`]).
 //! - [`exit`] — every exit code, defined once.
 
 pub mod api;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod ctl;
 pub mod daemon;

@@ -72,8 +72,9 @@ pub struct RouteInput<'a> {
 
 /// Where connections may go now.
 pub fn route(i: &RouteInput<'_>) -> Route {
-    let leader = match i.role {
-        // The leader routes to its own app; its own deadline bounds how long it may.
+    let role = i.role.at(i.now);
+    let leader = match role.as_ref() {
+        // The leader routes to its own app until its deadline (past it, it is a candidate).
         Role::Leader { token, .. } | Role::Suspect { token, .. } => {
             return match i.own {
                 Some(addr) => Route::To {
@@ -138,6 +139,8 @@ async fn follow(
             // The contact time moves silently: look again when the view would turn stale.
             let stale_at = match (&st.role, st.last_contact) {
                 (Role::Follower { .. }, Some(t)) => Some(t + cfg.budget + Duration::from_millis(1)),
+                // A leader's own deadline, should the owner not handle it in time.
+                (r, _) if r.leads() => r.deadline(),
                 _ => None,
             };
             (r, stale_at)
@@ -333,17 +336,18 @@ mod tests {
             token,
         };
         let follower = |l: LeaderInfo| Role::Follower { leader: l };
-        let leading = Role::Leader {
+        let leading_until = |deadline| Role::Leader {
             token: 9,
             lease: 1,
             leader: leader("me", 9, Some("10.0.0.1:80")),
-            deadline: now,
+            deadline,
         };
+        let leading = leading_until(now + Duration::from_millis(1));
         let suspect = Role::Suspect {
             token: 9,
             lease: 1,
             leader: leader("me", 9, Some("10.0.0.1:80")),
-            deadline: now,
+            deadline: now + Duration::from_millis(1),
             since: now,
         };
         type Case = (
@@ -374,6 +378,13 @@ mod tests {
                 Some("10.0.0.1:80"),
                 ago(5000),
                 to("10.0.0.1:80", 9),
+            ),
+            (
+                "a leader past its deadline (its owner frozen) holds",
+                leading_until(now),
+                Some("10.0.0.1:80"),
+                ago(0),
+                Route::Hold("no leader known"),
             ),
             (
                 "a leader without an address holds",

@@ -60,16 +60,29 @@ impl Status {
         self.role.leader().map(|l| l.create_revision)
     }
 
-    /// The `/role` document, borrowing from this snapshot (serialise it while borrowed).
+    /// Whether an answer built at `now` may say this replica leads (never past its deadline).
+    pub fn leads_at(&self, now: Instant) -> bool {
+        self.role.at(now).leads()
+    }
+
+    /// The `/role` document at `now`, borrowing from this snapshot (serialise it while
+    /// borrowed). A leader whose deadline has passed is shown as what it is about to become (a
+    /// candidate), whether or not the owner task has handled the deadline yet.
     pub fn doc(&self, now: Instant) -> RoleDoc<'_> {
         let ms = |d: std::time::Duration| d.as_millis() as u64;
+        let role = match self.role.at(now) {
+            Cow::Borrowed(r) => r,
+            Cow::Owned(_) => &Role::Candidate,
+        };
         RoleDoc {
-            role: self.kind(),
+            role: role.kind(),
             id: Cow::Borrowed(&self.id),
             election: Cow::Borrowed(&self.election),
             key: self.key.as_deref().map(Cow::Borrowed),
-            leader: self.role.leader().map(LeaderDoc::of),
-            fencing_token: self.fencing_token(),
+            leader: role.leader().map(LeaderDoc::of),
+            fencing_token: role.leader().map(|l| l.create_revision),
+            valid_ms: role.budget_at(now).map(ms),
+            deadline_monotonic_ns: None,
             since: Rfc3339(self.since),
             etcd_reachable: self.reachable,
             last_contact_ms: self
@@ -79,7 +92,7 @@ impl Status {
             eligible: self.ineligible.is_none(),
             reason: self.ineligible.as_deref().map(Cow::Borrowed),
             priority: self.priority,
-            suspect: match &self.role {
+            suspect: match role {
                 Role::Suspect {
                     deadline, since, ..
                 } => Some(SuspectDoc {
@@ -90,5 +103,58 @@ impl Status {
             },
             child: self.child.as_ref().map(Cow::Borrowed),
         }
+    }
+}
+
+/// The end of the latest leadership budget this replica handed out (`valid_ms` in an answer,
+/// counted from when it was built): the API records every one, and a sidecar leader that gives
+/// up leadership waits for it (plus the stop grace) before it releases, so an app never acts on
+/// a budget beside the next leader. Shared by clones; recording is one atomic `fetch_max`.
+#[derive(Debug, Clone, Default)]
+pub struct Claims(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+/// The instant [`Claims`] counts nanoseconds from (the first use in this process).
+fn claims_epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(|| Instant::now() - std::time::Duration::from_secs(1))
+}
+
+impl Claims {
+    /// A budget that ends at `until` was handed out.
+    pub fn record(&self, until: Instant) {
+        let ns = until.saturating_duration_since(claims_epoch()).as_nanos() as u64;
+        self.0.fetch_max(ns, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// When the latest budget handed out ends (`None`: none was).
+    pub fn until(&self) -> Option<Instant> {
+        match self.0.load(std::sync::atomic::Ordering::Acquire) {
+            0 => None,
+            ns => Some(claims_epoch() + std::time::Duration::from_nanos(ns)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn claims_remember_the_latest_end_whatever_the_order() {
+        let c = Claims::default();
+        assert_eq!(c.until(), None);
+        let t = Instant::now() + Duration::from_secs(5);
+        let other = c.clone();
+        other.record(t);
+        c.record(t - Duration::from_secs(1));
+        let until = c.until().unwrap();
+        assert!(
+            until.max(t) - until.min(t) < Duration::from_micros(1),
+            "{until:?} vs {t:?}"
+        );
+        c.record(t + Duration::from_millis(250));
+        let until = other.until().unwrap();
+        assert!(until >= t + Duration::from_millis(249), "{until:?}");
     }
 }

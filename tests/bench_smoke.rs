@@ -6,13 +6,16 @@ mod common;
 #[path = "../benches/scenarios/mod.rs"]
 mod scenarios;
 
-use scenarios::{BenchConfig, SCENARIOS, Value};
+use scenarios::{BenchConfig, Data, SCENARIOS, Value};
 
 #[test]
 fn every_benchmark_scenario_produces_sane_figures() {
     let cfg = BenchConfig::smoke();
     let report = scenarios::run(&cfg);
-    println!("{}", report.markdown());
+    // The data file's round trip, and the page rendered from what was read back.
+    let data = Data::from_json(&report.data().to_json()).expect("the data reads back");
+    let text = scenarios::report::markdown(&data).expect("the page renders");
+    println!("{text}");
 
     for key in SCENARIOS {
         let s = report
@@ -24,14 +27,19 @@ fn every_benchmark_scenario_produces_sane_figures() {
             s.failures
         );
         assert!(!s.rows.is_empty(), "scenario {key} has no figures");
+        let page = scenarios::page(key, &cfg, data.section(key).unwrap()).unwrap();
         for r in &s.rows {
+            let signed = page
+                .spec(&r.id)
+                .unwrap_or_else(|| panic!("{key}/{} has no label", r.id))
+                .signed;
             for (col, v) in r.cols.iter().enumerate() {
                 match v {
                     Value::Samples(xs) => {
                         for x in xs {
                             assert!(x.is_finite(), "{key}/{} col {col}: {x}", r.id);
                             assert!(
-                                r.signed || *x >= 0.0,
+                                signed || *x >= 0.0,
                                 "{key}/{} col {col} is negative: {x}",
                                 r.id
                             );
@@ -40,7 +48,7 @@ fn every_benchmark_scenario_produces_sane_figures() {
                     Value::Count { hits, of } => {
                         assert!(hits <= of, "{key}/{} col {col}: {hits} of {of}", r.id);
                     }
-                    Value::Text(t) => assert!(!t.is_empty() && t != "NaN", "{key}/{}", r.id),
+                    Value::Number(x) => assert!(x.is_finite(), "{key}/{}: {x}", r.id),
                     Value::Missing => {}
                 }
             }
@@ -82,7 +90,7 @@ fn every_benchmark_scenario_produces_sane_figures() {
     for row in ["dflt_msgs", "dflt_keepalives", "dflt_etcd_cpu"] {
         for v in &fp.row(row).unwrap().cols {
             assert!(
-                matches!(v, Value::Text(t) if t.parse::<f64>().is_ok_and(|x| x >= 0.0)),
+                matches!(v, Value::Number(x) if *x >= 0.0),
                 "footprint/{row}: {v:?}"
             );
         }
@@ -139,30 +147,30 @@ fn every_benchmark_scenario_produces_sane_figures() {
     // Scale: every column (processes and each in-process count) changed leader once and
     // counted etcd's reads.
     let scale = report.section("scale").unwrap();
-    assert_eq!(scale.columns.len(), 1 + cfg.scale_in_process.len());
+    assert_eq!(
+        scenarios::scale::columns(&cfg).len(),
+        1 + cfg.scale_in_process.len()
+    );
     for row in ["to_leader", "all_follow", "reads", "events", "join_txn"] {
         for v in &scale.row(row).unwrap().cols {
             assert_eq!(v.samples().len(), 1, "scale/{row}: {v:?}");
         }
     }
 
-    // The report names every scenario and the goals, and survives a round trip to a file.
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("benchmarks.md");
-    std::fs::write(&out, report.markdown()).unwrap();
-    let text = std::fs::read_to_string(&out).unwrap();
+    // The page names the goals, every scenario and every row it has figures for.
     assert!(text.contains("## Goals"), "{text}");
-    for s in &report.sections {
+    for s in &data.sections {
+        let page = scenarios::page(&s.key, &cfg, s).unwrap();
         assert!(
-            text.contains(&s.title),
+            text.contains(&format!(". {}\n", page.title)),
             "no section {:?} in:\n{text}",
-            s.title
+            page.title
         );
         for r in &s.rows {
+            let figure = &page.spec(&r.id).unwrap().figure;
             assert!(
-                text.contains(&r.figure),
-                "no row {:?} in:\n{text}",
-                r.figure
+                text.contains(figure.as_str()),
+                "no row {figure:?} in:\n{text}"
             );
         }
     }

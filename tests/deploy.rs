@@ -304,7 +304,8 @@ fn resolved(toml_path: &Path, env: &[(String, String)]) -> electd::config::Confi
             load_file(toml_path).expect("electd.toml loads"),
         )),
     }
-    .resolve(true)
+    // The example wraps no command (a sidecar); the timing rule holds for it all the same.
+    .resolve(false)
     .expect("electd.toml resolves")
 }
 
@@ -465,16 +466,19 @@ fn deployment_runs_three_replicas_with_a_hardened_sidecar() {
         "the socket volume is an emptyDir"
     );
 
-    // Termination grace covers the stop grace plus the lease revoke, with room to spare.
+    // Termination grace covers the wait before the lease is released — the stop grace of a
+    // wrapped command, or (a sidecar, as here) the last budget handed to the app plus the
+    // stop grace, at most TTL − margin — plus the lease revoke, with room to spare.
     let timing = config.timing();
-    let needed = timing.stop_grace + timing.request_timeout + Duration::from_secs(2);
+    assert!(!config.has_command, "the example is a sidecar");
+    let release = timing.kill_budget();
+    let needed = release + timing.request_timeout + Duration::from_secs(2);
     let grace = pod
         .termination_grace_period_seconds
         .expect("terminationGracePeriodSeconds is set");
     assert!(
         Duration::from_secs(grace as u64) >= needed,
-        "terminationGracePeriodSeconds {grace} < stop grace {:?} + revoke {:?} + 2s",
-        timing.stop_grace,
+        "terminationGracePeriodSeconds {grace} < release wait {release:?} + revoke {:?} + 2s",
         timing.request_timeout
     );
 }

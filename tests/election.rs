@@ -264,6 +264,8 @@ fn without_any_api_the_daemon_leads_and_idles() {
         "quiet",
         "--ttl",
         "3s",
+        "--stop-grace",
+        "1s",
         "--http",
         "off",
     ])

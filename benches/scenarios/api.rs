@@ -34,9 +34,9 @@ use electd::election::{LeaderInfo, MemberInfo};
 use electd::metrics::Metrics;
 use electd::status::Status;
 
-use super::report::{num, quantile};
+use super::report::{Page, RowSpec, num, quantile, spec};
 use super::trace::{clock_ticks_per_second, stat_at};
-use super::{BenchConfig, Section, Value, attempt, electd_spec, start_helper};
+use super::{BenchConfig, Section, SectionData, Value, attempt, electd_spec, start_helper};
 use crate::common::{Etcd, http_get, wait_child_timeout, wait_until};
 
 #[derive(Debug, Clone)]
@@ -304,6 +304,7 @@ fn fixed_state() -> (ApiState, Box<dyn std::any::Any + Send>) {
         metrics: Metrics::new(),
         members: None,
         ready: electd::api::Ready::default(),
+        claims: Default::default(),
         allow: AllowList {
             uids: Vec::new(),
             gids: Vec::new(),
@@ -764,20 +765,259 @@ fn measure(cfg: &BenchConfig) -> Measured {
         m.healthz.push(l.rps());
     }
     drop(rt);
-    let (reps, n) = if cfg.api_rounds >= 5 {
-        (5, 100_000)
-    } else {
-        (1, 2_000)
-    };
-    m.micro = micro(body, reps, n);
+    let reps = if cfg.api_rounds >= 5 { 5 } else { 1 };
+    m.micro = micro(body, reps, micro_calls(cfg));
     m
 }
 
+/// Calls per repetition of the no-socket loops: fewer in a short run.
+fn micro_calls(cfg: &BenchConfig) -> u32 {
+    if cfg.api_rounds >= 5 { 100_000 } else { 2_000 }
+}
+
 pub fn role_api(cfg: &BenchConfig) -> Section {
-    let mut s = Section::new(
-        "api",
-        "Role API",
-        &format!(
+    let mut s = Section::new("api");
+    s.expected = cfg.api_rounds;
+    let m = match attempt(|| measure(cfg)) {
+        Ok(m) => m,
+        Err(e) => {
+            s.failures.push(e);
+            return s;
+        }
+    };
+    let ratio =
+        |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x / y).collect() };
+    let diff = |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x - y).collect() };
+    for (ti, t) in TRANSPORTS.iter().enumerate() {
+        let id = |row: &str| format!("{row}_{}", t.suffix);
+        let rps = |k: usize| Value::Samples(m.rps[ti][k].clone());
+        let cpu = |k: usize| Value::Samples(m.cpu_us[ti][k].clone());
+        let only = |v: Vec<f64>| [Value::Samples(v), Value::Missing];
+        s.push(id("rps"), [rps(0), rps(1)]);
+        for (row, q) in [("p50", 0.5), ("p99", 0.99)] {
+            let cols =
+                [0, 1].map(|k| quantile(&m.lat[ti][k], q).map_or(Value::Missing, Value::Number));
+            s.push(id(row), cols);
+        }
+        s.push(id("ratio"), only(ratio(&m.rps[ti][0], &m.rps[ti][1])));
+        s.push(id("cpu"), [cpu(0), cpu(1)]);
+        s.push(
+            id("cpu_ratio"),
+            only(ratio(&m.cpu_us[ti][1], &m.cpu_us[ti][0])),
+        );
+        s.push(
+            id("cpu_extra"),
+            only(diff(&m.cpu_us[ti][0], &m.cpu_us[ti][1])),
+        );
+        s.push(id("inproc"), [rps(2), rps(3)]);
+        s.push(
+            id("inproc_ratio"),
+            only(ratio(&m.rps[ti][2], &m.rps[ti][3])),
+        );
+        s.push(id("inproc_cpu"), [cpu(2), cpu(3)]);
+        s.push(
+            id("router_ratio"),
+            only(ratio(&m.rps[ti][4], &m.rps[ti][3])),
+        );
+        s.push(
+            id("router_cpu"),
+            only(diff(&m.cpu_us[ti][4], &m.cpu_us[ti][3])),
+        );
+        s.push(id("serve_ratio"), only(ratio(&m.rps[ti][5], &m.rps[ti][3])));
+        s.push(
+            id("serve_cpu"),
+            only(diff(&m.cpu_us[ti][5], &m.cpu_us[ti][3])),
+        );
+    }
+    s.push(
+        "rps_healthz",
+        [Value::Samples(m.healthz.clone()), Value::Missing],
+    );
+    let mi = &m.micro;
+    s.push(
+        "oneshot",
+        [
+            Value::Samples(mi.oneshot[0].clone()),
+            Value::Samples(mi.oneshot[1].clone()),
+        ],
+    );
+    s.push(
+        "oneshot_healthz",
+        [Value::Samples(mi.oneshot_healthz.clone()), Value::Missing],
+    );
+    s.push(
+        "render",
+        [Value::Samples(mi.render.clone()), Value::Missing],
+    );
+    s.push(
+        "render_since",
+        [Value::Samples(mi.since.clone()), Value::Missing],
+    );
+    s.push(
+        "render_now",
+        [Value::Samples(mi.now.clone()), Value::Missing],
+    );
+    s.fact("body_bytes", m.body_len as f64);
+    s.fact("request_errors", m.errors as f64);
+    s.fact("micro_repetitions", mi.render.len() as f64);
+    s.fact("micro_calls", micro_calls(cfg) as f64);
+    s
+}
+
+/// The two transports, as the rows name them.
+struct RowsOf {
+    suffix: &'static str,
+    label: &'static str,
+}
+
+const TRANSPORTS: [RowsOf; 2] = [
+    RowsOf {
+        suffix: "http",
+        label: "HTTP (TCP)",
+    },
+    RowsOf {
+        suffix: "unix",
+        label: "Unix socket",
+    },
+];
+
+pub fn page(p: &BenchConfig, d: &SectionData) -> Page {
+    let mut rows: Vec<RowSpec> = Vec::new();
+    for t in &TRANSPORTS {
+        let what = t.label;
+        let mut row = |r: &str, figure: String, unit: &'static str, signed: bool| {
+            rows.push(spec(&format!("{r}_{}", t.suffix), &figure, unit, signed));
+        };
+        row(
+            "rps",
+            format!("{what}: requests per second"),
+            "req/s",
+            false,
+        );
+        row("p50", format!("{what}: p50 latency"), "ms", false);
+        row("p99", format!("{what}: p99 latency"), "ms", false);
+        row(
+            "ratio",
+            format!("{what}: electd ÷ bare axum throughput"),
+            "ratio",
+            false,
+        );
+        row(
+            "cpu",
+            format!("{what}: server CPU per request (the whole process)"),
+            "µs",
+            false,
+        );
+        row(
+            "cpu_ratio",
+            format!(
+                "{what}: bare axum's server CPU per request ÷ electd's (the throughput ratio of \
+                 a server bound by its CPU)"
+            ),
+            "ratio",
+            false,
+        );
+        row(
+            "cpu_extra",
+            format!("{what}: electd's extra server CPU per request over bare axum"),
+            "µs",
+            true,
+        );
+        row(
+            "inproc",
+            format!(
+                "{what}, in-process: requests per second, electd's router on electd's serve \
+                 vs bare router on axum::serve"
+            ),
+            "req/s",
+            false,
+        );
+        row(
+            "inproc_ratio",
+            format!("{what}, in-process: electd's router and serve ÷ bare axum throughput"),
+            "ratio",
+            false,
+        );
+        row(
+            "inproc_cpu",
+            format!("{what}, in-process: server thread CPU per request"),
+            "µs",
+            false,
+        );
+        row(
+            "router_ratio",
+            format!(
+                "{what}, in-process: electd's router on axum::serve ÷ bare (the router's share)"
+            ),
+            "ratio",
+            false,
+        );
+        row(
+            "router_cpu",
+            format!(
+                "{what}, in-process: extra CPU per request of electd's router (on axum::serve)"
+            ),
+            "µs",
+            true,
+        );
+        row(
+            "serve_ratio",
+            format!(
+                "{what}, in-process: bare router on electd's serve ÷ bare (the connection \
+                 loop's share)"
+            ),
+            "ratio",
+            false,
+        );
+        row(
+            "serve_cpu",
+            format!("{what}, in-process: extra CPU per request of electd's serve (bare router)"),
+            "µs",
+            true,
+        );
+    }
+    rows.extend([
+        spec(
+            "rps_healthz",
+            "HTTP (TCP): electd's `GET /healthz` (3-byte constant body), requests per second",
+            "req/s",
+            false,
+        ),
+        spec(
+            "oneshot",
+            "no socket: one `GET /role` through the router (tower oneshot, body collected)",
+            "ns",
+            false,
+        ),
+        spec(
+            "oneshot_healthz",
+            "no socket: one `GET /healthz` through electd's router",
+            "ns",
+            false,
+        ),
+        spec(
+            "render",
+            "no socket: rendering the `/role` body (`Status::doc` + serde_json into a new buffer)",
+            "ns",
+            false,
+        ),
+        spec(
+            "render_since",
+            "no socket: … of which could be the `since` field alone (RFC 3339 with milliseconds)",
+            "ns",
+            false,
+        ),
+        spec(
+            "render_now",
+            "no socket: `Instant::now()` (each render reads the clock once)",
+            "ns",
+            false,
+        ),
+    ]);
+    let whole = |x: f64| format!("{x:.0}");
+    Page {
+        title: "Role API".into(),
+        about: format!(
             "`GET /role` from {} concurrent keep-alive HTTP/1.1 clients (raw tokio, one request \
              in flight per connection) for {:.1} s per target after a {} ms warm-up, in {} \
              rounds; each round measures every target once, in an order that alternates from \
@@ -793,219 +1033,28 @@ pub fn role_api(cfg: &BenchConfig) -> Section {
              `api::router` (over a fixed leader status) and the bare router are each served both \
              by electd's `api::serve::serve` and by `axum::serve`, to tell the router's cost \
              from the connection loop's.",
-            cfg.api_clients,
-            cfg.api_duration.as_secs_f64(),
-            cfg.api_warmup.as_millis(),
-            cfg.api_rounds
+            p.api_clients,
+            p.api_duration.as_secs_f64(),
+            p.api_warmup.as_millis(),
+            p.api_rounds
         ),
-        ["electd", "bare axum"],
-    );
-    s.expected = cfg.api_rounds;
-    let m = match attempt(|| measure(cfg)) {
-        Ok(m) => m,
-        Err(e) => {
-            s.failures.push(e);
-            return s;
-        }
-    };
-    let ratio =
-        |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x / y).collect() };
-    let diff = |a: &[f64], b: &[f64]| -> Vec<f64> { a.iter().zip(b).map(|(x, y)| x - y).collect() };
-    for (ti, what) in ["HTTP (TCP)", "Unix socket"].into_iter().enumerate() {
-        let ids = |h: &'static str, u: &'static str| [h, u][ti];
-        let rps = |k: usize| Value::Samples(m.rps[ti][k].clone());
-        let cpu = |k: usize| Value::Samples(m.cpu_us[ti][k].clone());
-        s.push(
-            ids("rps_http", "rps_unix"),
-            &format!("{what}: requests per second"),
-            "req/s",
-            false,
-            [rps(0), rps(1)],
-        );
-        for (id, q, name) in [
-            (ids("p50_http", "p50_unix"), 0.5, "p50"),
-            (ids("p99_http", "p99_unix"), 0.99, "p99"),
-        ] {
-            let cols = [0, 1].map(|k| {
-                quantile(&m.lat[ti][k], q).map_or(Value::Missing, |x| Value::Text(num(x)))
-            });
-            s.push(id, &format!("{what}: {name} latency"), "ms", false, cols);
-        }
-        s.push(
-            ids("ratio_http", "ratio_unix"),
-            &format!("{what}: electd ÷ bare axum throughput"),
-            "ratio",
-            false,
-            [
-                Value::Samples(ratio(&m.rps[ti][0], &m.rps[ti][1])),
-                Value::Missing,
-            ],
-        );
-        s.push(
-            ids("cpu_http", "cpu_unix"),
-            &format!("{what}: server CPU per request (the whole process)"),
-            "µs",
-            false,
-            [cpu(0), cpu(1)],
-        );
-        s.push(
-            ids("cpu_ratio_http", "cpu_ratio_unix"),
-            &format!(
-                "{what}: bare axum's server CPU per request ÷ electd's (the throughput ratio of \
-                 a server bound by its CPU)"
+        columns: vec!["electd".into(), "bare axum".into()],
+        rows,
+        notes: vec![
+            "The gap splits along the crossed in-process rows: the connection loop (electd's \
+             serve against axum::serve) and the router with its handler. \
+             `scripts/profile-role.sh` counts the instructions per request of the no-socket \
+             loops under callgrind, function by function (the render, JSON string escaping, the \
+             router's extension layers)."
+                .to_string(),
+            format!(
+                "electd's `/role` body is {} bytes; {} request errors in all runs. The no-socket \
+                 figures are {} repetitions of {} calls each on a current-thread runtime.",
+                d.fact("body_bytes", whole),
+                d.fact("request_errors", whole),
+                d.fact("micro_repetitions", whole),
+                d.fact("micro_calls", whole),
             ),
-            "ratio",
-            false,
-            [
-                Value::Samples(ratio(&m.cpu_us[ti][1], &m.cpu_us[ti][0])),
-                Value::Missing,
-            ],
-        );
-        s.push(
-            ids("cpu_extra_http", "cpu_extra_unix"),
-            &format!("{what}: electd's extra server CPU per request over bare axum"),
-            "µs",
-            true,
-            [
-                Value::Samples(diff(&m.cpu_us[ti][0], &m.cpu_us[ti][1])),
-                Value::Missing,
-            ],
-        );
-        s.push(
-            ids("inproc_http", "inproc_unix"),
-            &format!(
-                "{what}, in-process: requests per second, electd's router on electd's serve \
-                 vs bare router on axum::serve"
-            ),
-            "req/s",
-            false,
-            [rps(2), rps(3)],
-        );
-        s.push(
-            ids("inproc_ratio_http", "inproc_ratio_unix"),
-            &format!("{what}, in-process: electd's router and serve ÷ bare axum throughput"),
-            "ratio",
-            false,
-            [
-                Value::Samples(ratio(&m.rps[ti][2], &m.rps[ti][3])),
-                Value::Missing,
-            ],
-        );
-        s.push(
-            ids("inproc_cpu_http", "inproc_cpu_unix"),
-            &format!("{what}, in-process: server thread CPU per request"),
-            "µs",
-            false,
-            [cpu(2), cpu(3)],
-        );
-        s.push(
-            ids("router_ratio_http", "router_ratio_unix"),
-            &format!(
-                "{what}, in-process: electd's router on axum::serve ÷ bare (the router's share)"
-            ),
-            "ratio",
-            false,
-            [
-                Value::Samples(ratio(&m.rps[ti][4], &m.rps[ti][3])),
-                Value::Missing,
-            ],
-        );
-        s.push(
-            ids("router_cpu_http", "router_cpu_unix"),
-            &format!(
-                "{what}, in-process: extra CPU per request of electd's router (on axum::serve)"
-            ),
-            "µs",
-            true,
-            [
-                Value::Samples(diff(&m.cpu_us[ti][4], &m.cpu_us[ti][3])),
-                Value::Missing,
-            ],
-        );
-        s.push(
-            ids("serve_ratio_http", "serve_ratio_unix"),
-            &format!(
-                "{what}, in-process: bare router on electd's serve ÷ bare (the connection \
-                 loop's share)"
-            ),
-            "ratio",
-            false,
-            [
-                Value::Samples(ratio(&m.rps[ti][5], &m.rps[ti][3])),
-                Value::Missing,
-            ],
-        );
-        s.push(
-            ids("serve_cpu_http", "serve_cpu_unix"),
-            &format!("{what}, in-process: extra CPU per request of electd's serve (bare router)"),
-            "µs",
-            true,
-            [
-                Value::Samples(diff(&m.cpu_us[ti][5], &m.cpu_us[ti][3])),
-                Value::Missing,
-            ],
-        );
-    }
-    s.push(
-        "rps_healthz",
-        "HTTP (TCP): electd's `GET /healthz` (3-byte constant body), requests per second",
-        "req/s",
-        false,
-        [Value::Samples(m.healthz.clone()), Value::Missing],
-    );
-    let mi = &m.micro;
-    s.push(
-        "oneshot",
-        "no socket: one `GET /role` through the router (tower oneshot, body collected)",
-        "ns",
-        false,
-        [
-            Value::Samples(mi.oneshot[0].clone()),
-            Value::Samples(mi.oneshot[1].clone()),
         ],
-    );
-    s.push(
-        "oneshot_healthz",
-        "no socket: one `GET /healthz` through electd's router",
-        "ns",
-        false,
-        [Value::Samples(mi.oneshot_healthz.clone()), Value::Missing],
-    );
-    s.push(
-        "render",
-        "no socket: rendering the `/role` body (`Status::doc` + serde_json into a new buffer)",
-        "ns",
-        false,
-        [Value::Samples(mi.render.clone()), Value::Missing],
-    );
-    s.push(
-        "render_since",
-        "no socket: … of which could be the `since` field alone (RFC 3339 with milliseconds)",
-        "ns",
-        false,
-        [Value::Samples(mi.since.clone()), Value::Missing],
-    );
-    s.push(
-        "render_now",
-        "no socket: `Instant::now()` (each render reads the clock once)",
-        "ns",
-        false,
-        [Value::Samples(mi.now.clone()), Value::Missing],
-    );
-    s.notes.push(
-        "The gap splits along the crossed in-process rows: the connection loop (electd's \
-         serve against axum::serve) and the router with its handler. `scripts/profile-role.sh` \
-         counts the instructions per request of the no-socket loops under callgrind, function \
-         by function (the render, JSON string escaping, the router's extension layers)."
-            .to_string(),
-    );
-    s.notes.push(format!(
-        "electd's `/role` body is {} bytes; {} request errors in all runs. The no-socket \
-         figures are {} repetitions of {} calls each on a current-thread runtime.",
-        m.body_len,
-        m.errors,
-        mi.render.len(),
-        if cfg.api_rounds >= 5 { 100_000 } else { 2_000 },
-    ));
-    s
+    }
 }

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use electd::config::Timing;
 
-use super::report::{num, quantile};
+use super::report::{Cell, Page, num, quantile, spec};
 use super::trace::{EtcdCounters, log_time_after, proc_scan_ms};
 use super::{
-    BenchConfig, Ledger, Section, Tool, Value, Wrapper, attempt, ms_between, now_ns, queued,
+    BenchConfig, Ledger, Section, SectionData, Tool, Value, Wrapper, attempt, ms_between, now_ns,
+    queued,
 };
 use crate::common::{Etcd, ProxyMode, Run, TcpProxy, wait_until};
 
@@ -277,20 +278,7 @@ fn spawn_costs(n: usize) -> (Vec<f64>, Vec<f64>) {
 /// Scenario 1, SIGTERM to the leader's wrapper: from the old child's exit to the new child's
 /// start, what etcd did meanwhile, and (electd) where the milliseconds went.
 pub fn handoff(cfg: &BenchConfig) -> Section {
-    let mut s = Section::new(
-        "handoff",
-        "Graceful handoff",
-        "The leader's wrapper gets its tool's graceful stop: SIGTERM to electd; for `etcdctl \
-         lock`, which ignores SIGTERM while its command runs, SIGTERM to its process group \
-         (the child exits, etcdctl deletes its key). Handoff = the new leader's child `start` \
-         record minus the old child's `stop` record (written in its SIGTERM trap, just before \
-         it exits). etcd's calls are deltas of its counters from just before the signal to \
-         300 ms after the new child started. The trace rows are milliseconds after the \
-         signal, from the ledger and (electd) the two replicas' log lines, which carry \
-         microsecond timestamps of the same clock; electd logs at debug here \
-         (`RUST_LOG=warn,electd=debug`) for its `lease revoked` line.",
-        ["electd", "etcdctl lock"],
-    );
+    let mut s = Section::new("handoff");
     let etcd = Etcd::start();
     let ep = etcd.endpoint();
     let dir = temp_dir();
@@ -355,56 +343,14 @@ pub fn handoff(cfg: &BenchConfig) -> Section {
             d.fsyncs
         )
     });
-    s.push(
-        "handoff",
-        "old child's exit → new leader's child start",
-        "ms",
-        false,
-        handoff.values(),
-    );
-    s.push(
-        "signal_to_start",
-        "stop signal sent → new leader's child start",
-        "ms",
-        false,
-        total.values(),
-    );
-    s.push(
-        "graceful",
-        "old child stopped by its SIGTERM trap",
-        "runs",
-        false,
-        graceful.values(),
-    );
-    s.push(
-        "reads",
-        "etcd reads during the handoff (`Range` + `Txn`)",
-        "requests",
-        false,
-        reads.values(),
-    );
-    s.push(
-        "writes",
-        "etcd writes during the handoff (`Txn`, `Put`, `DeleteRange`, lease grant and revoke)",
-        "requests",
-        false,
-        writes.values(),
-    );
-    s.push(
-        "fsyncs",
-        "etcd WAL fsyncs during the handoff",
-        "fsyncs",
-        false,
-        fsyncs.values(),
-    );
-    s.push(
-        "fsync_ms",
-        "etcd's mean WAL fsync during the handoff",
-        "ms",
-        false,
-        fsync_ms.values(),
-    );
-    for (k, (id, what)) in MILESTONES.iter().enumerate() {
+    s.push("handoff", handoff.values());
+    s.push("signal_to_start", total.values());
+    s.push("graceful", graceful.values());
+    s.push("reads", reads.values());
+    s.push("writes", writes.values());
+    s.push("fsyncs", fsyncs.values());
+    s.push("fsync_ms", fsync_ms.values());
+    for (k, (id, _)) in MILESTONES.iter().enumerate() {
         let cols = trace.each_ref().map(|t| {
             if t[k].is_empty() {
                 Value::Missing
@@ -412,72 +358,155 @@ pub fn handoff(cfg: &BenchConfig) -> Section {
                 Value::Samples(t[k].clone())
             }
         });
-        s.push(id, &format!("trace: SIGTERM → {what}"), "ms", false, cols);
+        s.push(*id, cols);
     }
     let scans: Vec<(f64, usize)> = (0..20).map(|_| proc_scan_ms()).collect();
+    s.fact("proc_scan_processes", scans.last().map(|x| x.1 as f64));
     s.push(
         "proc_scan",
-        &format!(
-            "one walk over every process's `/proc/PID/stat` here ({} processes), the shape of \
-             the supervisor's tree walk",
-            scans.last().map_or(0, |x| x.1)
-        ),
-        "ms",
-        false,
         [
             Value::Samples(scans.iter().map(|x| x.0).collect()),
             Value::Missing,
         ],
     );
     let (forked, spawned) = spawn_costs(20);
-    s.push(
+    s.push("spawn_fork", [Value::Samples(forked), Value::Missing]);
+    s.push("spawn_plain", [Value::Samples(spawned), Value::Missing]);
+    for (k, v) in stages.iter().enumerate() {
+        s.fact(&format!("stage_{k}_ms"), quantile(v, 0.5));
+    }
+    s
+}
+
+pub fn handoff_page(_: &BenchConfig, d: &SectionData) -> Page {
+    let mut rows = vec![
+        spec(
+            "handoff",
+            "old child's exit → new leader's child start",
+            "ms",
+            false,
+        ),
+        spec(
+            "signal_to_start",
+            "stop signal sent → new leader's child start",
+            "ms",
+            false,
+        ),
+        spec(
+            "graceful",
+            "old child stopped by its SIGTERM trap",
+            "runs",
+            false,
+        ),
+        spec(
+            "reads",
+            "etcd reads during the handoff (`Range` + `Txn`)",
+            "requests",
+            false,
+        ),
+        spec(
+            "writes",
+            "etcd writes during the handoff (`Txn`, `Put`, `DeleteRange`, lease grant and revoke)",
+            "requests",
+            false,
+        ),
+        spec(
+            "fsyncs",
+            "etcd WAL fsyncs during the handoff",
+            "fsyncs",
+            false,
+        ),
+        spec(
+            "fsync_ms",
+            "etcd's mean WAL fsync during the handoff",
+            "ms",
+            false,
+        ),
+    ];
+    for (id, what) in MILESTONES {
+        rows.push(spec(id, &format!("trace: SIGTERM → {what}"), "ms", false));
+    }
+    rows.push(spec(
+        "proc_scan",
+        &format!(
+            "one walk over every process's `/proc/PID/stat` here ({} processes), the shape of \
+             the supervisor's tree walk",
+            d.fact("proc_scan_processes", |x| format!("{x:.0}"))
+        ),
+        "ms",
+        false,
+    ));
+    rows.push(spec(
         "spawn_fork",
         "spawning `sh -c :` from the benchmark process with a `pre_exec` hook (fork, as \
          electd's supervisor does), until `spawn` returns",
         "ms",
         false,
-        [Value::Samples(forked), Value::Missing],
-    );
-    s.push(
+    ));
+    rows.push(spec(
         "spawn_plain",
         "… the same without a `pre_exec` hook (std may use posix_spawn)",
         "ms",
         false,
-        [Value::Samples(spawned), Value::Missing],
-    );
-    let med = |v: &[f64]| quantile(v, 0.5).map_or("?".to_string(), |x| format!("{} ms", num(x)));
+    ));
     let parts: Vec<String> = STAGES
         .iter()
-        .zip(&stages)
-        .map(|((what, _, _), v)| format!("{what} {}", med(v)))
+        .enumerate()
+        .map(|(k, (what, _, _))| {
+            format!(
+                "{what} {}",
+                d.fact(&format!("stage_{k}_ms"), |x| format!("{} ms", num(x)))
+            )
+        })
         .collect();
-    s.notes.push(format!(
-        "Where electd's milliseconds go, stage by stage (medians of per-iteration \
-         differences between the trace's milestones): {}. The revoke stage is one round trip \
-         to etcd that commits through raft (a WAL fsync, row above) and whose delete event \
-         etcd then sends to the watcher; no read follows it. `etcdctl lock`'s holder deletes its key \
-         (`DeleteRange`; it leaves its lease to expire), and its waiter, woken by that delete, \
-         reads the prefix again before it runs its command.",
+    let mut note = format!(
+        "Where electd's milliseconds go, stage by stage (medians of per-iteration differences \
+         between the trace's milestones): {}. The revoke stage is one round trip to etcd that \
+         commits through raft (a WAL fsync, row above) and whose delete event etcd then sends \
+         to the watcher",
         parts.join("; ")
-    ));
-    s
+    );
+    let reads_max = |col| d.cell("reads", col).and_then(Cell::max);
+    if reads_max(0) == Some(0.0) {
+        note += "; no read follows it";
+    }
+    note += ".";
+    if reads_max(1).is_some_and(|r| r > 0.0) {
+        note += " `etcdctl lock`'s holder deletes its key (`DeleteRange`; it leaves its lease \
+                 to expire), and its waiter, woken by that delete, reads the prefix again before \
+                 it runs its command.";
+    }
+    Page {
+        title: "Graceful handoff".into(),
+        about: "The leader's wrapper gets its tool's graceful stop: SIGTERM to electd; for \
+                `etcdctl lock`, which ignores SIGTERM while its command runs, SIGTERM to its \
+                process group (the child exits, etcdctl deletes its key). Handoff = the new \
+                leader's child `start` record minus the old child's `stop` record (written in \
+                its SIGTERM trap, just before it exits). etcd's calls are deltas of its counters \
+                from just before the signal to 300 ms after the new child started. The trace \
+                rows are milliseconds after the signal, from the ledger and (electd) the two \
+                replicas' log lines, which carry microsecond timestamps of the same clock; \
+                electd logs at debug here (`RUST_LOG=warn,electd=debug`) for its `lease \
+                revoked` line."
+            .into(),
+        columns: two_tools(),
+        rows,
+        notes: vec![note],
+    }
+}
+
+fn two_tools() -> Vec<String> {
+    Tool::BOTH.map(|t| t.label().to_string()).to_vec()
+}
+
+/// Whether `etcdctl lock`'s old child was still running at the end of the watch in some run.
+fn etcdctl_orphans(d: &SectionData) -> bool {
+    matches!(d.cell("old_alive", 1), Some(Cell::Count { hits, .. }) if *hits > 0)
 }
 
 /// 2. SIGKILL the leader's wrapper: time until the new child starts, and minus the TTL.
 pub fn crash(cfg: &BenchConfig) -> Section {
-    let obs = cfg.observe.as_secs_f64();
-    let mut s = Section::new(
-        "crash",
-        "Crash failover",
-        &format!(
-            "SIGKILL of the leader's wrapper process only (electd; etcdctl, not its process \
-             group). Failover = the new child's `start` record minus the moment of the kill; \
-             the lease must expire first, so it is bounded below by what was left of the TTL. \
-             The old child is then watched for {obs:.1} s more: its last `tick` after the kill \
-             and after the new start (positive = both children ran at once)."
-        ),
-        ["electd", "etcdctl lock"],
-    );
+    let mut s = Section::new("crash");
     let etcd = Etcd::start();
     let ep = etcd.endpoint();
     let dir = temp_dir();
@@ -504,67 +533,80 @@ pub fn crash(cfg: &BenchConfig) -> Section {
         alive.push(tool, still);
         format!("failover {f:.0} ms, old child alive at the end: {still}")
     });
-    s.push(
-        "failover",
-        "SIGKILL of the leader's wrapper → new child starts",
-        "ms",
-        false,
-        failover.values(),
-    );
-    s.push(
-        "failover_minus_ttl",
-        "the same, minus the TTL",
-        "ms",
-        true,
-        minus_ttl.values(),
-    );
-    s.push(
-        "old_end",
-        "old child's last sign of life after the kill (−50 ms … 0: it died at once)",
-        "ms",
-        true,
-        old_end.values(),
-    );
-    s.push(
-        "overlap",
-        "overlap: old child's last sign of life − new child's start",
-        "ms",
-        true,
-        overlap.values(),
-    );
-    s.push(
-        "old_alive",
-        &format!("old child still running {obs:.1} s after the new one started"),
-        "runs",
-        false,
-        alive.values(),
-    );
-    s.notes.push(format!(
-        "electd's child is killed by its freeze watchdog (and PR_SET_PDEATHSIG) when electd \
-         dies; `etcdctl lock` starts its command without either, so the old child survives \
-         etcdctl's death and keeps running after the next holder started (PITFALLS items 1 \
-         and 8). Its figures are then lower bounds set by the {obs:.1} s watch; the benchmark \
-         kills the orphan afterwards."
-    ));
+    s.push("failover", failover.values());
+    s.push("failover_minus_ttl", minus_ttl.values());
+    s.push("old_end", old_end.values());
+    s.push("overlap", overlap.values());
+    s.push("old_alive", alive.values());
     s
+}
+
+pub fn crash_page(p: &BenchConfig, d: &SectionData) -> Page {
+    let obs = p.observe.as_secs_f64();
+    let mut note = match d.cell("old_alive", 0) {
+        Some(Cell::Count { hits, of }) if *hits > 0 => format!(
+            "**electd's old child was still running {obs:.1} s after the new one started in \
+             {hits} of {of} runs**, although its freeze watchdog (and PR_SET_PDEATHSIG) should \
+             kill it when electd dies"
+        ),
+        _ => "electd's child is killed by its freeze watchdog (and PR_SET_PDEATHSIG) when \
+              electd dies"
+            .to_string(),
+    };
+    if etcdctl_orphans(d) {
+        note += &format!(
+            "; `etcdctl lock` starts its command without either, so the old child survives \
+             etcdctl's death and keeps running after the next holder started (PITFALLS items 1 \
+             and 8). Its figures are then lower bounds set by the {obs:.1} s watch; the \
+             benchmark kills the orphan afterwards."
+        );
+    } else {
+        note += ".";
+    }
+    Page {
+        title: "Crash failover".into(),
+        about: format!(
+            "SIGKILL of the leader's wrapper process only (electd; etcdctl, not its process \
+             group). Failover = the new child's `start` record minus the moment of the kill; \
+             the lease must expire first, so it is bounded below by what was left of the TTL. \
+             The old child is then watched for {obs:.1} s more: its last `tick` after the kill \
+             and after the new start (positive = both children ran at once)."
+        ),
+        columns: two_tools(),
+        rows: vec![
+            spec(
+                "failover",
+                "SIGKILL of the leader's wrapper → new child starts",
+                "ms",
+                false,
+            ),
+            spec("failover_minus_ttl", "the same, minus the TTL", "ms", true),
+            spec(
+                "old_end",
+                "old child's last sign of life after the kill (−50 ms … 0: it died at once)",
+                "ms",
+                true,
+            ),
+            spec(
+                "overlap",
+                "overlap: old child's last sign of life − new child's start",
+                "ms",
+                true,
+            ),
+            spec(
+                "old_alive",
+                &format!("old child still running {obs:.1} s after the new one started"),
+                "runs",
+                false,
+            ),
+        ],
+        notes: vec![note],
+    }
 }
 
 /// 3. Blackhole the leader's link to etcd: when the old child stopped, when the new started.
 pub fn partition(cfg: &BenchConfig) -> Section {
-    let obs = cfg.observe.as_secs_f64();
-    let timing = Timing::new(cfg.ttl, cfg.stop_grace);
-    let mut s = Section::new(
-        "partition",
-        "Partition",
-        &format!(
-            "Each replica reaches etcd through its own TCP proxy; the leader's proxy starts to \
-             blackhole (connections stay open, nothing is forwarded). Times are from the cut. \
-             Overlap = the old child's last sign of life (its `stop` record, else its last \
-             `tick`) minus the new child's `start`: positive means two children ran at once. \
-             The old child is watched for {obs:.1} s after the new one started."
-        ),
-        ["electd", "etcdctl lock"],
-    );
+    let mut s = Section::new("partition");
     let etcd = Etcd::start();
     let dir = temp_dir();
     let mut old_stop = Cols::default();
@@ -589,42 +631,18 @@ pub fn partition(cfg: &BenchConfig) -> Section {
         alive.push(tool, still);
         format!("overlap {o:.0} ms, old child still running: {still}")
     });
-    s.push(
-        "old_stop",
-        "old child's last sign of life after the cut",
-        "ms",
-        false,
-        old_stop.values(),
-    );
-    s.push(
-        "new_start",
-        "new child's start after the cut",
-        "ms",
-        false,
-        new_start.values(),
-    );
-    s.push(
-        "overlap",
-        "overlap (positive = two children ran at once)",
-        "ms",
-        true,
-        overlap.values(),
-    );
-    s.push(
-        "overlapped",
-        "runs with a positive overlap",
-        "runs",
-        false,
-        positive.values(),
-    );
-    s.push(
-        "old_alive",
-        &format!("old child still running {obs:.1} s after the new one started"),
-        "runs",
-        false,
-        alive.values(),
-    );
-    s.notes.push(format!(
+    s.push("old_stop", old_stop.values());
+    s.push("new_start", new_start.values());
+    s.push("overlap", overlap.values());
+    s.push("overlapped", positive.values());
+    s.push("old_alive", alive.values());
+    s
+}
+
+pub fn partition_page(p: &BenchConfig, d: &SectionData) -> Page {
+    let obs = p.observe.as_secs_f64();
+    let timing = Timing::new(p.ttl, p.stop_grace);
+    let mut notes = vec![format!(
         "electd stops its child once its leader budget is spent: TTL − safety margin − stop \
          grace = {} − {} − {} = {} ms after the last successful keepalive was sent \
          (keepalives every {} ms), so the child is gone before the lease can expire at etcd.",
@@ -633,32 +651,55 @@ pub fn partition(cfg: &BenchConfig) -> Section {
         timing.stop_grace.as_millis(),
         timing.leader_budget().as_millis(),
         timing.keepalive_interval.as_millis(),
-    ));
-    s.notes.push(format!(
-        "`etcdctl lock` does not watch its session while the command runs: the cut-off \
-         holder's child keeps running after the lease expired and the next holder started, \
-         so its overlap is a lower bound set by the {obs:.1} s watch."
-    ));
-    s
+    )];
+    if etcdctl_orphans(d) {
+        notes.push(format!(
+            "`etcdctl lock` does not watch its session while the command runs: the cut-off \
+             holder's child keeps running after the lease expired and the next holder started, \
+             so its overlap is a lower bound set by the {obs:.1} s watch."
+        ));
+    }
+    Page {
+        title: "Partition".into(),
+        about: format!(
+            "Each replica reaches etcd through its own TCP proxy; the leader's proxy starts to \
+             blackhole (connections stay open, nothing is forwarded). Times are from the cut. \
+             Overlap = the old child's last sign of life (its `stop` record, else its last \
+             `tick`) minus the new child's `start`: positive means two children ran at once. \
+             The old child is watched for {obs:.1} s after the new one started."
+        ),
+        columns: two_tools(),
+        rows: vec![
+            spec(
+                "old_stop",
+                "old child's last sign of life after the cut",
+                "ms",
+                false,
+            ),
+            spec("new_start", "new child's start after the cut", "ms", false),
+            spec(
+                "overlap",
+                "overlap (positive = two children ran at once)",
+                "ms",
+                true,
+            ),
+            spec("overlapped", "runs with a positive overlap", "runs", false),
+            spec(
+                "old_alive",
+                &format!("old child still running {obs:.1} s after the new one started"),
+                "runs",
+                false,
+            ),
+        ],
+        notes,
+    }
 }
 
 /// 4. Cut the leader's link for half the TTL, then restore: restart? leadership moved?
 pub fn flap(cfg: &BenchConfig) -> Section {
     let cut = cfg.ttl / 2;
-    let timing = Timing::new(cfg.ttl, cfg.stop_grace);
     let watch = cfg.ttl + cfg.flap_settle;
-    let mut s = Section::new(
-        "flap",
-        "Flap",
-        &format!(
-            "The leader's proxy blackholes for half the TTL ({} ms), then passes again; the \
-             replicas are watched for {:.1} s more. A good outcome: the child keeps running \
-             and leadership stays put.",
-            cut.as_millis(),
-            watch.as_secs_f64()
-        ),
-        ["electd", "etcdctl lock"],
-    );
+    let mut s = Section::new("flap");
     let etcd = Etcd::start();
     let dir = temp_dir();
     let mut stopped = Counts::default();
@@ -685,49 +726,62 @@ pub fn flap(cfg: &BenchConfig) -> Section {
         }
         format!("stopped {was_stopped}, restarted {was_restarted}, moved {was_moved}")
     });
-    s.push(
-        "stopped",
-        "leader's child stopped",
-        "runs",
-        false,
-        stopped.values(),
-    );
-    s.push(
-        "restarted",
-        "child restarted on the same replica",
-        "runs",
-        false,
-        restarted.values(),
-    );
-    s.push(
-        "moved",
-        "leadership moved to the other replica",
-        "runs",
-        false,
-        moved.values(),
-    );
-    s.push(
-        "stop_after",
-        "when stopped: old child's last sign of life after the cut",
-        "ms",
-        false,
-        stop_after.values(),
-    );
+    s.push("stopped", stopped.values());
+    s.push("restarted", restarted.values());
+    s.push("moved", moved.values());
+    s.push("stop_after", stop_after.values());
     s.expected = 0;
-    s.notes.push(format!(
-        "With TTL {} ms and stop grace {} ms electd's leader keeps its role for {} ms after \
-         the last successful keepalive was *sent* (keepalives every {} ms), so a {} ms cut \
-         outlasts that budget whenever the last keepalive before the cut went out more than \
-         {} ms before it; past the budget electd stops the child and rejoins the queue, as its \
-         safety bound requires. A longer \
-         TTL or a shorter stop grace widens the tolerated flap (the budget table in \
-         docs/operations.md).",
-        timing.ttl.as_millis(),
-        timing.stop_grace.as_millis(),
-        timing.leader_budget().as_millis(),
-        timing.keepalive_interval.as_millis(),
-        cut.as_millis(),
-        timing.leader_budget().saturating_sub(cut).as_millis(),
-    ));
     s
+}
+
+pub fn flap_page(p: &BenchConfig, _: &SectionData) -> Page {
+    let cut = p.ttl / 2;
+    let timing = Timing::new(p.ttl, p.stop_grace);
+    let watch = p.ttl + p.flap_settle;
+    Page {
+        title: "Flap".into(),
+        about: format!(
+            "The leader's proxy blackholes for half the TTL ({} ms), then passes again; the \
+             replicas are watched for {:.1} s more. A good outcome: the child keeps running \
+             and leadership stays put.",
+            cut.as_millis(),
+            watch.as_secs_f64()
+        ),
+        columns: two_tools(),
+        rows: vec![
+            spec("stopped", "leader's child stopped", "runs", false),
+            spec(
+                "restarted",
+                "child restarted on the same replica",
+                "runs",
+                false,
+            ),
+            spec(
+                "moved",
+                "leadership moved to the other replica",
+                "runs",
+                false,
+            ),
+            spec(
+                "stop_after",
+                "when stopped: old child's last sign of life after the cut",
+                "ms",
+                false,
+            ),
+        ],
+        notes: vec![format!(
+            "With TTL {} ms and stop grace {} ms electd's leader keeps its role for {} ms after \
+             the last successful keepalive was *sent* (keepalives every {} ms), so a {} ms cut \
+             outlasts that budget whenever the last keepalive before the cut went out more than \
+             {} ms before it; past the budget electd stops the child and rejoins the queue, as \
+             its safety bound requires. A longer TTL or a shorter stop grace widens the \
+             tolerated flap (the budget table in docs/operations.md).",
+            timing.ttl.as_millis(),
+            timing.stop_grace.as_millis(),
+            timing.leader_budget().as_millis(),
+            timing.keepalive_interval.as_millis(),
+            cut.as_millis(),
+            timing.leader_budget().saturating_sub(cut).as_millis(),
+        )],
+    }
 }

@@ -5,13 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use super::report::num;
+use super::report::{Page, spec};
 use super::trace::{EtcdCounters, clock_ticks_per_second, rss_mb, stat, watchdog_of};
-use super::{BenchConfig, LockProcess, Section, Value, attempt, electd_spec, queued};
+use super::{BenchConfig, LockProcess, Section, SectionData, Value, attempt, electd_spec, queued};
 use crate::common::{Daemon, Etcd, etcd_metrics, metric_sum, wait_until};
-
-/// electd's default TTL, at which etcd's load per idle replica is also measured.
-const DEFAULT_TTL: Duration = Duration::from_secs(10);
 
 /// Per-interval samples over one window.
 struct Window {
@@ -175,7 +172,7 @@ fn default_ttl_window(cfg: &BenchConfig, etcd: &Etcd) -> DefaultTtlLoad {
 fn electd_default_ttl(cfg: &BenchConfig, etcd: &Etcd) -> DefaultTtlLoad {
     let spec = |id: &str| {
         electd_spec(cfg, &etcd.endpoint(), "footprint-default-ttl", id)
-            .ttl(&format!("{}s", DEFAULT_TTL.as_secs()))
+            .ttl(&format!("{}s", cfg.footprint_default_ttl.as_secs()))
             .args(&["--stop-grace", "3s"])
             .sh("exec sleep 100000")
     };
@@ -202,7 +199,7 @@ fn etcdctl_default_ttl(cfg: &BenchConfig, etcd: &Etcd) -> DefaultTtlLoad {
                 &etcd.endpoint(),
                 name,
                 id,
-                DEFAULT_TTL,
+                cfg.footprint_default_ttl,
                 &cmd,
                 &dir.path().join(format!("{id}.log")),
             );
@@ -217,26 +214,7 @@ fn etcdctl_default_ttl(cfg: &BenchConfig, etcd: &Etcd) -> DefaultTtlLoad {
 }
 
 pub fn footprint(cfg: &BenchConfig) -> Section {
-    let mut s = Section::new(
-        "footprint",
-        "Footprint",
-        &format!(
-            "One idle leader wrapping `sleep` (electd: {:.0} s; etcdctl lock: {:.0} s), then \
-             two more replicas queued behind it ({:.0} s), each after {:.1} s of warm-up. \
-             Sampled every second (a third of the window when shorter): RSS is `VmRSS` from \
-             /proc/PID/status in MB (10^6 bytes); CPU is the `utime + stime` delta from \
-             /proc/PID/stat over the whole window. etcd's load is the delta of its own gRPC counters divided by the \
-             number of replicas: `grpc_server_msg_received_total` counts every message, \
-             including each lease keepalive on its long-lived stream; \
-             `grpc_server_handled_total` counts RPCs when they complete (unary calls). The other \
-             cells are over the per-second samples.",
-            cfg.footprint_idle.as_secs_f64(),
-            cfg.footprint_window.as_secs_f64(),
-            cfg.footprint_window.as_secs_f64(),
-            cfg.footprint_warmup.as_secs_f64(),
-        ),
-        ["electd", "etcdctl lock"],
-    );
+    let mut s = Section::new("footprint");
     let result = attempt(|| {
         let etcd = Etcd::start();
         let e = electd_side(cfg, &etcd);
@@ -262,135 +240,173 @@ pub fn footprint(cfg: &BenchConfig) -> Section {
         }
     };
     let both = |f: &dyn Fn(&Measured) -> Vec<f64>| [Value::Samples(f(&e)), Value::Samples(f(&c))];
-    s.push(
-        "rss",
-        "RSS of the idle leader's wrapper process",
-        "MB",
-        false,
-        both(&|m| m.leader.rss[0].clone()),
-    );
+    s.push("rss", both(&|m| m.leader.rss[0].clone()));
     s.push(
         "rss_watchdog",
-        "RSS of electd's freeze watchdog process",
-        "MB",
-        false,
         [Value::Samples(e.watchdog_rss.clone()), Value::Missing],
     );
-    s.push(
-        "rss_follower",
-        "RSS of an idle follower (waiter)",
-        "MB",
-        false,
-        both(&|m| m.follower.rss[0].clone()),
-    );
-    let avg = |f: &dyn Fn(&Measured) -> f64| [&e, &c].map(|m| Value::Text(num(f(m))));
-    s.push(
-        "cpu",
-        "CPU of the idle leader's wrapper process (average over the window)",
-        "% of a core",
-        false,
-        avg(&|m| m.leader.cpu[0]),
-    );
+    s.push("rss_follower", both(&|m| m.follower.rss[0].clone()));
+    let avg = |f: &dyn Fn(&Measured) -> f64| [&e, &c].map(|m| Value::Number(f(m)));
+    s.push("cpu", avg(&|m| m.leader.cpu[0]));
     s.push(
         "cpu_watchdog",
-        "CPU of electd's freeze watchdog process (average over the window)",
-        "% of a core",
-        false,
         [
             e.leader
                 .cpu
                 .get(1)
-                .map_or(Value::Missing, |x| Value::Text(num(*x))),
+                .map_or(Value::Missing, |x| Value::Number(*x)),
             Value::Missing,
         ],
     );
-    s.push(
-        "cpu_follower",
-        "CPU of an idle follower (waiter) (average over the window)",
-        "% of a core",
-        false,
-        avg(&|m| m.follower.cpu[0]),
-    );
-    s.push(
-        "msgs_1",
-        "etcd gRPC messages per second per replica, 1 replica",
-        "msg/s",
-        false,
-        both(&|m| m.leader.msgs.clone()),
-    );
-    s.push(
-        "msgs_3",
-        "etcd gRPC messages per second per replica, 3 replicas",
-        "msg/s",
-        false,
-        both(&|m| m.follower.msgs.clone()),
-    );
-    s.push(
-        "rpcs_1",
-        "etcd completed RPCs per second per replica, 1 replica",
-        "RPC/s",
-        false,
-        both(&|m| m.leader.rpcs.clone()),
-    );
-    s.push(
-        "rpcs_3",
-        "etcd completed RPCs per second per replica, 3 replicas",
-        "RPC/s",
-        false,
-        both(&|m| m.follower.rpcs.clone()),
-    );
-    let ttl = DEFAULT_TTL.as_secs();
-    let rate = |f: &dyn Fn(&DefaultTtlLoad) -> f64| dflt.each_ref().map(|d| Value::Text(num(f(d))));
-    s.push(
-        "dflt_msgs",
-        &format!("TTL {ttl} s, 3 replicas: etcd gRPC messages received per second per replica"),
-        "msg/s",
-        false,
-        rate(&|d| d.msgs),
-    );
-    s.push(
-        "dflt_keepalives",
-        &format!("TTL {ttl} s: … of which lease keepalives"),
-        "msg/s",
-        false,
-        rate(&|d| d.keepalives),
-    );
-    s.push(
-        "dflt_watch_in",
-        &format!("TTL {ttl} s: … of which on watch streams (progress requests, watch creation)"),
-        "msg/s",
-        false,
-        rate(&|d| d.watch_in),
-    );
-    s.push(
-        "dflt_watch_out",
-        &format!("TTL {ttl} s: watch responses etcd sent per second per replica"),
-        "msg/s",
-        false,
-        rate(&|d| d.watch_out),
-    );
-    s.push(
-        "dflt_rpcs",
-        &format!("TTL {ttl} s: etcd completed RPCs per second per replica"),
-        "RPC/s",
-        false,
-        rate(&|d| d.rpcs),
-    );
-    s.push(
-        "dflt_etcd_cpu",
-        &format!("TTL {ttl} s: etcd's own CPU with 3 idle replicas (whole etcd, not per replica)"),
-        "% of a core",
-        false,
-        rate(&|d| d.etcd_cpu),
-    );
-    s.notes.push(format!(
-        "At the default TTL ({ttl} s) each tool runs a leader and two waiters on an etcd of its \
-         own; the rates are averaged over {:.0} s after {:.1} s of warm-up. electd keeps its \
-         lease alive every TTL/6 (at most 2 s) and, when its watch has been quiet that long, \
-         asks it for a progress report; `etcdctl lock` keeps its lease alive every TTL/3 and \
-         its waiters watch only their predecessor's key, without progress requests.",
-        cfg.footprint_default_ttl_window.as_secs_f64(),
-        cfg.footprint_warmup.as_secs_f64(),
-    ));
+    s.push("cpu_follower", avg(&|m| m.follower.cpu[0]));
+    s.push("msgs_1", both(&|m| m.leader.msgs.clone()));
+    s.push("msgs_3", both(&|m| m.follower.msgs.clone()));
+    s.push("rpcs_1", both(&|m| m.leader.rpcs.clone()));
+    s.push("rpcs_3", both(&|m| m.follower.rpcs.clone()));
+    let rate = |f: &dyn Fn(&DefaultTtlLoad) -> f64| dflt.each_ref().map(|d| Value::Number(f(d)));
+    s.push("dflt_msgs", rate(&|d| d.msgs));
+    s.push("dflt_keepalives", rate(&|d| d.keepalives));
+    s.push("dflt_watch_in", rate(&|d| d.watch_in));
+    s.push("dflt_watch_out", rate(&|d| d.watch_out));
+    s.push("dflt_rpcs", rate(&|d| d.rpcs));
+    s.push("dflt_etcd_cpu", rate(&|d| d.etcd_cpu));
     s
+}
+
+pub fn page(p: &BenchConfig, _: &SectionData) -> Page {
+    let ttl = p.footprint_default_ttl.as_secs();
+    Page {
+        title: "Footprint".into(),
+        about: format!(
+            "One idle leader wrapping `sleep` (electd: {:.0} s; etcdctl lock: {:.0} s), then \
+             two more replicas queued behind it ({:.0} s), each after {:.1} s of warm-up. \
+             Sampled every second (a third of the window when shorter): RSS is `VmRSS` from \
+             /proc/PID/status in MB (10^6 bytes); CPU is the `utime + stime` delta from \
+             /proc/PID/stat over the whole window. etcd's load is the delta of its own gRPC \
+             counters divided by the number of replicas: `grpc_server_msg_received_total` \
+             counts every message, including each lease keepalive on its long-lived stream; \
+             `grpc_server_handled_total` counts RPCs when they complete (unary calls). The \
+             other cells are over the per-second samples.",
+            p.footprint_idle.as_secs_f64(),
+            p.footprint_window.as_secs_f64(),
+            p.footprint_window.as_secs_f64(),
+            p.footprint_warmup.as_secs_f64(),
+        ),
+        columns: vec!["electd".into(), "etcdctl lock".into()],
+        rows: vec![
+            spec(
+                "rss",
+                "RSS of the idle leader's wrapper process",
+                "MB",
+                false,
+            ),
+            spec(
+                "rss_watchdog",
+                "RSS of electd's freeze watchdog process",
+                "MB",
+                false,
+            ),
+            spec(
+                "rss_follower",
+                "RSS of an idle follower (waiter)",
+                "MB",
+                false,
+            ),
+            spec(
+                "cpu",
+                "CPU of the idle leader's wrapper process (average over the window)",
+                "% of a core",
+                false,
+            ),
+            spec(
+                "cpu_watchdog",
+                "CPU of electd's freeze watchdog process (average over the window)",
+                "% of a core",
+                false,
+            ),
+            spec(
+                "cpu_follower",
+                "CPU of an idle follower (waiter) (average over the window)",
+                "% of a core",
+                false,
+            ),
+            spec(
+                "msgs_1",
+                "etcd gRPC messages per second per replica, 1 replica",
+                "msg/s",
+                false,
+            ),
+            spec(
+                "msgs_3",
+                "etcd gRPC messages per second per replica, 3 replicas",
+                "msg/s",
+                false,
+            ),
+            spec(
+                "rpcs_1",
+                "etcd completed RPCs per second per replica, 1 replica",
+                "RPC/s",
+                false,
+            ),
+            spec(
+                "rpcs_3",
+                "etcd completed RPCs per second per replica, 3 replicas",
+                "RPC/s",
+                false,
+            ),
+            spec(
+                "dflt_msgs",
+                &format!(
+                    "TTL {ttl} s, 3 replicas: etcd gRPC messages received per second per replica"
+                ),
+                "msg/s",
+                false,
+            ),
+            spec(
+                "dflt_keepalives",
+                &format!("TTL {ttl} s: … of which lease keepalives"),
+                "msg/s",
+                false,
+            ),
+            spec(
+                "dflt_watch_in",
+                &format!(
+                    "TTL {ttl} s: … of which on watch streams (progress requests, watch creation)"
+                ),
+                "msg/s",
+                false,
+            ),
+            spec(
+                "dflt_watch_out",
+                &format!("TTL {ttl} s: watch responses etcd sent per second per replica"),
+                "msg/s",
+                false,
+            ),
+            spec(
+                "dflt_rpcs",
+                &format!("TTL {ttl} s: etcd completed RPCs per second per replica"),
+                "RPC/s",
+                false,
+            ),
+            spec(
+                "dflt_etcd_cpu",
+                &format!(
+                    "TTL {ttl} s: etcd's own CPU with 3 idle replicas (whole etcd, not per \
+                     replica)"
+                ),
+                "% of a core",
+                false,
+            ),
+        ],
+        notes: vec![format!(
+            "At the default TTL ({ttl} s) each tool runs a leader and two waiters on an etcd of \
+             its own; the rates are averaged over {:.0} s after {:.1} s of warm-up. electd keeps \
+             its lease alive every TTL/6 (at most 2 s) and, when its watch has been quiet that \
+             long, asks it for a progress report; `etcdctl lock` keeps its lease alive every \
+             TTL/3 and its waiters watch only their predecessor's key, without progress \
+             requests.",
+            p.footprint_default_ttl_window.as_secs_f64(),
+            p.footprint_warmup.as_secs_f64(),
+        )],
+    }
 }

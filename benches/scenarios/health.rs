@@ -2,18 +2,17 @@
 //! with `--health-cmd "test -f FILE"` on a file of its own; the leader's file is removed, and
 //! the leader must stop its command and give way to the next healthy replica. Timed from the
 //! removal, beside the bound the settings set: `--health-fall` failed checks
-//! `--health-interval` apart.
+//! `--health-interval` apart ([`BenchConfig::health_interval`] and the others).
 
 use std::path::Path;
 use std::time::Duration;
 
+use super::report::{Page, spec};
 use super::trace::log_time_after;
-use super::{BenchConfig, Ledger, Section, Value, attempt, electd_spec, ms_between, now_ns};
+use super::{
+    BenchConfig, Ledger, Section, SectionData, Value, attempt, electd_spec, ms_between, now_ns,
+};
 use crate::common::{Daemon, Etcd, wait_until};
-
-const INTERVAL: Duration = Duration::from_millis(200);
-const FALL: u32 = 3;
-const RISE: u32 = 2;
 
 /// One iteration's figures (milliseconds from the removal, unless said otherwise).
 struct Sample {
@@ -40,11 +39,11 @@ fn iteration(cfg: &BenchConfig, etcd: &Etcd, dir: &Path, name: &str) -> Sample {
             "--health-cmd",
             &format!("test -f {}", file(id).display()),
             "--health-interval",
-            &format!("{}ms", INTERVAL.as_millis()),
+            &format!("{}ms", cfg.health_interval.as_millis()),
             "--health-fall",
-            &FALL.to_string(),
+            &cfg.health_fall.to_string(),
             "--health-rise",
-            &RISE.to_string(),
+            &cfg.health_rise.to_string(),
         ]);
         spec.command = vec!["sh".into(), ledger.script.display().to_string()];
         spec.start()
@@ -55,7 +54,7 @@ fn iteration(cfg: &BenchConfig, etcd: &Etcd, dir: &Path, name: &str) -> Sample {
         "replica a's child to start",
         || ledger.starts_of(&ids[0]) == 1,
     );
-    // One at a time: each joins the queue once its check has passed RISE times, so started
+    // One at a time: each joins the queue once its check has passed `rise` times, so started
     // together they would queue in whichever order their checks passed.
     let others: Vec<Daemon> = ids[1..]
         .iter()
@@ -67,7 +66,7 @@ fn iteration(cfg: &BenchConfig, etcd: &Etcd, dir: &Path, name: &str) -> Sample {
         .collect();
     // Then at a random phase of the check period, as a failure would come.
     std::thread::sleep(Duration::from_millis(
-        300 + fastrand::u64(0..INTERVAL.as_millis() as u64),
+        300 + fastrand::u64(0..cfg.health_interval.as_millis() as u64),
     ));
 
     let t = now_ns();
@@ -102,25 +101,8 @@ fn iteration(cfg: &BenchConfig, etcd: &Etcd, dir: &Path, name: &str) -> Sample {
 }
 
 pub fn health(cfg: &BenchConfig) -> Section {
-    let bound = INTERVAL * FALL;
-    let replicas = cfg.health_replicas.max(2);
-    let mut s = Section::new(
-        "health",
-        "Health-check failover",
-        &format!(
-            "{replicas} electd replicas wrap the ledger-writing child, each with \
-             `--health-cmd \"test -f FILE\" --health-interval {}ms --health-fall {FALL} \
-             --health-rise {RISE}` on a file of its own (and `--stop-grace {}ms`). Once the \
-             first leads and the others follow, the leader's file is removed; times are from \
-             the removal, which comes at a random phase of the check period. The bound is fall × interval = {} ms: the leader acts after \
-             {FALL} failed checks in a row, the first within one interval of the removal. `etcdctl lock` has no health check, so there is \
-             nothing to compare it with.",
-            INTERVAL.as_millis(),
-            cfg.stop_grace.as_millis(),
-            bound.as_millis(),
-        ),
-        ["electd", "bound"],
-    );
+    let bound = cfg.health_interval * cfg.health_fall;
+    let mut s = Section::new("health");
     s.expected = cfg.iterations;
     let etcd = Etcd::start();
     let dir = tempfile::Builder::new()
@@ -159,68 +141,93 @@ pub fn health(cfg: &BenchConfig) -> Section {
             }
         }
     }
-    let bound_ms = Value::Text(bound.as_millis().to_string());
-    s.push(
-        "detected",
-        "health file removed → the leader logs that it is unhealthy",
-        "ms",
-        false,
-        [Value::Samples(detected), bound_ms.clone()],
-    );
-    s.push(
-        "old_stop",
-        "health file removed → old child's `stop` record",
-        "ms",
-        false,
-        [Value::Samples(old_stop), bound_ms.clone()],
-    );
-    s.push(
-        "new_start",
-        "health file removed → new leader's child start",
-        "ms",
-        false,
-        [Value::Samples(new_start), bound_ms],
-    );
-    s.push(
-        "handoff",
-        "old child's `stop` record → new leader's child start",
-        "ms",
-        false,
-        [Value::Samples(handoff), Value::Missing],
-    );
+    let bound_ms = Value::Number(bound.as_millis() as f64);
+    s.push("detected", [Value::Samples(detected), bound_ms.clone()]);
+    s.push("old_stop", [Value::Samples(old_stop), bound_ms.clone()]);
+    s.push("new_start", [Value::Samples(new_start), bound_ms]);
+    s.push("handoff", [Value::Samples(handoff), Value::Missing]);
     let count = |hits| [Value::Count { hits, of: done }, Value::Missing];
-    s.push(
-        "next",
-        "the next replica in the queue took over",
-        "runs",
-        false,
-        count(next),
-    );
-    s.push(
-        "once",
-        &format!(
-            "leadership moved once (no other start within {:.1} s)",
-            cfg.observe.as_secs_f64()
-        ),
-        "runs",
-        false,
-        count(once),
-    );
-    s.push(
-        "graceful",
-        "old child stopped by its SIGTERM trap",
-        "runs",
-        false,
-        count(graceful),
-    );
-    s.notes.push(format!(
-        "The removal lands anywhere in the check period, so the {FALL} failed checks end \
-         between {} and {} ms after it, plus the check's own run time (a `sh -c` fork and \
-         exec); the leader then stops its child (stop signal, the child's trap) and revokes its \
-         lease, and the next replica starts its child when the delete event reaches it — the \
-         graceful handoff's path (section 1).",
-        (INTERVAL * (FALL - 1)).as_millis(),
-        bound.as_millis(),
-    ));
+    s.push("next", count(next));
+    s.push("once", count(once));
+    s.push("graceful", count(graceful));
     s
+}
+
+pub fn page(p: &BenchConfig, _: &SectionData) -> Page {
+    let (interval, fall, rise) = (p.health_interval, p.health_fall, p.health_rise);
+    let bound = interval * fall;
+    Page {
+        title: "Health-check failover".into(),
+        about: format!(
+            "{} electd replicas wrap the ledger-writing child, each with `--health-cmd \"test \
+             -f FILE\" --health-interval {}ms --health-fall {fall} --health-rise {rise}` on a \
+             file of its own (and `--stop-grace {}ms`). Once the first leads and the others \
+             follow, the leader's file is removed; times are from the removal, which comes at a \
+             random phase of the check period. The bound is fall × interval = {} ms: the leader \
+             acts after {fall} failed checks in a row, the first within one interval of the \
+             removal. `etcdctl lock` has no health check, so there is nothing to compare it \
+             with.",
+            p.health_replicas.max(2),
+            interval.as_millis(),
+            p.stop_grace.as_millis(),
+            bound.as_millis(),
+        ),
+        columns: vec!["electd".into(), "bound".into()],
+        rows: vec![
+            spec(
+                "detected",
+                "health file removed → the leader logs that it is unhealthy",
+                "ms",
+                false,
+            ),
+            spec(
+                "old_stop",
+                "health file removed → old child's `stop` record",
+                "ms",
+                false,
+            ),
+            spec(
+                "new_start",
+                "health file removed → new leader's child start",
+                "ms",
+                false,
+            ),
+            spec(
+                "handoff",
+                "old child's `stop` record → new leader's child start",
+                "ms",
+                false,
+            ),
+            spec(
+                "next",
+                "the next replica in the queue took over",
+                "runs",
+                false,
+            ),
+            spec(
+                "once",
+                &format!(
+                    "leadership moved once (no other start within {:.1} s)",
+                    p.observe.as_secs_f64()
+                ),
+                "runs",
+                false,
+            ),
+            spec(
+                "graceful",
+                "old child stopped by its SIGTERM trap",
+                "runs",
+                false,
+            ),
+        ],
+        notes: vec![format!(
+            "The removal lands anywhere in the check period, so the {fall} failed checks end \
+             between {} and {} ms after it, plus the check's own run time (a `sh -c` fork and \
+             exec); the leader then stops its child (stop signal, the child's trap) and revokes \
+             its lease, and the next replica starts its child when the delete event reaches it \
+             — the graceful handoff's path (section 1).",
+            (interval * (fall - 1)).as_millis(),
+            bound.as_millis(),
+        )],
+    }
 }

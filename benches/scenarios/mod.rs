@@ -25,7 +25,7 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
 use crate::common::{Daemon, DaemonSpec, Etcd, etcdctl_binary, pid_alive, spawn_tied};
-pub use report::{Report, Section, Value};
+pub use report::{Data, Page, Report, Section, SectionData, Value};
 
 /// Scenario keys, in report order (`--only` takes one of them).
 pub const SCENARIOS: [&str; 9] = [
@@ -40,57 +40,85 @@ pub const SCENARIOS: [&str; 9] = [
     "scale",
 ];
 
-/// How long and how often everything runs.
-#[derive(Debug, Clone)]
+/// How long and how often everything runs; kept in the data file as the run's parameters
+/// (durations in seconds), which the page's words are rendered from.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct BenchConfig {
     /// Iterations per tool of each failover scenario, and leader changes in `scale`.
     pub iterations: usize,
     /// The lease TTL of both tools (whole seconds).
+    #[serde(with = "report::secs")]
     pub ttl: Duration,
     /// electd's `--stop-grace`.
+    #[serde(with = "report::secs")]
     pub stop_grace: Duration,
     /// After the new child started: how long to keep watching the old one.
+    #[serde(with = "report::secs")]
     pub observe: Duration,
     /// Flap: how long to watch after the link is restored, beyond one TTL.
+    #[serde(with = "report::secs")]
     pub flap_settle: Duration,
-    /// Health-check failover: replicas, each with its own health file.
+    /// Health-check failover: replicas, each with its own health file, and their
+    /// `--health-interval`, `--health-fall` and `--health-rise`.
     pub health_replicas: usize,
+    #[serde(with = "report::secs")]
+    pub health_interval: Duration,
+    pub health_fall: u32,
+    pub health_rise: u32,
     /// Role API: concurrent keep-alive clients, warm-up and measured duration per target,
     /// rounds (each round measures every target once, in alternating order).
     pub api_clients: usize,
+    #[serde(with = "report::secs")]
     pub api_warmup: Duration,
+    #[serde(with = "report::secs")]
     pub api_duration: Duration,
     pub api_rounds: usize,
-    /// Routing: concurrent clients on kept connections, warm-up and measured duration per path
+    /// Routing: replicas (each with its app and proxy),
+    pub routing_replicas: usize,
+    /// concurrent clients on kept connections, warm-up and measured duration per path
     /// (one round per iteration); after a failover, how long clients keep going after the new
     /// leader's election (HAProxy marks a deposed leader down after fall × inter = 2 s).
     pub routing_clients: usize,
+    #[serde(with = "report::secs")]
     pub routing_warmup: Duration,
+    #[serde(with = "report::secs")]
     pub routing_duration: Duration,
+    #[serde(with = "report::secs")]
     pub routing_watch: Duration,
     /// Footprint: the idle electd window (RSS, CPU), and the other windows.
+    #[serde(with = "report::secs")]
     pub footprint_idle: Duration,
+    #[serde(with = "report::secs")]
     pub footprint_window: Duration,
+    #[serde(with = "report::secs")]
     pub footprint_warmup: Duration,
-    /// Footprint: the window over which etcd's load per idle replica is averaged at the
-    /// default TTL (10 s).
+    /// Footprint: electd's default TTL, and the window over which etcd's load per idle replica
+    /// is averaged at it.
+    #[serde(with = "report::secs")]
+    pub footprint_default_ttl: Duration,
+    #[serde(with = "report::secs")]
     pub footprint_default_ttl_window: Duration,
     /// Scale: electd processes in one election, in-process candidate counts (each in a
     /// helper process of its own), their TTL, and the window etcd is watched after each
     /// leader change or join.
     pub scale_processes: usize,
     pub scale_in_process: Vec<usize>,
+    #[serde(with = "report::secs")]
     pub scale_ttl: Duration,
+    #[serde(with = "report::secs")]
     pub scale_window: Duration,
     /// Arguments that make this executable a helper process (with one of the helper
     /// variables set; see [`helper_if_asked`]): the role API's baseline server, an in-process
     /// scale run.
+    #[serde(skip)]
     pub helper_args: Vec<String>,
     /// Run only this scenario.
     pub only: Option<String>,
     /// How long to watch /proc/stat for other work before and after the run.
+    #[serde(with = "report::secs")]
     pub quiet: Duration,
     /// Progress lines on stderr.
+    #[serde(skip)]
     pub verbose: bool,
 }
 
@@ -104,10 +132,14 @@ impl BenchConfig {
             observe: Duration::from_secs(2),
             flap_settle: Duration::from_secs(2),
             health_replicas: 3,
+            health_interval: Duration::from_millis(200),
+            health_fall: 3,
+            health_rise: 2,
             api_clients: 16,
             api_warmup: Duration::from_millis(200),
             api_duration: Duration::from_secs(1),
             api_rounds: 10,
+            routing_replicas: 3,
             routing_clients: 16,
             routing_warmup: Duration::from_millis(200),
             routing_duration: Duration::from_secs(1),
@@ -115,6 +147,7 @@ impl BenchConfig {
             footprint_idle: Duration::from_secs(60),
             footprint_window: Duration::from_secs(20),
             footprint_warmup: Duration::from_secs(3),
+            footprint_default_ttl: Duration::from_secs(10),
             footprint_default_ttl_window: Duration::from_secs(30),
             scale_processes: 30,
             scale_in_process: vec![200, 1000],
@@ -202,6 +235,23 @@ pub fn run(cfg: &BenchConfig) -> Report {
     }
     report.finish();
     report
+}
+
+/// The words of scenario `key`'s section for a run's parameters and figures (`None`: no such
+/// scenario).
+pub fn page(key: &str, p: &BenchConfig, d: &SectionData) -> Option<Page> {
+    Some(match key {
+        "handoff" => failover::handoff_page(p, d),
+        "crash" => failover::crash_page(p, d),
+        "partition" => failover::partition_page(p, d),
+        "flap" => failover::flap_page(p, d),
+        "health" => health::page(p, d),
+        "api" => api::page(p, d),
+        "routing" => routing::page(p, d),
+        "footprint" => footprint::page(p, d),
+        "scale" => scale::page(p, d),
+        _ => return None,
+    })
 }
 
 /// In a helper process the benchmark started (this executable re-run with

@@ -18,14 +18,13 @@ use electd::api::doc::MembersDoc;
 use nix::sys::signal::Signal;
 
 use super::api::{CpuOf, Exchange, Target, run_load};
-use super::report::{num, quantile};
+use super::report::{Cell, Page, RowSpec, num, quantile, spec};
 use super::trace::log_time_after;
-use super::{BenchConfig, Section, Value, attempt, electd_spec, ms_between, now_ns};
+use super::{BenchConfig, Section, SectionData, Value, attempt, electd_spec, ms_between, now_ns};
 use crate::common::{
     Etcd, Haproxy, Replica, ask_once, free_port, haproxy_binary, http_get, wait_until,
 };
 
-const REPLICAS: usize = 3;
 /// How long a looping client waits for an answer: longer than electd's `--proxy-wait` (the
 /// TTL), which holds a connection while no leader is known.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -59,7 +58,7 @@ impl Cluster {
             .tempdir()
             .expect("temp dir");
         // One at a time, so the queue's order is the start order.
-        let rs: Vec<Replica> = (0..REPLICAS)
+        let rs: Vec<Replica> = (0..cfg.routing_replicas)
             .map(|i| {
                 let id = format!("r{i}");
                 let r = Replica::start(electd_spec(cfg, &etcd.endpoint(), "routing", &id));
@@ -507,38 +506,7 @@ pub const ROWS: [[&str; 8]; 2] = [
 ];
 
 pub fn routing(cfg: &BenchConfig) -> Section {
-    let mut s = Section::new(
-        "routing",
-        "Routing clients to the leader",
-        &format!(
-            "{REPLICAS} replicas, each with its own app (a TCP server answering every line with \
-             its replica's name), run `electd --advertise APP --proxy ADDR`; one HAProxy 2.6 \
-             process in TCP mode runs `deploy/haproxy/haproxy.cfg` with loopback addresses \
-             swapped in (a check of each electd's `GET /leader` every 1 s, fall 2, rise 1, \
-             `on-marked-down shutdown-sessions`). **Throughput**: {} clients, each on one kept \
-             connection sending a 2-byte line and reading the 3-byte answer back to back, for \
-             {:.1} s per path after a {} ms warm-up: to the leader's app directly, through the \
-             proxy of the last replica in the queue (a follower: follower proxy → leader's \
-             app), and through HAProxy; one round per iteration measures every path once, in \
-             an order that alternates from round to round; every cell is over rounds (latency \
-             percentiles are per round). The load generator and the apps share the machine \
-             with the proxies. CPU per request is the proxy process's `utime + stime` over the \
-             measured window divided by the requests. **Failover**: one client per path \
-             connects, asks once and closes in a tight loop (1 ms pause after a failed \
-             request), through that follower's proxy and through HAProxy, while the leader's \
-             electd gets SIGTERM or SIGKILL (each iteration does both, the cluster settled in \
-             between: the stopped electd restarts at the back of the queue). Answers are \
-             stamped with the wall clock, the clock of electd's log lines: the election is the \
-             new leader's `role changed … to=leader` line, the follower's view of the change \
-             its `proxy route changed` line leaving the old leader's address. Clients keep \
-             going until {:.1} s after the election, past HAProxy's fall × inter.",
-            cfg.routing_clients,
-            cfg.routing_duration.as_secs_f64(),
-            cfg.routing_warmup.as_millis(),
-            cfg.routing_watch.as_secs_f64(),
-        ),
-        PATHS,
-    );
+    let mut s = Section::new("routing");
     s.expected = cfg.iterations;
     let mut c = match attempt(|| Cluster::start(cfg)) {
         Ok(c) => c,
@@ -583,39 +551,115 @@ pub fn routing(cfg: &BenchConfig) -> Section {
     }
     drop(c);
     push_throughput(&mut s, &m);
-    for (k, stop) in Stop::BOTH.into_iter().enumerate() {
-        push_failovers(&mut s, stop, &runs[k], k);
+    for (k, f) in runs.iter().enumerate() {
+        push_failovers(&mut s, f, k);
     }
-    s.notes.push(format!(
+    s.fact("request_errors", m.errors as f64);
+    s
+}
+
+pub fn page(p: &BenchConfig, d: &SectionData) -> Page {
+    let mut rows = vec![
+        spec("rps", "throughput: requests per second", "req/s", false),
+        spec("p50", "throughput: p50 latency", "ms", false),
+        spec("p99", "throughput: p99 latency", "ms", false),
+        spec(
+            "ratio_haproxy",
+            "throughput: electd's proxy ÷ HAProxy",
+            "ratio",
+            false,
+        ),
+        spec(
+            "ratio_direct",
+            "throughput: ÷ direct to the app",
+            "ratio",
+            false,
+        ),
+        spec(
+            "p99_diff",
+            "throughput: electd's proxy's p99 − HAProxy's",
+            "ms",
+            true,
+        ),
+        spec(
+            "cpu",
+            "throughput: the proxy's CPU per request (the whole process)",
+            "µs",
+            false,
+        ),
+    ];
+    for (k, stop) in Stop::BOTH.into_iter().enumerate() {
+        rows.extend(failover_rows(stop, &ROWS[k]));
+    }
+    // HAProxy's defaults: one thread per CPU.
+    let mut notes = vec![format!(
         "electd's runtime is current-thread: its proxy forwards on one thread, where HAProxy \
          runs {} threads (one per CPU, its default). {} request errors in the throughput runs.",
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-        m.errors
-    ));
-    s.notes.push(
-        "One client per path asks one request at a time: answers come some 0.2–0.5 ms apart, \
-         the resolution of the failover times; on a busy 2-CPU machine a single request now \
-         and then stalls for 5–20 ms, anywhere in the run."
+        d.fact("haproxy_threads", |x| format!("{x:.0}")),
+        d.fact("request_errors", |x| format!("{x:.0}")),
+    )];
+    notes.push(
+        "One client per path asks one request at a time: the failover times are as fine as \
+         the time between two of its answers."
             .to_string(),
     );
-    s.notes.push(
-        "After SIGTERM the deposed leader's electd revokes its lease and exits at once; \
-         HAProxy counts it up until two checks 1 s apart have failed, and once the new \
-         leader's check has passed (rise 1) it balances new connections over both apps: both \
-         answer for a while (a negative outage), and the deposed one is reached for up to \
-         fall × inter after the election."
-            .to_string(),
-    );
-    s.notes.push(
-        "SIGKILL kills electd only: the deposed leader's app keeps answering, so a proxy that \
-         still routes to it shows. Its lease lives until the TTL runs out, and until then etcd \
-         (and so every electd) still names it the leader: electd's proxies keep routing to its \
-         app, while HAProxy marks it down fall × inter after its electd stopped answering the \
-         check, before the lease expired, and has no server up until the new leader's check \
-         passes."
-            .to_string(),
-    );
-    s
+    let median = |row: &str, col: usize| d.cell(row, col).and_then(Cell::median);
+    // HAProxy after SIGTERM: both apps answered for a while (a negative outage)?
+    if median("term_switch", 1).is_some_and(|x| x < 0.0) {
+        notes.push(
+            "After SIGTERM the deposed leader's electd revokes its lease and exits at once; \
+             HAProxy counts it up until two checks 1 s apart have failed, and once the new \
+             leader's check has passed (rise 1) it balances new connections over both apps: \
+             both answer for a while (a negative outage), and the deposed one is reached for up \
+             to fall × inter after the election."
+                .to_string(),
+        );
+    }
+    if median("kill_switch", 1).is_some_and(|x| x > 0.0) {
+        notes.push(
+            "SIGKILL kills electd only: the deposed leader's app keeps answering, so a proxy \
+             that still routes to it shows. Its lease lives until the TTL runs out, and until \
+             then etcd (and so every electd) still names it the leader: electd's proxies keep \
+             routing to its app, while HAProxy marks it down fall × inter after its electd \
+             stopped answering the check, before the lease expired, and has no server up until \
+             the new leader's check passes."
+                .to_string(),
+        );
+    }
+    Page {
+        title: "Routing clients to the leader".into(),
+        about: format!(
+            "{} replicas, each with its own app (a TCP server answering every line with \
+             its replica's name), run `electd --advertise APP --proxy ADDR`; one HAProxy 2.6 \
+             process in TCP mode runs `deploy/haproxy/haproxy.cfg` with loopback addresses \
+             swapped in (a check of each electd's `GET /leader` every 1 s, fall 2, rise 1, \
+             `on-marked-down shutdown-sessions`). **Throughput**: {} clients, each on one kept \
+             connection sending a 2-byte line and reading the 3-byte answer back to back, for \
+             {:.1} s per path after a {} ms warm-up: to the leader's app directly, through the \
+             proxy of the last replica in the queue (a follower: follower proxy → leader's \
+             app), and through HAProxy; one round per iteration measures every path once, in \
+             an order that alternates from round to round; every cell is over rounds (latency \
+             percentiles are per round). The load generator and the apps share the machine \
+             with the proxies. CPU per request is the proxy process's `utime + stime` over the \
+             measured window divided by the requests. **Failover**: one client per path \
+             connects, asks once and closes in a tight loop (1 ms pause after a failed \
+             request), through that follower's proxy and through HAProxy, while the leader's \
+             electd gets SIGTERM or SIGKILL (each iteration does both, the cluster settled in \
+             between: the stopped electd restarts at the back of the queue). Answers are \
+             stamped with the wall clock, the clock of electd's log lines: the election is the \
+             new leader's `role changed … to=leader` line, the follower's view of the change \
+             its `proxy route changed` line leaving the old leader's address. Clients keep \
+             going until {:.1} s after the election, past HAProxy's fall × inter.",
+            p.routing_replicas,
+            p.routing_clients,
+            p.routing_duration.as_secs_f64(),
+            p.routing_warmup.as_millis(),
+            p.routing_watch.as_secs_f64(),
+        ),
+        columns: PATHS.map(str::to_string).to_vec(),
+        rows,
+        notes,
+    }
 }
 
 fn push_throughput(s: &mut Section, m: &Throughput) {
@@ -623,20 +667,11 @@ fn push_throughput(s: &mut Section, m: &Throughput) {
     let per_round = |a: &[f64], b: &[f64], f: fn(f64, f64) -> f64| -> Vec<f64> {
         a.iter().zip(b).map(|(x, y)| f(*x, *y)).collect()
     };
-    s.push(
-        "rps",
-        "throughput: requests per second",
-        "req/s",
-        false,
-        three(&m.rps),
-    );
-    s.push("p50", "throughput: p50 latency", "ms", false, three(&m.p50));
-    s.push("p99", "throughput: p99 latency", "ms", false, three(&m.p99));
+    s.push("rps", three(&m.rps));
+    s.push("p50", three(&m.p50));
+    s.push("p99", three(&m.p99));
     s.push(
         "ratio_haproxy",
-        "throughput: electd's proxy ÷ HAProxy",
-        "ratio",
-        false,
         [
             Value::Samples(per_round(&m.rps[0], &m.rps[1], |a, b| a / b)),
             Value::Missing,
@@ -644,16 +679,10 @@ fn push_throughput(s: &mut Section, m: &Throughput) {
     );
     s.push(
         "ratio_direct",
-        "throughput: ÷ direct to the app",
-        "ratio",
-        false,
         [0, 1].map(|k| Value::Samples(per_round(&m.rps[k], &m.rps[2], |a, b| a / b))),
     );
     s.push(
         "p99_diff",
-        "throughput: electd's proxy's p99 − HAProxy's",
-        "ms",
-        true,
         [
             Value::Samples(per_round(&m.p99[0], &m.p99[1], |a, b| a - b)),
             Value::Missing,
@@ -661,18 +690,18 @@ fn push_throughput(s: &mut Section, m: &Throughput) {
     );
     s.push(
         "cpu",
-        "throughput: the proxy's CPU per request (the whole process)",
-        "µs",
-        false,
         [
             Value::Samples(m.cpu_us[0].clone()),
             Value::Samples(m.cpu_us[1].clone()),
         ],
     );
+    s.fact(
+        "haproxy_threads",
+        std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64),
+    );
 }
 
-fn push_failovers(s: &mut Section, stop: Stop, f: &Failovers, k: usize) {
-    let l = stop.label();
+fn push_failovers(s: &mut Section, f: &Failovers, k: usize) {
     let [
         elected,
         reach,
@@ -683,75 +712,92 @@ fn push_failovers(s: &mut Section, stop: Stop, f: &Failovers, k: usize) {
         switch,
         failed,
     ] = ROWS[k];
-    s.push(
+    s.push(elected, electd_only(Value::Samples(f.elected.clone())));
+    s.push(reach, both(&f.reach));
+    s.push(stale, both(&f.stale));
+    s.push(stale_n, f.stale_n.map(Tally::value));
+    s.push(seen, electd_only(Value::Samples(f.seen.clone())));
+    s.push(after_seen, electd_only(f.after_seen.value()));
+    s.push(switch, both(&f.switch));
+    s.push(failed, f.failed.map(Tally::value));
+}
+
+/// The labels of [`push_failovers`]'s rows for `stop`.
+fn failover_rows(stop: Stop, ids: &[&str; 8]) -> Vec<RowSpec> {
+    let l = stop.label();
+    let [
         elected,
-        &format!("{l}: signal → the next replica's election (one event for both paths)"),
-        "ms",
-        false,
-        electd_only(Value::Samples(f.elected.clone())),
-    );
-    s.push(
         reach,
-        &format!("{l}: election → first answer from the new leader's app"),
-        "ms",
-        true,
-        both(&f.reach),
-    );
-    s.push(
         stale,
-        &format!(
-            "{l}: last answer from the deposed leader's app − the election (+: it was still \
-             reached after)"
-        ),
-        "ms",
-        true,
-        both(&f.stale),
-    );
-    s.push(
         stale_n,
-        &format!(
-            "{l}: requests sent after the election that the deposed leader's app answered \
-             (all iterations)"
-        ),
-        "requests",
-        false,
-        f.stale_n.map(Tally::value),
-    );
-    s.push(
         seen,
-        &format!("{l}: election → the follower's proxy leaves the old route"),
-        "ms",
-        true,
-        electd_only(Value::Samples(f.seen.clone())),
-    );
-    s.push(
         after_seen,
-        &format!(
-            "{l}: requests sent after the follower's proxy left the old route that the deposed \
-             leader's app answered (all iterations)"
-        ),
-        "requests",
-        false,
-        electd_only(f.after_seen.value()),
-    );
-    s.push(
         switch,
-        &format!(
-            "{l}: first answer from the new leader's app − last from the deposed leader's (the \
-             clients' outage; −: both answered for a while)"
-        ),
-        "ms",
-        true,
-        both(&f.switch),
-    );
-    s.push(
         failed,
-        &format!(
-            "{l}: requests sent after the signal that got no answer (refused, cut or closed; \
-             all iterations)"
+    ] = *ids;
+    vec![
+        spec(
+            elected,
+            &format!("{l}: signal → the next replica's election (one event for both paths)"),
+            "ms",
+            false,
         ),
-        "requests",
-        false,
-        f.failed.map(Tally::value),
-    );
+        spec(
+            reach,
+            &format!("{l}: election → first answer from the new leader's app"),
+            "ms",
+            true,
+        ),
+        spec(
+            stale,
+            &format!(
+                "{l}: last answer from the deposed leader's app − the election (+: it was still \
+                 reached after)"
+            ),
+            "ms",
+            true,
+        ),
+        spec(
+            stale_n,
+            &format!(
+                "{l}: requests sent after the election that the deposed leader's app answered \
+                 (all iterations)"
+            ),
+            "requests",
+            false,
+        ),
+        spec(
+            seen,
+            &format!("{l}: election → the follower's proxy leaves the old route"),
+            "ms",
+            true,
+        ),
+        spec(
+            after_seen,
+            &format!(
+                "{l}: requests sent after the follower's proxy left the old route that the \
+                 deposed leader's app answered (all iterations)"
+            ),
+            "requests",
+            false,
+        ),
+        spec(
+            switch,
+            &format!(
+                "{l}: first answer from the new leader's app − last from the deposed leader's \
+                 (the clients' outage; −: both answered for a while)"
+            ),
+            "ms",
+            true,
+        ),
+        spec(
+            failed,
+            &format!(
+                "{l}: requests sent after the signal that got no answer (refused, cut or \
+                 closed; all iterations)"
+            ),
+            "requests",
+            false,
+        ),
+    ]
 }

@@ -21,9 +21,9 @@ use nix::sys::signal::Signal;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 
-use super::report::num;
+use super::report::{Cell, Page, spec};
 use super::trace::{EtcdCounters, rss_mb};
-use super::{BenchConfig, Section, Value, attempt, electd_spec, start_helper};
+use super::{BenchConfig, Section, SectionData, Value, attempt, electd_spec, start_helper};
 use crate::common::{Daemon, Etcd, http_get, wait_child_timeout, wait_until};
 
 /// What one column measured. Times in milliseconds, memory in MB.
@@ -542,36 +542,19 @@ fn in_process(cfg: &BenchConfig, n: usize, dir: &Path) -> Figures {
     serde_json::from_slice(&text).expect("figures.json")
 }
 
-pub fn scale(cfg: &BenchConfig) -> Section {
-    let mut columns = vec![format!("{} electd processes", cfg.scale_processes)];
+/// The columns: the processes, then each in-process count.
+pub fn columns(p: &BenchConfig) -> Vec<String> {
+    let mut columns = vec![format!("{} electd processes", p.scale_processes)];
     columns.extend(
-        cfg.scale_in_process
+        p.scale_in_process
             .iter()
             .map(|n| format!("{n} in-process candidates")),
     );
-    let window = cfg.scale_window.as_secs_f64();
-    let mut s = Section::new(
-        "scale",
-        "Scale",
-        &format!(
-            "One election, TTL {} s. Processes: electd replicas started by the test harness \
-             (no command), logging at info. In process: `electd::election::Driver`s on one \
-             multi-thread tokio runtime with one etcd client, in a helper process of their own \
-             (the benchmark executable re-run) so its memory growth is theirs alone. {} times, \
-             the leader leaves (SIGTERM; in process `release(After::Stop)`, which revokes its \
-             lease) and then a new candidate joins at the back. Who names the new leader when: \
-             each process's `/role` long poll (`?wait=&after=`), each driver's `ElectionView`. \
-             etcd's figures are deltas of its own counters over a window from just before the \
-             change: {window:.1} s, or until 200 ms after the last follower named the new \
-             leader if that is later. Reads are completed `Range` and `Txn` calls \
-             (`grpc_server_handled_total`); events are `etcd_debugging_mvcc_events_total` \
-             (one per event per watcher); etcd's CPU is `utime + stime` of its process, in \
-             10 ms ticks.",
-            cfg.scale_ttl.as_secs(),
-            cfg.iterations,
-        ),
-        columns.iter().map(String::as_str),
-    );
+    columns
+}
+
+pub fn scale(cfg: &BenchConfig) -> Section {
+    let mut s = Section::new("scale");
     s.expected = cfg.iterations;
     let dir = tempfile::Builder::new()
         .prefix("electd-bench-scale-")
@@ -610,146 +593,32 @@ pub fn scale(cfg: &BenchConfig) -> Section {
             })
             .collect()
     };
-    s.push(
-        "reads",
-        "etcd reads per leader change (`Range` + `Txn`)",
-        "requests",
-        false,
-        row(&|f| f.reads.clone()),
-    );
-    s.push(
-        "to_leader",
-        "leader leaves → the new leader knows it leads",
-        "ms",
-        false,
-        row(&|f| f.to_leader.clone()),
-    );
-    s.push(
-        "all_follow",
-        "leader leaves → every follower names the new leader",
-        "ms",
-        false,
-        row(&|f| f.all_follow.clone()),
-    );
-    s.push(
-        "release",
-        "the leaving: SIGTERM → process exit; in process, the `release` call",
-        "ms",
-        false,
-        row(&|f| f.release.clone()),
-    );
-    s.push(
-        "writes",
-        "etcd writes per leader change (`Txn`, `Put`, `DeleteRange`, lease grant and revoke)",
-        "requests",
-        false,
-        row(&|f| f.writes.clone()),
-    );
-    s.push(
-        "events",
-        "watch events etcd sent per leader change",
-        "events",
-        false,
-        row(&|f| f.events.clone()),
-    );
-    s.push(
-        "wakeups",
-        "candidates whose predecessor left (`ElectionView.wakeups`)",
-        "candidates",
-        false,
-        inproc_only(&|f| f.wakeups.clone()),
-    );
-    s.push(
-        "cpu",
-        "etcd CPU in the window after a leader change",
-        "ms",
-        false,
-        row(&|f| f.cpu_ms.clone()),
-    );
-    s.push(
-        "window",
-        "… that window",
-        "ms",
-        false,
-        row(&|f| f.window_ms.clone()),
-    );
-    s.push(
-        "idle_cpu",
-        &format!("etcd CPU in {window:.1} s without any change (keepalives, watch progress)"),
-        "ms",
-        false,
-        row(&|f| f.idle_cpu_ms.clone()),
-    );
-    s.push(
-        "idle_reads",
-        &format!("etcd reads in {window:.1} s without any change"),
-        "requests",
-        false,
-        row(&|f| f.idle_reads.clone()),
-    );
-    s.push(
-        "join_seen",
-        "join: a new candidate starts → every other one has seen its key",
-        "ms",
-        false,
-        inproc_only(&|f| f.join_seen.clone()),
-    );
-    s.push(
-        "join_range",
-        "join: etcd `Range` calls (the joiner's reads)",
-        "requests",
-        false,
-        row(&|f| f.join_range.clone()),
-    );
-    s.push(
-        "join_txn",
-        "join: etcd `Txn` calls (the joiner's put-if-absent)",
-        "requests",
-        false,
-        row(&|f| f.join_txn.clone()),
-    );
-    s.push(
-        "join_grant",
-        "join: etcd lease grants",
-        "requests",
-        false,
-        row(&|f| f.join_grant.clone()),
-    );
-    s.push(
-        "join_events",
-        "join: watch events etcd sent",
-        "events",
-        false,
-        row(&|f| f.join_events.clone()),
-    );
-    s.push(
-        "join_cpu",
-        "join: etcd CPU in the window after it",
-        "ms",
-        false,
-        row(&|f| f.join_cpu_ms.clone()),
-    );
-    s.push(
-        "memory",
-        "memory per candidate: RSS of each electd process; in process, RSS growth ÷ N",
-        "MB",
-        false,
-        row(&|f| f.memory.clone()),
-    );
+    s.push("reads", row(&|f| f.reads.clone()));
+    s.push("to_leader", row(&|f| f.to_leader.clone()));
+    s.push("all_follow", row(&|f| f.all_follow.clone()));
+    s.push("release", row(&|f| f.release.clone()));
+    s.push("writes", row(&|f| f.writes.clone()));
+    s.push("events", row(&|f| f.events.clone()));
+    s.push("wakeups", inproc_only(&|f| f.wakeups.clone()));
+    s.push("cpu", row(&|f| f.cpu_ms.clone()));
+    s.push("window", row(&|f| f.window_ms.clone()));
+    s.push("idle_cpu", row(&|f| f.idle_cpu_ms.clone()));
+    s.push("idle_reads", row(&|f| f.idle_reads.clone()));
+    s.push("join_seen", inproc_only(&|f| f.join_seen.clone()));
+    s.push("join_range", row(&|f| f.join_range.clone()));
+    s.push("join_txn", row(&|f| f.join_txn.clone()));
+    s.push("join_grant", row(&|f| f.join_grant.clone()));
+    s.push("join_events", row(&|f| f.join_events.clone()));
+    s.push("join_cpu", row(&|f| f.join_cpu_ms.clone()));
+    s.push("memory", row(&|f| f.memory.clone()));
     s.push(
         "memory_total",
-        "in process: RSS growth for all N candidates",
-        "MB",
-        false,
         inproc_only(&|f| f.memory_total.into_iter().collect()),
     );
     s.push(
         "settle",
-        "all N started → one leader that every other one names",
-        "s",
-        false,
         figs.iter()
-            .map(|f| f.settle_s.map_or(Value::Missing, |x| Value::Text(num(x))))
+            .map(|f| f.settle_s.map_or(Value::Missing, Value::Number))
             .collect::<Vec<_>>(),
     );
     // Memory per in-process candidate = a + b × N (every driver keeps all N entries).
@@ -761,24 +630,183 @@ pub fn scale(cfg: &BenchConfig) -> Section {
         && n2 > n1
     {
         let per_entry = (m2 - m1) / (n2 - n1);
-        let fixed = m1 - per_entry * n1;
-        s.notes.push(format!(
+        s.fact("memory_from_n", n1);
+        s.fact("memory_to_n", n2);
+        s.fact("memory_fixed_kb", (m1 - per_entry * n1) * 1e3);
+        s.fact("memory_per_entry_bytes", per_entry * 1e6);
+    }
+    s
+}
+
+pub fn page(p: &BenchConfig, d: &SectionData) -> Page {
+    let window = p.scale_window.as_secs_f64();
+    let mut notes = Vec::new();
+    if let (Some(n1), Some(n2), Some(fixed), Some(per)) = (
+        d.facts.get("memory_from_n"),
+        d.facts.get("memory_to_n"),
+        d.facts.get("memory_fixed_kb"),
+        d.facts.get("memory_per_entry_bytes"),
+    ) {
+        notes.push(format!(
             "In process, memory per candidate grows with N: every driver keeps the whole queue, \
-             so N drivers hold N² entries. From the {n1:.0} and {n2:.0} columns: about {:.0} KB \
-             per driver plus {:.0} bytes per queue entry it keeps, so one electd process in an \
-             election of N candidates holds about {:.0} bytes × N of queue.",
-            fixed * 1e3,
-            per_entry * 1e6,
-            per_entry * 1e6,
+             so N drivers hold N² entries. From the {n1:.0} and {n2:.0} columns: about {fixed:.0} \
+             KB per driver plus {per:.0} bytes per queue entry it keeps, so one electd process in \
+             an election of N candidates holds about {per:.0} bytes × N of queue."
         ));
     }
-    s.notes.push(
-        "A leader change is one delete event (the leaving key's lease revoked) sent to every \
-         watcher; each follower learns the next leader from the queue it keeps, and the \
-         successor knows it leads, without a read. The joiner's own reads and put are fixed \
-         (a process also reads the prefix once at startup to check its configuration); its \
-         key is one event for every watcher."
-            .to_string(),
-    );
-    s
+    let no_reads = d
+        .row("reads")
+        .is_some_and(|r| !r.cells.is_empty() && r.cells.iter().all(|c| c.max() == Some(0.0)));
+    let one_write = d.row("writes").is_some_and(|r| {
+        r.cells
+            .iter()
+            .all(|c| matches!(c, Cell::Stats { max: Some(x), .. } if *x <= 1.0))
+    });
+    if no_reads && one_write {
+        notes.push(
+            "A leader change is one delete event (the leaving key's lease revoked) sent to \
+             every watcher; each follower learns the next leader from the queue it keeps, and \
+             the successor knows it leads, without a read. The joiner's own reads and put are \
+             fixed (a process also reads the prefix once at startup to check its \
+             configuration); its key is one event for every watcher."
+                .to_string(),
+        );
+    }
+    Page {
+        title: "Scale".into(),
+        about: format!(
+            "One election, TTL {} s. Processes: electd replicas started by the test harness \
+             (no command), logging at info. In process: `electd::election::Driver`s on one \
+             multi-thread tokio runtime with one etcd client, in a helper process of their own \
+             (the benchmark executable re-run) so its memory growth is theirs alone. {} times, \
+             the leader leaves (SIGTERM; in process `release(After::Stop)`, which revokes its \
+             lease) and then a new candidate joins at the back. Who names the new leader when: \
+             each process's `/role` long poll (`?wait=&after=`), each driver's `ElectionView`. \
+             etcd's figures are deltas of its own counters over a window from just before the \
+             change: {window:.1} s, or until 200 ms after the last follower named the new \
+             leader if that is later. Reads are completed `Range` and `Txn` calls \
+             (`grpc_server_handled_total`); events are `etcd_debugging_mvcc_events_total` \
+             (one per event per watcher); etcd's CPU is `utime + stime` of its process, in \
+             10 ms ticks.",
+            p.scale_ttl.as_secs(),
+            p.iterations,
+        ),
+        columns: columns(p),
+        rows: vec![
+            spec(
+                "reads",
+                "etcd reads per leader change (`Range` + `Txn`)",
+                "requests",
+                false,
+            ),
+            spec(
+                "to_leader",
+                "leader leaves → the new leader knows it leads",
+                "ms",
+                false,
+            ),
+            spec(
+                "all_follow",
+                "leader leaves → every follower names the new leader",
+                "ms",
+                false,
+            ),
+            spec(
+                "release",
+                "the leaving: SIGTERM → process exit; in process, the `release` call",
+                "ms",
+                false,
+            ),
+            spec(
+                "writes",
+                "etcd writes per leader change (`Txn`, `Put`, `DeleteRange`, lease grant and \
+                 revoke)",
+                "requests",
+                false,
+            ),
+            spec(
+                "events",
+                "watch events etcd sent per leader change",
+                "events",
+                false,
+            ),
+            spec(
+                "wakeups",
+                "candidates whose predecessor left (`ElectionView.wakeups`)",
+                "candidates",
+                false,
+            ),
+            spec(
+                "cpu",
+                "etcd CPU in the window after a leader change",
+                "ms",
+                false,
+            ),
+            spec("window", "… that window", "ms", false),
+            spec(
+                "idle_cpu",
+                &format!(
+                    "etcd CPU in {window:.1} s without any change (keepalives, watch progress)"
+                ),
+                "ms",
+                false,
+            ),
+            spec(
+                "idle_reads",
+                &format!("etcd reads in {window:.1} s without any change"),
+                "requests",
+                false,
+            ),
+            spec(
+                "join_seen",
+                "join: a new candidate starts → every other one has seen its key",
+                "ms",
+                false,
+            ),
+            spec(
+                "join_range",
+                "join: etcd `Range` calls (the joiner's reads)",
+                "requests",
+                false,
+            ),
+            spec(
+                "join_txn",
+                "join: etcd `Txn` calls (the joiner's put-if-absent)",
+                "requests",
+                false,
+            ),
+            spec("join_grant", "join: etcd lease grants", "requests", false),
+            spec(
+                "join_events",
+                "join: watch events etcd sent",
+                "events",
+                false,
+            ),
+            spec(
+                "join_cpu",
+                "join: etcd CPU in the window after it",
+                "ms",
+                false,
+            ),
+            spec(
+                "memory",
+                "memory per candidate: RSS of each electd process; in process, RSS growth ÷ N",
+                "MB",
+                false,
+            ),
+            spec(
+                "memory_total",
+                "in process: RSS growth for all N candidates",
+                "MB",
+                false,
+            ),
+            spec(
+                "settle",
+                "all N started → one leader that every other one names",
+                "s",
+                false,
+            ),
+        ],
+        notes,
+    }
 }

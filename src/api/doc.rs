@@ -24,6 +24,19 @@ pub struct RoleDoc<'a> {
     pub leader: Option<LeaderDoc<'a>>,
     /// The current leader's create revision (null while no leader is known).
     pub fencing_token: Option<i64>,
+    /// While this replica leads (`leader`, `suspect`): how many milliseconds from when this
+    /// answer was built it may act as leader without a fresh answer — until the leader's deadline
+    /// (last keepalive sent + TTL − safety margin − stop grace). Counted from when the request was
+    /// *sent*, on the app's own monotonic clock, it ends before the lease can expire at etcd with
+    /// the stop grace to spare (docs/app-contract.md). Null on every other role.
+    #[serde(default)]
+    pub valid_ms: Option<u64>,
+    /// On `/watch` only, beside `valid_ms`: the leader's deadline in nanoseconds of the host's
+    /// `CLOCK_MONOTONIC`. An app on the same host (a sidecar's) takes its budget from this, so an
+    /// event that waited in the socket (the app was frozen, say) is not counted from when it was
+    /// read; `valid_ms` alone cannot tell how old a pushed event is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_monotonic_ns: Option<u64>,
     /// When the role last changed.
     pub since: Rfc3339,
     pub etcd_reachable: bool,
@@ -77,6 +90,19 @@ impl<'a> LeaderDoc<'a> {
             member: self.member.as_ref().map(|m| m.as_ref().clone()),
         }
     }
+}
+
+/// A `lease` event of `GET /watch`: a leader's keepalive succeeded and its budget was renewed
+/// (the role, and so the version, did not change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseDoc {
+    /// As in `/role`: milliseconds from when the event was built until the leader's deadline.
+    pub valid_ms: u64,
+    /// As in `/watch`'s role events: the deadline on the host's `CLOCK_MONOTONIC`.
+    pub deadline_monotonic_ns: u64,
+    pub fencing_token: i64,
+    /// The version of the `/role` document this renews.
+    pub version: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -256,6 +282,8 @@ mod tests {
             key: Some("svc/1a".into()),
             leader: Some(LeaderDoc::of(&info)),
             fencing_token: Some(7),
+            valid_ms: Some(850),
+            deadline_monotonic_ns: None,
             since: Rfc3339(SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_500)),
             etcd_reachable: false,
             last_contact_ms: Some(120),
@@ -273,7 +301,8 @@ mod tests {
         assert!(
             text.contains(r#""role":"suspect""#)
                 && text.contains(r#""since":"1970-01-01T00:00:01.500Z""#)
-                && text.contains(r#""deadline_in_ms":900"#),
+                && text.contains(r#""deadline_in_ms":900"#)
+                && text.contains(r#""valid_ms":850"#),
             "{text}"
         );
         let back: RoleDoc<'static> = serde_json::from_str(&text).unwrap();

@@ -29,7 +29,7 @@ use tokio_stream::wrappers::WatchStream;
 
 use crate::election::MemberSource;
 use crate::metrics::Metrics;
-use crate::status::Status;
+use crate::status::{Claims, Status};
 use doc::{ControlReply, ErrorDoc, MembersDoc, ReadyDoc};
 use socket::{AllowList, Peer};
 
@@ -63,6 +63,8 @@ pub struct ApiState {
     pub allow: AllowList,
     /// What `/ready` decides with: this replica's app address, the leader budget.
     pub ready: Ready,
+    /// Every leadership budget handed out is recorded here (see [`Claims`]).
+    pub claims: Claims,
 }
 
 /// What `GET /ready` needs beyond the snapshot.
@@ -102,30 +104,53 @@ struct Listener {
     role: Arc<RoleCache>,
 }
 
-/// The `/role` document of the latest status version, serialised once: the bytes before and
-/// after the `last_contact_ms` number, the one field that changes between versions (besides a
-/// suspect leader's, whose documents are never cached). Serialising on every request was most
-/// of `/role`'s cost.
+/// The `/role` document of the latest status version, serialised once: the bytes around the
+/// numbers that change between versions — `valid_ms` (a leader's budget, counted down at read
+/// time) and `last_contact_ms` — are kept, the numbers spliced in per request. A suspect
+/// leader's documents, and a leader's past its deadline, are rendered afresh. Serialising on
+/// every request was most of `/role`'s cost.
 #[derive(Default)]
 struct RoleCache(std::sync::Mutex<Option<Arc<Rendered>>>);
 
 struct Rendered {
-    /// The status version, and whether a last contact time was known.
-    key: (u64, bool),
-    head: Vec<u8>,
-    tail: Vec<u8>,
+    /// The status version, and whether a budget and a last contact time were rendered.
+    key: (u64, bool, bool),
+    /// The document cut at each spliced number, and which number follows each cut.
+    parts: Vec<(Vec<u8>, Option<Spliced>)>,
 }
 
-/// What `last_contact_ms` is rendered as in the cached halves, to split them around.
-const CONTACT_MARK: &[u8] = b"\"last_contact_ms\":18446744073709551615";
+/// A number spliced into a cached document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spliced {
+    ValidMs,
+    LastContactMs,
+}
+
+/// What each spliced number is rendered as in the cached document, to cut it around.
+const MARKS: [(&[u8], &[u8], Spliced); 2] = [
+    (b"\"valid_ms\":", b"18446744073709551614", Spliced::ValidMs),
+    (
+        b"\"last_contact_ms\":",
+        b"18446744073709551615",
+        Spliced::LastContactMs,
+    ),
+];
 
 impl RoleCache {
-    /// The `/role` body of `st` at `now`.
-    fn body(&self, st: &Status, now: Instant) -> Vec<u8> {
-        if matches!(st.role, crate::election::role::Role::Suspect { .. }) {
-            return render(&st.doc(now));
+    /// The `/role` body of `st` at `now`; with its budget when `claim` (else `valid_ms` is
+    /// null).
+    fn body(&self, st: &Status, now: Instant, claim: bool) -> Vec<u8> {
+        let budget = st.role.budget_at(now);
+        let fresh_only = matches!(st.role, crate::election::role::Role::Suspect { .. })
+            || (st.role.leads() && budget.is_none());
+        if fresh_only {
+            let mut doc = st.doc(now);
+            if !claim {
+                doc.valid_ms = None;
+            }
+            return render(&doc);
         }
-        let key = (st.version, st.last_contact.is_some());
+        let key = (st.version, budget.is_some(), st.last_contact.is_some());
         let cached = {
             let c = self.0.lock().unwrap_or_else(|p| p.into_inner());
             c.as_ref().filter(|r| r.key == key).cloned()
@@ -133,39 +158,58 @@ impl RoleCache {
         let r = match cached {
             Some(r) => r,
             None => {
-                let mut doc = st.doc(now);
-                if doc.last_contact_ms.is_some() {
-                    doc.last_contact_ms = Some(u64::MAX);
-                }
-                let full = render(&doc);
-                let (head, tail) = match find(&full, CONTACT_MARK) {
-                    Some(at) => {
-                        let split = at + CONTACT_MARK.len() - "18446744073709551615".len();
-                        (
-                            full[..split].to_vec(),
-                            full[at + CONTACT_MARK.len()..].to_vec(),
-                        )
-                    }
-                    None => (full, Vec::new()),
-                };
-                let r = Arc::new(Rendered { key, head, tail });
+                let r = Arc::new(Rendered {
+                    key,
+                    parts: cut(st, now),
+                });
                 *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.clone());
                 r
             }
         };
-        let mut body = Vec::with_capacity(r.head.len() + 20 + r.tail.len());
-        body.extend_from_slice(&r.head);
-        if let Some(t) = st.last_contact {
-            use std::io::Write;
-            let _ = write!(
-                body,
-                "{}",
-                now.saturating_duration_since(t).as_millis() as u64
-            );
+        let mut body = Vec::with_capacity(512);
+        for (bytes, spliced) in &r.parts {
+            body.extend_from_slice(bytes);
+            let value = match spliced {
+                Some(Spliced::ValidMs) if !claim => {
+                    body.extend_from_slice(b"null");
+                    None
+                }
+                Some(Spliced::ValidMs) => budget.map(|b| b.as_millis() as u64),
+                Some(Spliced::LastContactMs) => st
+                    .last_contact
+                    .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+                None => None,
+            };
+            if let Some(v) = value {
+                use std::io::Write;
+                let _ = write!(body, "{v}");
+            }
         }
-        body.extend_from_slice(&r.tail);
         body
     }
+}
+
+/// The document of `st` rendered with marks for the spliced numbers, cut around them.
+fn cut(st: &Status, now: Instant) -> Vec<(Vec<u8>, Option<Spliced>)> {
+    let mut doc = st.doc(now);
+    if doc.valid_ms.is_some() {
+        doc.valid_ms = Some(u64::MAX - 1);
+    }
+    if doc.last_contact_ms.is_some() {
+        doc.last_contact_ms = Some(u64::MAX);
+    }
+    let mut rest = render(&doc);
+    let mut parts = Vec::new();
+    for (field, mark, what) in MARKS {
+        let needle = [field, mark].concat();
+        if let Some(at) = find(&rest, &needle) {
+            let tail = rest.split_off(at + needle.len());
+            rest.truncate(at + field.len());
+            parts.push((std::mem::replace(&mut rest, tail), Some(what)));
+        }
+    }
+    parts.push((rest, None));
+    parts
 }
 
 fn render(doc: &doc::RoleDoc<'_>) -> Vec<u8> {
@@ -217,6 +261,9 @@ struct RoleQuery {
     wait: Option<String>,
     /// ...from this version (default: the current one); any other answers at once.
     after: Option<u64>,
+    /// `false`: a reader that will not act as leader on this answer (monitoring, `electd
+    /// status`): it gets no budget (`valid_ms` null) and none is recorded as handed out.
+    claim: Option<bool>,
 }
 
 async fn role(State(l): State<Listener>, uri: axum::http::Uri) -> Response {
@@ -229,8 +276,12 @@ async fn role(State(l): State<Listener>, uri: axum::http::Uri) -> Response {
             Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
         },
     };
+    let answer = match q.as_ref().and_then(|q| q.claim) {
+        Some(false) => Answer::Observe,
+        _ => Answer::Claim,
+    };
     let Some((wait, after)) = q.and_then(|q| Some((q.wait?, q.after))) else {
-        return role_response(&l.role, &s.status.borrow(), StatusCode::OK);
+        return role_response(&l, &s.status.borrow(), answer);
     };
     let wait = match crate::config::parse_duration(&wait) {
         Ok(d) => d.min(MAX_WAIT),
@@ -246,23 +297,41 @@ async fn role(State(l): State<Listener>, uri: axum::http::Uri) -> Response {
     // Any other version answers at once, also one from before a restart of this electd (its
     // versions start at the time it started, so they are not reused).
     let _ = tokio::time::timeout(wait, rx.wait_for(|st| st.version != after)).await;
-    role_response(&l.role, &rx.borrow(), StatusCode::OK)
+    role_response(&l, &rx.borrow(), answer)
 }
 
-/// The `/role` document of the snapshot.
-fn role_response(cache: &RoleCache, st: &Status, code: StatusCode) -> Response {
-    let body = cache.body(st, Instant::now());
+/// What kind of `/role` document an answer is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// For an app that may act on it: 200, with the budget, which is recorded as handed out.
+    Claim,
+    /// For a reader that does not act on it (`?claim=false`): 200, no budget.
+    Observe,
+    /// `/leader`, the probe: 200 while this replica leads, 503 otherwise; no budget.
+    Probe,
+}
+
+/// The `/role` document of the snapshot, built now. A claim's budget, if any, is recorded as
+/// handed out.
+fn role_response(l: &Listener, st: &Status, answer: Answer) -> Response {
+    let now = Instant::now();
+    let claim = answer == Answer::Claim;
+    if claim
+        && st.role.budget_at(now).is_some()
+        && let Some(deadline) = st.role.deadline()
+    {
+        l.api.claims.record(deadline);
+    }
+    let code = match answer {
+        Answer::Probe if !st.leads_at(now) => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::OK,
+    };
+    let body = l.role.body(st, now, claim);
     (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 async fn leader(State(l): State<Listener>) -> Response {
-    let st = l.api.status.borrow();
-    let code = if st.kind().leads() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    role_response(&l.role, &st, code)
+    role_response(&l, &l.api.status.borrow(), Answer::Probe)
 }
 
 async fn healthz() -> &'static str {
@@ -308,8 +377,11 @@ async fn metrics(State(s): State<Arc<ApiState>>) -> Response {
         .into_response()
 }
 
-/// Server-Sent Events: the current state first, then one event per change. At most
-/// [`MAX_STREAMS`] per listener: the stream holds its permit while open.
+/// Server-Sent Events: the current state first, then one `role` event per change (the `/role`
+/// document, its version as the event id), and while this replica leads a `lease` event after
+/// every successful keepalive (`valid_ms`, `fencing_token`, `version`): a stream that stays
+/// silent past the last budget means stop. At most [`MAX_STREAMS`] per listener: the stream
+/// holds its permit while open.
 async fn watch_role(State(l): State<Listener>) -> Response {
     let s = &l.api;
     let Ok(permit) = l.streams.clone().try_acquire_owned() else {
@@ -320,16 +392,42 @@ async fn watch_role(State(l): State<Listener>) -> Response {
             ),
         );
     };
-    let stream = WatchStream::new(s.status.clone()).map(move |st| {
+    let claims = s.claims.clone();
+    let mut last_version = None;
+    let stream = WatchStream::new(s.status.clone()).filter_map(move |st| {
         let _held = &permit;
-        let doc =
-            serde_json::to_string(&st.doc(Instant::now())).expect("invariant: RoleDoc serialises");
-        Ok::<_, Infallible>(
+        let now = Instant::now();
+        let budget = st.role.budget_at(now);
+        if budget.is_some()
+            && let Some(deadline) = st.role.deadline()
+        {
+            claims.record(deadline);
+        }
+        let deadline_ns = budget
+            .and(st.role.deadline())
+            .map(|d| crate::clock::monotonic_ns_at(d).max(0) as u64);
+        let event = if last_version != Some(st.version) {
+            last_version = Some(st.version);
+            let mut doc = st.doc(now);
+            doc.deadline_monotonic_ns = deadline_ns;
+            let doc = serde_json::to_string(&doc).expect("invariant: RoleDoc serialises");
             SseEvent::default()
                 .event("role")
                 .id(st.version.to_string())
-                .data(doc),
-        )
+                .data(doc)
+        } else {
+            // A renewal of the same version: only a leader's budget moved.
+            let doc = doc::LeaseDoc {
+                valid_ms: budget?.as_millis() as u64,
+                deadline_monotonic_ns: deadline_ns?,
+                fencing_token: st.fencing_token()?,
+                version: st.version,
+            };
+            SseEvent::default()
+                .event("lease")
+                .data(serde_json::to_string(&doc).expect("invariant: LeaseDoc serialises"))
+        };
+        Some(Ok::<_, Infallible>(event))
     });
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
@@ -424,7 +522,7 @@ mod tests {
         let cache = RoleCache::default();
         let same = |st: &Status, what: &str| {
             assert_eq!(
-                String::from_utf8(cache.body(st, now)).unwrap(),
+                String::from_utf8(cache.body(st, now, true)).unwrap(),
                 String::from_utf8(render(&st.doc(now))).unwrap(),
                 "{what}"
             );
@@ -436,12 +534,44 @@ mod tests {
             token: 7,
             lease: 1,
             leader: leader.clone(),
-            deadline: now,
+            deadline: now + Duration::from_millis(1500),
         };
         st.version += 1;
         same(&st, "a new version");
+        let body = String::from_utf8(cache.body(&st, now, true)).unwrap();
+        assert!(body.contains(r#""valid_ms":1500,"#), "{body}");
         st.last_contact = Some(now - Duration::from_millis(3));
         same(&st, "the contact time moved silently");
+        st.role = Role::Leader {
+            token: 7,
+            lease: 1,
+            leader: leader.clone(),
+            deadline: now + Duration::from_millis(1700),
+        };
+        same(&st, "a keepalive renewed the budget silently");
+        let mut observed = st.doc(now);
+        observed.valid_ms = None;
+        assert_eq!(
+            String::from_utf8(cache.body(&st, now, false)).unwrap(),
+            String::from_utf8(render(&observed)).unwrap(),
+            "an answer that is not a claim carries no budget"
+        );
+        let body = String::from_utf8(cache.body(&st, now, true)).unwrap();
+        assert!(body.contains(r#""valid_ms":1700,"#), "{body}");
+        st.role = Role::Leader {
+            token: 7,
+            lease: 1,
+            leader: leader.clone(),
+            deadline: now,
+        };
+        same(&st, "past the deadline: no claim, whatever the cache holds");
+        let body = String::from_utf8(cache.body(&st, now, true)).unwrap();
+        assert!(
+            body.contains(r#""role":"candidate""#)
+                && body.contains(r#""valid_ms":null"#)
+                && body.contains(r#""fencing_token":null"#),
+            "{body}"
+        );
         st.role = Role::Suspect {
             token: 7,
             lease: 1,
@@ -451,6 +581,8 @@ mod tests {
         };
         st.version += 1;
         same(&st, "suspect: rendered afresh");
+        let body = String::from_utf8(cache.body(&st, now, true)).unwrap();
+        assert!(body.contains(r#""valid_ms":1000,"#), "{body}");
         st.last_contact = None;
         st.role = Role::Candidate;
         st.version += 1;

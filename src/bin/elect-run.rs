@@ -11,20 +11,14 @@ fn main() {
         eprintln!("elect-run: configuration error: {e}");
         std::process::exit(exit::CONFIG);
     };
-    let mut opts = RunOptions::from_flags(
-        cli.wait.as_deref(),
-        cli.once_per.as_deref(),
-        cli.socket.clone(),
-        cli.command.clone(),
-    )
-    .unwrap_or_else(|e| config_error(&e));
     let mut layers = cli
         .config
         .layers(cli.flags.settings)
         .map(electd::config::Layers::for_elect_run)
         .unwrap_or_else(|e| config_error(&e));
+    let opts = RunOptions::from_layers(&layers, cli.socket.clone(), cli.command.clone())
+        .unwrap_or_else(|e| config_error(&e));
     let level_given = layers.given("log_level");
-    opts.election_given = layers.given("election");
     if opts.socket.is_some() && !opts.election_given {
         // With --socket the election is electd's; this placeholder only satisfies validation.
         layers

@@ -7,8 +7,9 @@
 //!
 //! Invariants of a `Config` that left [`Layers::resolve`]:
 //! - the TTL is a whole number of seconds, at least 2 s (etcd's minimum);
-//! - with a wrapped command, stop grace + keepalive interval + safety margin fit inside the TTL,
-//!   so a leader that loses etcd can have its child dead before its lease can expire;
+//! - on a replica that may lead (a wrapped command, or priority above 0), stop grace +
+//!   keepalive interval + safety margin fit inside the TTL, so a leader that loses etcd can have
+//!   its child (or its app, following `/role`'s budget) stopped before its lease can expire;
 //! - every endpoint is an `http://` or `https://` URL with a host and a port.
 //!
 //! Every rejected value is reported with where it came from (`--ttl`, `ELECTD_TTL`, or
@@ -30,6 +31,8 @@ use table::{Shape, spec_of};
 pub const MIN_TTL: Duration = Duration::from_secs(2);
 /// Etcd's largest lease TTL (`MaxLeaseTTL`): a longer one is refused by every grant.
 pub const MAX_TTL: Duration = Duration::from_secs(9_000_000_000);
+/// The longest `elect-run --once-per` slot (a slot record lives on a lease of two periods).
+pub const MAX_ONCE_PER: Duration = Duration::from_secs(366 * 24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -258,18 +261,37 @@ impl Timing {
     pub fn kill_budget(&self) -> Duration {
         self.ttl.saturating_sub(self.safety_margin)
     }
+
+    /// The leader's deadline after a successful keepalive sent at `last_ok_sent`: when a wrapped
+    /// command gets its stop signal, and when the budget handed to apps (`/role`'s `valid_ms`)
+    /// runs out. The one place this arithmetic is done.
+    pub fn deadline(&self, last_ok_sent: tokio::time::Instant) -> tokio::time::Instant {
+        last_ok_sent + self.leader_budget()
+    }
+
+    /// When the command (or an app following the budget) must be stopped at the latest, after a
+    /// successful keepalive sent at `last_ok_sent`: the deadline plus the stop grace.
+    pub fn kill_deadline(&self, last_ok_sent: tokio::time::Instant) -> tokio::time::Instant {
+        last_ok_sent + self.kill_budget()
+    }
 }
 
 impl Config {
-    /// The timings in force: the stop grace counts only when a command is wrapped.
+    /// The timings in force. The stop grace counts with or without a wrapped command: without
+    /// one it is the time the app beside electd needs to stop its leader-only work once the
+    /// budget `/role` gave it runs out (docs/app-contract.md).
     pub fn timing(&self) -> Timing {
-        let grace = if self.has_command {
-            self.stop_grace
-        } else {
-            Duration::ZERO
-        };
-        Timing::new(self.ttl, grace)
+        Timing::new(self.ttl, self.stop_grace)
     }
+}
+
+/// elect-run's own settings ([`table::Scope::Run`]), validated by [`Layers::elect_run`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunSettings {
+    /// How long to wait to become leader; zero = decide at the first election read.
+    pub wait: Duration,
+    /// Run at most once per slot of this length (whole seconds).
+    pub once_per: Option<Duration>,
 }
 
 /// Read the TOML config file into [`Settings`]. Syntax errors carry line and column.
@@ -535,8 +557,11 @@ impl Layers {
         let election = self.value("election", parse::election)?.value;
         let ttl = self.value("ttl", parse::ttl)?;
         let stop_grace = self.value("stop_grace", parse::duration)?;
-        if has_command {
-            check_grace_fits(&ttl, &stop_grace)?;
+        let priority = self.value("priority", parse::number_between(0, 1000))?;
+        // A replica that may lead must have its command — or, without one, the app following
+        // `/role`'s budget — stopped before its lease can expire. An observer never leads.
+        if has_command || priority.value > 0 {
+            check_grace_fits(&ttl, &stop_grace, has_command)?;
         }
         let config = Config {
             endpoints,
@@ -568,9 +593,7 @@ impl Layers {
             stop_grace: stop_grace.value,
             on_exit: self.value("on_exit", parse::on_exit)?.value,
             health: self.health()?,
-            priority: self
-                .value("priority", parse::number_between(0, 1000))?
-                .value,
+            priority: priority.value,
             takeover_delay: self.value("takeover_delay", parse::duration_or_off)?.value,
             advertise: self.optional("advertise", parse::host_port)?,
             proxy: self.optional("proxy", parse::listen_addr)?,
@@ -590,6 +613,24 @@ impl Layers {
         };
         check_routing(&config)?;
         Ok(config)
+    }
+
+    /// elect-run's own settings. `socket`: whether elect-run's `--socket` (ask the local
+    /// electd instead of campaigning) was given, which `--once-per` cannot go with.
+    pub fn elect_run(&self, socket: bool) -> Result<RunSettings, ConfigError> {
+        let wait = self.value("wait", parse::duration)?.value;
+        let once_per = self.get("once_per", parse::once_per)?;
+        if let (Some(once_per), true) = (&once_per, socket) {
+            return Err(ConfigError::Inconsistent(format!(
+                "once_per (from {}) cannot be combined with --socket: slot records are \
+                 written under elect-run's own fencing token; drop --socket to campaign directly",
+                once_per.origin
+            )));
+        }
+        Ok(RunSettings {
+            wait,
+            once_per: once_per.map(|g| g.value),
+        })
     }
 
     fn health(&self) -> Result<Option<crate::health::HealthCheck>, ConfigError> {
@@ -685,20 +726,31 @@ fn check_routing(c: &Config) -> Result<(), ConfigError> {
     }
 }
 
-/// With a wrapped command, a leader that loses etcd must have its command dead before the lease
-/// can expire: keepalive interval + safety margin + stop grace must be less than the TTL.
-fn check_grace_fits(ttl: &Got<Duration>, grace: &Got<Duration>) -> Result<(), ConfigError> {
+/// A leader that loses etcd must have its command dead (or, without one, the app that follows
+/// `/role`'s budget stopped) before the lease can expire: keepalive interval + safety margin +
+/// stop grace must be less than the TTL.
+fn check_grace_fits(
+    ttl: &Got<Duration>,
+    grace: &Got<Duration>,
+    has_command: bool,
+) -> Result<(), ConfigError> {
     let t = Timing::new(ttl.value, grace.value);
     let needed = t.keepalive_interval + t.safety_margin + grace.value;
     if needed < ttl.value {
         return Ok(());
     }
     let show = |d: Duration| humantime::format_duration(d).to_string();
+    let what = if has_command {
+        "its command dead"
+    } else {
+        "the app beside it (which follows the budget `/role` gives it, docs/app-contract.md) \
+         stopped"
+    };
     Err(ConfigError::Inconsistent(format!(
         "stop grace {} (from {}) does not fit inside the lease TTL {} (from {}): a leader that \
-         loses etcd must have its command dead before the lease can expire, so keepalive \
-         interval ({}) + safety margin ({}) + stop grace must be less than the TTL; lower \
-         --stop-grace or raise --ttl (e.g. --ttl 3s with --stop-grace 1s)",
+         loses etcd must have {what} before the lease can expire, so keepalive interval ({}) + \
+         safety margin ({}) + stop grace must be less than the TTL; lower --stop-grace or raise \
+         --ttl (e.g. --ttl 3s with --stop-grace 1s)",
         show(grace.value),
         grace.origin,
         show(ttl.value),

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{LogFormat, MAX_TTL, MIN_TTL, OnExit};
+use super::{LogFormat, MAX_ONCE_PER, MAX_TTL, MIN_TTL, OnExit};
 
 /// Parse a duration like `5s`, `500ms`, `1m30s`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -54,6 +54,20 @@ pub fn ttl(s: &str) -> Result<Duration, String> {
             "must be at most {}s (etcd's largest lease TTL)",
             MAX_TTL.as_secs()
         ));
+    }
+    Ok(d)
+}
+
+/// elect-run's `--once-per` slot: whole seconds, 1 s to [`MAX_ONCE_PER`].
+pub fn once_per(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)
+        .map_err(|e| format!("expected a duration such as `1m`, `1h` or `24h` ({e})"))?;
+    if d < Duration::from_secs(1) || d > MAX_ONCE_PER || d.subsec_nanos() != 0 {
+        return Err(
+            "must be a whole number of seconds, at least 1s and at most 366d (e.g. \
+                    `1m`, `1h`, `24h`): a slot record is kept for two periods, on an etcd lease"
+                .into(),
+        );
     }
     Ok(d)
 }

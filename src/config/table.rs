@@ -12,6 +12,8 @@ pub enum Scope {
     Both,
     /// `electd` only.
     Daemon,
+    /// `elect-run` only (what it waits for, how often it runs).
+    Run,
 }
 
 /// Whether a setting holds one value or a list (comma-separated on the command line and in
@@ -99,7 +101,7 @@ const fn list(
 }
 
 use self::Default::{Computed, Required, Unset, Value};
-use Scope::{Both, Daemon};
+use Scope::{Both, Daemon, Run};
 
 /// Every setting, in the order `--help` lists them.
 pub const SETTINGS: &[Spec] = &[
@@ -340,6 +342,24 @@ pub const SETTINGS: &[Spec] = &[
         Value("text"),
         Both,
         "Log format: text or json",
+    ),
+    spec(
+        "wait",
+        "DURATION",
+        Value("0s"),
+        Run,
+        "How long to wait to become leader. 0: decide at the first election read; if another \
+         replica leads, exit 75 at once. etcd counts as unreachable (69) when no election read \
+         succeeds within max(--wait, 5s)",
+    ),
+    spec(
+        "once_per",
+        "DURATION",
+        Unset,
+        Run,
+        "Run at most once per schedule slot (wall-clock time floored to DURATION, e.g. 1m, 1h, \
+         24h), recorded in etcd at `<election>.slots/<slot start, unix seconds>`. A replica \
+         that finds its slot taken (running or done) exits 75",
     ),
 ];
 

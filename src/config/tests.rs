@@ -230,43 +230,49 @@ fn missing_election_says_how_to_set_it() {
 }
 
 #[test]
-fn stop_grace_must_fit_inside_ttl_with_a_command() {
-    // Without a command the grace is irrelevant.
-    resolve(
-        &[
-            ("election", "e"),
-            ("id", "a"),
-            ("ttl", "3s"),
-            ("stop_grace", "5s"),
-        ],
-        false,
-    )
-    .unwrap();
-    let msg = error(
-        &[
-            ("election", "e"),
-            ("id", "a"),
-            ("ttl", "3s"),
-            ("stop_grace", "5s"),
-        ],
-        true,
-    );
+fn stop_grace_must_fit_inside_ttl_on_a_replica_that_may_lead() {
+    let base = [
+        ("election", "e"),
+        ("id", "a"),
+        ("ttl", "3s"),
+        ("stop_grace", "5s"),
+    ];
+    // With a command: the command must be dead before the lease can expire.
+    let msg = error(&base, true);
     assert!(msg.contains("does not fit inside the lease TTL"), "{msg}");
     assert!(msg.contains("keepalive interval"), "{msg}");
-    // The fast-failover setup stays valid.
-    let c = resolve(
-        &[
-            ("election", "e"),
-            ("id", "a"),
-            ("ttl", "3s"),
-            ("stop_grace", "1s"),
-        ],
-        true,
-    )
-    .unwrap();
-    let t = c.timing();
-    assert!(t.leader_budget() > Duration::from_secs(1), "{t:?}");
-    assert!(t.keepalive_interval * 3 <= t.leader_budget(), "{t:?}");
+    assert!(msg.contains("its command dead"), "{msg}");
+    // Without one (a sidecar): the app following /role's budget must have stopped.
+    let msg = error(&base, false);
+    assert!(msg.contains("does not fit inside the lease TTL"), "{msg}");
+    assert!(msg.contains("docs/app-contract.md"), "{msg}");
+    // The built-in default grace (3s) does not fit a 3 s TTL either, and the error says where
+    // the value came from.
+    let msg = error(&[("election", "e"), ("id", "a"), ("ttl", "3s")], false);
+    assert!(msg.contains("the built-in default"), "{msg}");
+    // An observer never leads: the grace is irrelevant.
+    let mut observer = base.to_vec();
+    observer.push(("priority", "0"));
+    resolve(&observer, false).unwrap();
+    // The fast-failover setup stays valid, and its budget counts the grace in both modes.
+    for has_command in [true, false] {
+        let c = resolve(
+            &[
+                ("election", "e"),
+                ("id", "a"),
+                ("ttl", "3s"),
+                ("stop_grace", "1s"),
+            ],
+            has_command,
+        )
+        .unwrap();
+        let t = c.timing();
+        assert_eq!(t.leader_budget(), Duration::from_millis(1700), "{t:?}");
+        assert!(t.keepalive_interval * 3 <= t.leader_budget(), "{t:?}");
+        let sent = tokio::time::Instant::now();
+        assert_eq!(t.deadline(sent), sent + Duration::from_millis(1700));
+        assert_eq!(t.kill_deadline(sent), sent + Duration::from_millis(2700));
+    }
 }
 
 #[test]
@@ -344,6 +350,14 @@ fn example_config_documents_every_key_and_parses() {
 fn resolve_reads_every_setting_of_the_table_and_only_those() {
     READ.with(|r| r.borrow_mut().clear());
     resolve(&[("election", "svc"), ("id", "a")], true).unwrap();
+    // elect-run's own settings are read by their own resolver.
+    Layers {
+        flags: Settings::default(),
+        env: Settings::default(),
+        file: None,
+    }
+    .elect_run(false)
+    .unwrap();
     let read = READ.with(|r| r.borrow().clone());
     let table: BTreeSet<&str> = table::known_keys().into_iter().collect();
     // etcd_password_file is read only when etcd_user is set.
@@ -489,4 +503,79 @@ fn elect_run_ignores_what_only_the_daemon_reads() {
     let c = layers().for_elect_run().resolve(true).unwrap();
     assert_eq!(c.proxy, None);
     assert_eq!(c.ttl, Duration::from_secs(5), "shared settings still count");
+}
+
+#[test]
+fn elect_run_settings_are_validated_like_the_others() {
+    let layers = |flags: Settings, env: Settings| Layers {
+        flags,
+        env,
+        file: None,
+    };
+    let none = Settings::default;
+    let got = layers(none(), none()).elect_run(false).unwrap();
+    assert_eq!(
+        got,
+        RunSettings {
+            wait: Duration::ZERO,
+            once_per: None
+        }
+    );
+    let got = layers(none().set("wait", "30s").set("once_per", "1h"), none())
+        .elect_run(false)
+        .unwrap();
+    assert_eq!(got.wait, Duration::from_secs(30));
+    assert_eq!(got.once_per, Some(Duration::from_secs(3600)));
+    type Case<'a> = (Settings, Settings, bool, &'a [&'a str]);
+    let cases: Vec<Case> = vec![
+        (
+            none().set("wait", "soon"),
+            none(),
+            false,
+            &["invalid wait \"soon\"", "flag --wait", "duration"],
+        ),
+        (
+            none(),
+            none().set("wait", "soon"),
+            false,
+            &["invalid wait", "environment variable ELECTD_WAIT"],
+        ),
+        (
+            none().set("once_per", "1500ms"),
+            none(),
+            false,
+            &[
+                "invalid once_per",
+                "flag --once-per",
+                "whole number of seconds",
+            ],
+        ),
+        (
+            none().set("once_per", "0s"),
+            none(),
+            false,
+            &["invalid once_per", "at least 1s"],
+        ),
+        (
+            none().set("once_per", "1000000000000s"),
+            none(),
+            false,
+            &["invalid once_per", "at most 366d"],
+        ),
+        (
+            none(),
+            none().set("once_per", "1m"),
+            true,
+            &["once_per", "ELECTD_ONCE_PER", "--socket"],
+        ),
+    ];
+    for (flags, env, socket, needles) in cases {
+        let err = layers(flags, env)
+            .elect_run(socket)
+            .unwrap_err()
+            .to_string();
+        for n in needles {
+            assert!(err.contains(n), "{err:?} lacks {n:?}");
+        }
+    }
 }

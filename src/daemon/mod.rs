@@ -25,7 +25,7 @@ use crate::election::role::{Event, Role};
 use crate::election::{DriverConfig, MemberInfo};
 use crate::exit;
 use crate::health;
-use crate::leadership::{ElectionSource, ExitPolicy, Identity, Leadership, Next};
+use crate::leadership::{AppBudget, ElectionSource, ExitPolicy, Identity, Leadership, Next};
 use crate::metrics::Metrics;
 use crate::status::Status;
 use crate::supervisor::{ChildSpec, Supervisor, watchdog::Watchdog};
@@ -130,6 +130,7 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonErro
     metrics.eligible.set(eligibility.eligible() as i64);
     let (status_tx, status_rx) = watch::channel(status);
     let (control_tx, control_rx) = mpsc::channel(8);
+    let claims = crate::status::Claims::default();
     let api = serve_api(
         listeners,
         &config,
@@ -147,8 +148,10 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonErro
                 own: config.advertise.clone(),
                 budget: timing.leader_budget(),
             },
+            claims: claims.clone(),
         },
     );
+    let sidecar = command.is_empty();
     let supervisor = supervisor_for(&config, command)?;
     let publisher = Publisher {
         status: status_tx.clone(),
@@ -170,6 +173,12 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonErro
         identity.clone(),
     )
     .observe(Box::new(publisher));
+    if sidecar {
+        lead = lead.with_app(AppBudget {
+            claims,
+            grace: config.stop_grace,
+        });
+    }
     if !eligibility.eligible() {
         lead = lead.ineligible();
     }

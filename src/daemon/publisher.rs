@@ -33,8 +33,9 @@ impl Publisher {
         let (reachable, last_contact) = (view.reachable, view.last_contact);
         let lease = view.lease;
         drop(view);
-        // Only what a watcher acts on bumps the version and wakes readers; deadlines and the
-        // last contact time are refreshed silently (they are rendered at read time).
+        // Only what a watcher acts on bumps the version; the last contact time is refreshed
+        // silently (it is rendered at read time). A leader's renewed deadline wakes readers
+        // without a new version: `/watch` sends it as a `lease` event, a long poll sleeps on.
         self.status.send_if_modified(|s| {
             let key = lease.map(|l| crate::election::keys::candidate_key(&s.election, l));
             let changed = role_changed
@@ -42,6 +43,7 @@ impl Publisher {
                 || s.role.leader() != role.leader()
                 || s.reachable != reachable
                 || s.key != key;
+            let renewed = role.leads() && s.role.deadline() != role.deadline();
             s.key = key;
             if role_changed {
                 s.since = SystemTime::now();
@@ -52,7 +54,7 @@ impl Publisher {
             if changed {
                 s.version += 1;
             }
-            changed
+            changed || renewed
         });
     }
 }

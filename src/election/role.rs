@@ -6,11 +6,15 @@
 //! view, so a missed intermediate view (say, a lease lost and a new one granted in between) is
 //! still handled correctly.
 //!
-//! Safety invariant: `Leader`/`Suspect` hold only while `now < deadline`, where
-//! `deadline = last successful keepalive sent + budget` and `budget = ttl − margin − stop
-//! grace`. Past it, the machine stops the child *before* anything else; the child is then dead
-//! before the lease can expire at etcd, so no other replica can have been elected meanwhile.
+//! Safety invariant: `Leader`/`Suspect` hold only while `now < deadline`, where the source
+//! computes `deadline` (for an election of this process: last successful keepalive sent + `ttl −
+//! margin − stop grace`, [`crate::config::Timing::deadline`]). Past it, the machine stops the
+//! child *before* anything else; the child is then dead before the lease can expire at etcd, so
+//! no other replica can have been elected meanwhile. Whoever shows the role to others reads it
+//! through [`Role::at`] and [`Role::budget_at`], so no answer claims leadership past the deadline
+//! even before the machine has handled it.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -128,6 +132,25 @@ impl Role {
             _ => None,
         }
     }
+
+    /// The role as an answer built at `now` may state it: a leading role whose deadline has
+    /// passed is a candidate — what the machine makes of it, whether or not the owner has run
+    /// since (it may have been frozen, or busy stopping the command).
+    pub fn at(&self, now: Instant) -> Cow<'_, Role> {
+        match self.deadline() {
+            Some(deadline) if now >= deadline => Cow::Owned(Role::Candidate),
+            _ => Cow::Borrowed(self),
+        }
+    }
+
+    /// The leadership budget an answer built at `now` gives: the time left until the deadline
+    /// while this role leads, `None` otherwise (also once the deadline has passed). The one place
+    /// the budget handed to apps (`valid_ms`) is computed.
+    pub fn budget_at(&self, now: Instant) -> Option<Duration> {
+        self.deadline()
+            .filter(|d| now < *d)
+            .map(|d| d.saturating_duration_since(now))
+    }
 }
 
 /// The facts from the election driver that the machine decides on.
@@ -135,7 +158,10 @@ impl Role {
 pub struct Observed {
     pub lease: Option<i64>,
     pub position: Position,
-    pub last_ok_sent: Option<Instant>,
+    /// Until when this replica may lead under `lease`, as its source computes it (for an
+    /// election of this process: last successful keepalive sent + the leader budget; for the
+    /// local electd's socket: the last good answer's `valid_ms` from when it was asked).
+    pub deadline: Option<Instant>,
     pub reachable: bool,
     /// While leading: hand leadership to this candidate now (see `ElectionView::handoff`).
     pub handoff: Option<String>,
@@ -190,18 +216,21 @@ pub struct Machine {
     /// A lease this replica gave up leadership under; a view still showing it leading (the
     /// driver has not caught up yet) must not make us leader again.
     pub abandoned: Option<i64>,
-    /// `ttl − margin − stop grace`: how long after a successful keepalive was sent we may lead.
-    pub budget: Duration,
     /// This replica may not lead now (see [`Event::Ineligible`]).
     pub ineligible: bool,
 }
 
+impl Default for Machine {
+    fn default() -> Machine {
+        Machine::new()
+    }
+}
+
 impl Machine {
-    pub fn new(budget: Duration) -> Machine {
+    pub fn new() -> Machine {
         Machine {
             role: Role::Candidate,
             abandoned: None,
-            budget,
             ineligible: false,
         }
     }
@@ -313,7 +342,7 @@ impl Machine {
                     next.role = follower_role(o);
                     vec![Action::StopChild]
                 } else {
-                    let deadline = o.last_ok_sent.map(|sent| sent + self.budget).unwrap_or(now);
+                    let deadline = o.deadline.unwrap_or(now);
                     if now >= deadline || o.handoff.is_some() {
                         // Out of time, or handing leadership to another candidate: stop, then
                         // rejoin at the back of the queue.
@@ -346,13 +375,11 @@ impl Machine {
             }
 
             (Role::Candidate | Role::Follower { .. }, Event::Observed(o)) => {
-                let elected = match (&o.position, o.lease, o.last_ok_sent) {
-                    (Position::Leading { token, leader }, Some(lease), Some(sent))
-                        if self.abandoned != Some(lease)
-                            && !self.ineligible
-                            && now < sent + self.budget =>
+                let elected = match (&o.position, o.lease, o.deadline) {
+                    (Position::Leading { token, leader }, Some(lease), Some(deadline))
+                        if self.abandoned != Some(lease) && !self.ineligible && now < deadline =>
                     {
-                        Some((*token, lease, leader.clone(), sent + self.budget))
+                        Some((*token, lease, leader.clone(), deadline))
                     }
                     _ => None,
                 };
@@ -414,7 +441,7 @@ mod tests {
                 token,
                 leader: info("me", token),
             },
-            last_ok_sent: Some(sent),
+            deadline: Some(sent + BUDGET),
             reachable,
             handoff: None,
             refusal: None,
@@ -434,7 +461,7 @@ mod tests {
         Event::Observed(Box::new(Observed {
             lease: Some(lease),
             position: Position::Waiting { leader },
-            last_ok_sent: Some(sent),
+            deadline: Some(sent + BUDGET),
             reachable: true,
             handoff: None,
             refusal: None,
@@ -453,7 +480,7 @@ mod tests {
         Event::Observed(Box::new(Observed {
             lease: None,
             position: Position::Joining,
-            last_ok_sent: None,
+            deadline: None,
             reachable: false,
             handoff: None,
             refusal: None,
@@ -464,7 +491,6 @@ mod tests {
         Machine {
             role,
             abandoned: None,
-            budget: BUDGET,
             ineligible: false,
         }
     }
@@ -485,6 +511,33 @@ mod tests {
             leader: info("me", 10),
             deadline: t0 + BUDGET,
             since: t0,
+        }
+    }
+
+    /// What an answer may say of a role at an instant: a leader's budget counts down to its
+    /// deadline; at and past it the role reads as a candidate with no budget.
+    #[test]
+    fn answers_never_claim_leadership_past_the_deadline() {
+        let t0 = Instant::now();
+        let deadline = t0 + BUDGET;
+        let follower = Role::Follower {
+            leader: info("other", 5),
+        };
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Role, Instant, RoleKind, Option<Duration>)> = vec![
+            ("leader before its deadline", leader_role(t0), t0, RoleKind::Leader, Some(BUDGET)),
+            ("leader 1 ms before", leader_role(t0), deadline - Duration::from_millis(1), RoleKind::Leader, Some(Duration::from_millis(1))),
+            ("leader at its deadline", leader_role(t0), deadline, RoleKind::Candidate, None),
+            ("leader past it (owner frozen)", leader_role(t0), deadline + BUDGET, RoleKind::Candidate, None),
+            ("suspect before", suspect_role(t0), t0 + Duration::from_millis(500), RoleKind::Suspect, Some(BUDGET - Duration::from_millis(500))),
+            ("suspect past", suspect_role(t0), deadline, RoleKind::Candidate, None),
+            ("follower: never a budget", follower, t0, RoleKind::Follower, None),
+            ("paused", Role::Paused, t0, RoleKind::Paused, None),
+        ];
+        for (name, role, now, kind, budget) in cases {
+            assert_eq!(role.at(now).kind(), kind, "{name}");
+            assert_eq!(role.budget_at(now), budget, "{name}");
+            assert_eq!(role.at(now).leads(), budget.is_some(), "{name}");
         }
     }
 

@@ -210,16 +210,49 @@ pub struct Leadership<S: Source, R: Runner> {
     restart_at: Option<Instant>,
     restarts: u64,
     observers: Vec<Box<dyn Observer>>,
+    /// Without a command: the budgets handed to the app beside electd, which a stop waits out.
+    app: Option<AppBudget>,
+}
+
+/// The app beside a sidecar electd (no command): it acts as leader on the budgets `/role` hands
+/// out (recorded in `claims`), and stops within `grace` once one runs out. Stopping it means
+/// waiting until the last budget handed out has run out plus the grace, so the next leader
+/// starts only once the app has stopped.
+#[derive(Debug, Clone)]
+pub struct AppBudget {
+    pub claims: crate::status::Claims,
+    pub grace: Duration,
+}
+
+impl AppBudget {
+    /// Wait until every budget handed out (also one recorded while waiting, by an answer built
+    /// from a snapshot taken just before this replica stopped leading) has run out, plus the
+    /// grace.
+    async fn wait_out(&self) {
+        let mut logged = false;
+        while let Some(until) = self.claims.until() {
+            let done = until + self.grace;
+            if Instant::now() >= done {
+                return;
+            }
+            if !std::mem::replace(&mut logged, true) {
+                info!(
+                    wait = ?done.saturating_duration_since(Instant::now()),
+                    "waiting for the app's leadership budget and stop grace to run out before giving up the lease"
+                );
+            }
+            sleep_until(done).await;
+        }
+    }
 }
 
 impl<S: Source, R: Runner> Leadership<S, R> {
     /// A loop that starts `command` (if any) whenever this replica becomes leader.
     pub fn new(source: S, command: Option<R>, policy: ExitPolicy, identity: Identity) -> Self {
-        let budget = source.leader_budget();
         Leadership {
             source,
             command,
-            machine: Machine::new(budget),
+            machine: Machine::new(),
             policy,
             identity,
             extra_env: Vec::new(),
@@ -227,7 +260,15 @@ impl<S: Source, R: Runner> Leadership<S, R> {
             restart_at: None,
             restarts: 0,
             observers: Vec::new(),
+            app: None,
         }
+    }
+
+    /// Without a command: stopping waits out the budgets handed to the app (see
+    /// [`AppBudget`]).
+    pub fn with_app(mut self, app: AppBudget) -> Self {
+        self.app = Some(app);
+        self
     }
 
     /// Start out of the queue: the replica must first be found eligible ([`Event::Eligible`]).
@@ -379,9 +420,13 @@ impl<S: Source, R: Runner> Leadership<S, R> {
                     }
                     Action::StopChild => {
                         self.restart_at = None;
-                        let exit = match self.command.as_mut() {
-                            Some(c) => c.stop().await,
-                            None => None,
+                        let exit = match (self.command.as_mut(), &self.app) {
+                            (Some(c), _) => c.stop().await,
+                            (None, Some(app)) => {
+                                app.wait_out().await;
+                                None
+                            }
+                            (None, None) => None,
                         };
                         self.notify_command(CommandChange::Stopped { exit });
                         applied.lost = Some(Lost {

@@ -6,7 +6,8 @@
 //!   elect-run.
 //! - [`SocketSource`]: the local electd's `/role` over its socket, for `elect-run --socket`:
 //!   no lease is held here; electd's leadership term (its fencing token) stands in for the
-//!   lease, and a poll that fails counts as leadership lost.
+//!   lease, and the budget of electd's last good answer (`valid_ms`, counted from when it was
+//!   asked) is the deadline — the app contract of docs/app-contract.md, followed by elect-run.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +22,9 @@ use crate::api::doc::{LeaderDoc, RoleDoc};
 use crate::config::Timing;
 use crate::election::etcd::{EtcdBackend, EtcdError};
 use crate::election::role::{Observed, RoleKind};
-use crate::election::{After, DriverConfig, DriverHandle, ElectionView, Position, Telemetry};
+use crate::election::{
+    After, DriverConfig, DriverHandle, ElectionView, LeaderInfo, Position, Telemetry,
+};
 
 /// What the leadership loop decides on.
 #[allow(async_fn_in_trait)] // the loop runs on one thread; no Send bound is needed
@@ -34,9 +37,6 @@ pub trait Source {
 
     /// Wait until what the source sees may have changed. Cancel-safe.
     async fn changed(&mut self) -> Result<(), Self::Ended>;
-
-    /// How long after `last_ok_sent` this replica may lead (the role machine's budget).
-    fn leader_budget(&self) -> Duration;
 
     /// The latest moment the command may still run, while leading: the freeze watchdog kills
     /// it then even if this process is frozen.
@@ -104,12 +104,13 @@ impl ElectionSource {
     }
 }
 
-/// The role machine's facts from a backend view.
-pub fn observed(v: &ElectionView) -> Observed {
+/// The role machine's facts from a backend view: the deadline counts from the last successful
+/// keepalive sent ([`Timing::deadline`]).
+pub fn observed(v: &ElectionView, timing: &Timing) -> Observed {
     Observed {
         lease: v.lease,
         position: v.position.clone(),
-        last_ok_sent: v.last_ok_sent,
+        deadline: v.last_ok_sent.map(|sent| timing.deadline(sent)),
         reachable: v.reachable,
         handoff: v.handoff.clone(),
         refusal: v.refusal.clone(),
@@ -120,7 +121,7 @@ impl Source for ElectionSource {
     type Ended = EtcdError;
 
     fn observed(&self) -> Observed {
-        observed(&self.view.borrow())
+        observed(&self.view.borrow(), &self.timing)
     }
 
     async fn changed(&mut self) -> Result<(), EtcdError> {
@@ -139,15 +140,11 @@ impl Source for ElectionSource {
         })
     }
 
-    fn leader_budget(&self) -> Duration {
-        self.timing.leader_budget()
-    }
-
     fn kill_deadline(&self) -> Option<Instant> {
         self.view
             .borrow()
             .last_ok_sent
-            .map(|sent| sent + self.timing.kill_budget())
+            .map(|sent| self.timing.kill_deadline(sent))
     }
 
     async fn release(&mut self, after: After) {
@@ -159,60 +156,103 @@ impl Source for ElectionSource {
     }
 }
 
-/// How often [`SocketSource`] asks electd.
+/// How long one long poll of electd's `/role` waits for a change before it answers anyway (with
+/// a fresh budget): a change is seen at once, a renewal at least this often.
 pub const SOCKET_POLL: Duration = Duration::from_millis(500);
-/// Deadline of one request to electd's socket.
+/// How long an answer may take beyond the long poll's wait before the ask counts as failed.
 pub const SOCKET_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long after a poll that showed electd leading the command may run without a newer
-/// answer: a poll and its timeout, plus slack. A failed poll ends leadership at once; this is
-/// the backstop for one that never returns.
-pub const SOCKET_BUDGET: Duration = Duration::from_millis(3000);
+/// How soon a failed ask is tried again.
+const SOCKET_RETRY: Duration = Duration::from_millis(200);
 
-/// The local electd's role, polled over its socket.
+/// What electd's last good answer allows: lead under `token` until `until` (the answer's
+/// `valid_ms` from when it was asked).
+#[derive(Debug, Clone)]
+struct Claim {
+    token: i64,
+    leader: LeaderInfo,
+    until: Instant,
+}
+
+/// The local electd's role, long-polled over its socket.
 pub struct SocketSource {
     path: PathBuf,
     /// The last answer and when its request was sent.
     last: (Instant, Result<RoleDoc<'static>, String>),
+    /// The budget of the last good answer that said electd leads; cleared by a good answer
+    /// that says it does not. A failed ask leaves it: leadership ends when it runs out.
+    claim: Option<Claim>,
     /// Whether `last` has not yet been reported by [`Source::changed`].
     fresh: bool,
-    next_poll: Instant,
+    next_ask: Instant,
     /// The term (fencing token) electd was last seen `leader` in: a `suspect` electd keeps a
     /// command of that term running, but does not start one.
     term: Option<i64>,
+    /// elect-run's own stop grace: the command is dead at the latest this long after the
+    /// claim's end (the freeze watchdog's deadline).
+    stop_grace: Duration,
 }
 
 impl SocketSource {
-    /// Ask electd at `path` once; an error means electd cannot be reached.
-    pub async fn connect(path: &Path) -> Result<SocketSource, String> {
+    /// Ask electd at `path` once; an error means electd cannot be reached, or it is too old to
+    /// give a leadership budget.
+    pub async fn connect(path: &Path, stop_grace: Duration) -> Result<SocketSource, String> {
         let sent = Instant::now();
-        let doc = ask_role(path).await?;
-        Ok(SocketSource {
+        let doc = ask_role(path, None).await?;
+        if doc.role.leads() && doc.valid_ms.is_none() {
+            return Err(
+                "electd answers without a leadership budget (`valid_ms` in /role): it is older \
+                 than this elect-run; upgrade electd"
+                    .into(),
+            );
+        }
+        let mut source = SocketSource {
             path: path.to_path_buf(),
-            last: (sent, Ok(doc)),
+            last: (sent, Err("not asked yet".into())),
+            claim: None,
             fresh: true,
-            next_poll: sent + SOCKET_POLL,
+            next_ask: sent,
             term: None,
+            stop_grace,
+        };
+        source.take(sent, Ok(doc));
+        Ok(source)
+    }
+
+    /// Take in an answer to the ask sent at `sent`.
+    fn take(&mut self, sent: Instant, answer: Result<RoleDoc<'static>, String>) {
+        if let Ok(doc) = &answer {
+            if doc.role == RoleKind::Leader {
+                self.term = doc.fencing_token;
+            }
+            self.claim = claim_of(doc, sent, self.term);
+            self.next_ask = Instant::now();
+        } else {
+            self.next_ask = Instant::now() + SOCKET_RETRY;
         }
-        .seen())
+        self.last = (sent, answer);
     }
 
-    fn seen(mut self) -> SocketSource {
-        self.note_term();
-        self
-    }
-
-    /// Remember the term of a `leader` answer.
-    fn note_term(&mut self) {
-        if let Ok(doc) = &self.last.1
-            && doc.role == RoleKind::Leader
-        {
-            self.term = doc.fencing_token;
-        }
-    }
-
-    /// The last answer, or why the last poll failed.
+    /// The last answer, or why the last ask failed.
     pub fn last(&self) -> Result<&RoleDoc<'static>, &str> {
         self.last.1.as_ref().map_err(|e| e.as_str())
+    }
+}
+
+/// The leadership an answer to an ask sent at `sent` allows: electd leads (a `suspect` electd
+/// only in the term it was seen `leader` in) with a positive budget.
+fn claim_of(doc: &RoleDoc<'_>, sent: Instant, term: Option<i64>) -> Option<Claim> {
+    let leads = match doc.role {
+        RoleKind::Leader => true,
+        RoleKind::Suspect => doc.fencing_token.is_some() && doc.fencing_token == term,
+        _ => false,
+    };
+    match (leads, doc.fencing_token, &doc.leader, doc.valid_ms) {
+        (true, Some(token), Some(leader), Some(ms)) if ms > 0 => Some(Claim {
+            token,
+            leader: leader.to_info(),
+            until: sent + Duration::from_millis(ms),
+        }),
+        _ => None,
     }
 }
 
@@ -220,30 +260,29 @@ impl Source for SocketSource {
     type Ended = std::convert::Infallible;
 
     fn observed(&self) -> Observed {
-        let (sent, answer) = &self.last;
-        let doc = match answer {
-            Ok(doc) => doc,
-            Err(_) => {
-                return Observed::default();
+        // electd's leadership term stands in for a lease: a new term is a new lease.
+        let (lease, position, deadline) = match &self.claim {
+            Some(c) => (
+                Some(c.token),
+                Position::Leading {
+                    token: c.token,
+                    leader: c.leader.clone(),
+                },
+                Some(c.until),
+            ),
+            None => {
+                let leader = match &self.last.1 {
+                    Ok(doc) => doc.leader.as_ref().map(LeaderDoc::to_info),
+                    Err(_) => None,
+                };
+                (Some(0), Position::Waiting { leader }, None)
             }
-        };
-        let leader = doc.leader.as_ref().map(LeaderDoc::to_info);
-        // electd's leadership term stands in for a lease: a new term is a new lease. A
-        // suspect electd leads only for a command of a term it was seen leader in.
-        let leads = match doc.role {
-            RoleKind::Leader => true,
-            RoleKind::Suspect => doc.fencing_token.is_some() && doc.fencing_token == self.term,
-            _ => false,
-        };
-        let (lease, position) = match (leads, doc.fencing_token, leader) {
-            (true, Some(token), Some(leader)) => (Some(token), Position::Leading { token, leader }),
-            (_, _, leader) => (Some(0), Position::Waiting { leader }),
         };
         Observed {
             lease,
             position,
-            last_ok_sent: Some(*sent),
-            reachable: true,
+            deadline,
+            reachable: self.last.1.is_ok(),
             handoff: None,
             refusal: None,
         }
@@ -253,26 +292,21 @@ impl Source for SocketSource {
         if std::mem::take(&mut self.fresh) {
             return Ok(());
         }
-        sleep_until(self.next_poll).await;
+        sleep_until(self.next_ask).await;
         let sent = Instant::now();
-        let answer = ask_role(&self.path).await;
+        let after = self.last.1.as_ref().ok().map(|d| d.version);
+        let answer = ask_role(&self.path, after).await;
         if let Err(e) = &answer {
             debug!(error = %e, "the local electd did not answer");
         }
-        self.last = (sent, answer);
-        self.next_poll = sent + SOCKET_POLL;
-        self.note_term();
+        self.take(sent, answer);
         Ok(())
     }
 
-    fn leader_budget(&self) -> Duration {
-        SOCKET_BUDGET
-    }
-
     fn kill_deadline(&self) -> Option<Instant> {
-        // The lease is electd's (and so is the guarantee); the watchdog here only covers
-        // elect-run's own death.
-        Some(Instant::now() + Duration::from_secs(86_400))
+        // The lease is electd's; what elect-run guarantees is that the command is dead within
+        // its stop grace after the budget it was given ran out, even if elect-run is frozen.
+        self.claim.as_ref().map(|c| c.until + self.stop_grace)
     }
 
     async fn release(&mut self, _after: After) {}
@@ -280,11 +314,19 @@ impl Source for SocketSource {
     async fn resume(&mut self) {}
 }
 
-/// `GET /role` from the local electd over its socket (blocking I/O off the runtime, bounded).
-pub async fn ask_role(path: &Path) -> Result<RoleDoc<'static>, String> {
+/// `GET /role` from the local electd over its socket (blocking I/O off the runtime, bounded): a
+/// long poll for a change from `after`, when given.
+pub async fn ask_role(path: &Path, after: Option<u64>) -> Result<RoleDoc<'static>, String> {
     let path = path.to_path_buf();
+    let (uri, within) = match after {
+        Some(v) => (
+            format!("/role?wait={}ms&after={v}", SOCKET_POLL.as_millis()),
+            SOCKET_POLL + SOCKET_TIMEOUT,
+        ),
+        None => ("/role".to_string(), SOCKET_TIMEOUT),
+    };
     let answer = tokio::task::spawn_blocking(move || {
-        crate::api::client::request_within(&path, "GET", "/role", SOCKET_TIMEOUT)
+        crate::api::client::request_within(&path, "GET", &uri, within)
     })
     .await
     .map_err(|e| format!("socket client task failed: {e}"))?

@@ -83,7 +83,7 @@ impl Source for FakeSource {
             } else {
                 Position::Joining
             },
-            last_ok_sent: self.last_ok_sent,
+            deadline: self.last_ok_sent.map(|s| s + BUDGET),
             reachable: !cut,
             handoff: None,
             refusal: None,
@@ -110,10 +110,6 @@ impl Source for FakeSource {
             }
         }
         Ok(())
-    }
-
-    fn leader_budget(&self) -> Duration {
-        BUDGET
     }
 
     fn kill_deadline(&self) -> Option<Instant> {
@@ -428,4 +424,51 @@ fn the_command_environment_names_this_replica_the_election_and_the_token() {
             ("ELECTD_FENCING_TOKEN".to_string(), "42".to_string()),
         ]
     );
+}
+
+/// A sidecar (no command) that resigns gives up its lease only once the last budget handed to
+/// its app has run out plus the stop grace — also a budget recorded while it waits — and at
+/// once when none was handed out.
+#[tokio::test(start_paused = true)]
+async fn a_sidecar_releases_only_after_the_app_budget_and_grace() {
+    let grace = Duration::from_millis(300);
+    for handed_out in [false, true] {
+        let log = Shared::default();
+        let t0 = Instant::now();
+        let claims = crate::status::Claims::default();
+        let mut lead: Leadership<FakeSource, FakeCommand> = Leadership::new(
+            FakeSource::new(&log),
+            None,
+            ExitPolicy::new(OnExit::Restart),
+            identity(),
+        )
+        .with_app(AppBudget {
+            claims: claims.clone(),
+            grace,
+        });
+        drive(&mut lead, t0 + Duration::from_millis(100)).await;
+        assert!(lead.role().leads(), "{:?}", lead.role());
+        if handed_out {
+            // An answer at 100 ms gave the app the budget up to the deadline (keepalive at 0 ms
+            // + BUDGET), and a stream built from an older snapshot records it again later.
+            claims.record(lead.role().deadline().unwrap());
+            let late = claims.clone();
+            tokio::spawn(async move {
+                sleep_until(t0 + Duration::from_millis(2200)).await;
+                late.record(t0 + Duration::from_millis(2400));
+            });
+        }
+        let applied = lead.apply(Event::RESIGN).await;
+        assert!(applied.lost.is_some());
+        let log = log.borrow();
+        let released = offsets(t0, log.releases.iter().map(|r| r.0));
+        let want = if handed_out {
+            // The first budget ends at 2000 ms (+300 ms grace); meanwhile one to 2400 ms was
+            // recorded: 2700 ms.
+            vec![2700]
+        } else {
+            vec![100]
+        };
+        assert_eq!(released, want, "handed out: {handed_out}");
+    }
 }

@@ -18,19 +18,14 @@ use std::io::{BufRead, Write};
 use std::process::{ChildStdin, Stdio};
 use std::time::Duration;
 
+use crate::clock::monotonic_ns;
 use nix::sys::signal::{SigHandler, Signal, killpg, signal};
-use nix::time::{ClockId, clock_gettime};
 use nix::unistd::Pid;
 use tokio::time::Instant;
 use tracing::warn;
 
 /// The hidden argument that turns either binary into the watchdog.
 pub const WATCHDOG_ARG: &str = "__watchdog";
-
-fn monotonic_ns() -> i128 {
-    let ts = clock_gettime(ClockId::CLOCK_MONOTONIC).expect("invariant: CLOCK_MONOTONIC exists");
-    ts.tv_sec() as i128 * 1_000_000_000 + ts.tv_nsec() as i128
-}
 
 /// electd's end of the watchdog.
 pub struct Watchdog {
@@ -79,8 +74,7 @@ impl Watchdog {
             return;
         }
         self.armed = Some((pgid, deadline));
-        let left = deadline.saturating_duration_since(Instant::now());
-        let at = monotonic_ns() + left.as_nanos() as i128;
+        let at = crate::clock::monotonic_ns_at(deadline);
         self.send(&format!("arm {} {at}\n", pgid.as_raw()));
     }
 

@@ -831,8 +831,16 @@ const CI_FAULTS: usize = 10;
 #[test]
 fn chaos_combined_nemesis() {
     let faults = env_or("ELECTD_CHAOS_FAULTS", CI_FAULTS);
-    let out = run_chaos(faults, env_or("ELECTD_CHAOS_SEED", CI_SEED), None);
+    // With its report, in a scratch directory: the data it writes renders to the page beside it.
+    let dir = tempfile::tempdir().expect("a scratch directory for the report");
+    let out = run_chaos(
+        faults,
+        env_or("ELECTD_CHAOS_SEED", CI_SEED),
+        Some(dir.path()),
+    );
     assert!(out.episodes >= 1);
+    let (data, page) = (dir.path().join("safety.json"), dir.path().join("safety.md"));
+    report::check_rendered(&data, &page).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// The nemesis catches a broken electd: the CI schedule, run with every replica's freeze

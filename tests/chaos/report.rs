@@ -1,19 +1,26 @@
-//! The chaos run's report: figures per fault kind and per combination, written as
-//! `safety.md`, and timeline pictures (`safety-timeline.svg`: the whole run in strips of
-//! [`FAULTS_PER_STRIP`] faults; `safety-zoom.svg`: the densest combination up close) drawn with
-//! plotters: who led at etcd, each command's run as a bar on its replica's row, faults shaded
-//! on the rows of what they hit.
+//! The chaos run's report. The run's records become data (`safety.json`, [`SafetyData`]: the
+//! electd commit, the seed and parameters, the fault mix, the figures per fault kind and per
+//! combination, every violation with its episode, every episode), `safety.md` is rendered from
+//! that data alone ([`render`]), and the timeline pictures (`safety-timeline.svg`: the whole run
+//! in strips of [`FAULTS_PER_STRIP`] faults; `safety-zoom.svg`: the densest combination up
+//! close) are drawn with plotters from the run itself: who led at etcd, each command's run as a
+//! bar on its replica's row, faults shaded on the rows of what they hit. The findings are the
+//! violations the run recorded, grouped by episode; the page's first lines say how many.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
 use plotters::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use crate::check::Verdict;
 use crate::common::Run;
 use crate::history::{Clocked, Lead};
 use crate::nemesis::{self, KINDS, MEMBERS, REPLICAS};
+
+/// The data file's format; the renderer refuses others.
+pub const FORMAT: u32 = 1;
 
 /// What happened to one fault.
 #[derive(Clone, Debug)]
@@ -64,22 +71,22 @@ pub struct Trace {
 pub const FAULTS_PER_STRIP: usize = 20;
 
 /// Figures for a set of episodes.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Figures {
     pub episodes: usize,
     pub faults: usize,
     pub runs: usize,
     pub overlaps: usize,
     /// Longest time no command ran (ms), among gaps that began in these episodes' windows.
-    pub max_gap_ms: Option<u128>,
+    pub max_gap_ms: Option<i64>,
     /// Largest "outlived" (ms, negative: dead before its key was deleted) among leaderships
     /// that ended in these windows.
-    pub max_outlived_ms: Option<i128>,
+    pub max_outlived_ms: Option<i64>,
     /// The same against the latest bound: what a command certainly outlived its key by.
-    pub max_outlived_surely_ms: Option<i128>,
+    pub max_outlived_surely_ms: Option<i64>,
 }
 
-fn max_opt(a: Option<i128>, b: Option<i128>) -> Option<i128> {
+fn max_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
@@ -103,9 +110,9 @@ impl Figures {
 struct WindowFigures {
     runs: usize,
     overlaps: usize,
-    max_gap_ms: Option<u128>,
-    max_outlived_ms: Option<i128>,
-    max_outlived_surely_ms: Option<i128>,
+    max_gap_ms: Option<i64>,
+    max_outlived_ms: Option<i64>,
+    max_outlived_surely_ms: Option<i64>,
 }
 
 pub struct Summary {
@@ -134,6 +141,10 @@ fn windows(trace: &Trace) -> Vec<(u128, u128)> {
         .collect()
 }
 
+fn ms_of(ns: i128) -> i64 {
+    (ns / 1_000_000) as i64
+}
+
 impl Summary {
     pub fn new(
         trace: &Trace,
@@ -156,7 +167,7 @@ impl Summary {
             if a.last >= b.start {
                 per_window[w].overlaps += 1;
             } else {
-                let gap = (b.start - a.last) / 1_000_000;
+                let gap = ms_of((b.start - a.last) as i128);
                 per_window[w].max_gap_ms = per_window[w].max_gap_ms.max(Some(gap));
             }
         }
@@ -167,8 +178,8 @@ impl Summary {
             let ended = leads[li].until_rev.and_then(|u| clock.lower(u));
             if let Some(w) = ended.and_then(find).or_else(|| find(r.last)) {
                 let pw = &mut per_window[w];
-                pw.max_outlived_ms = max_opt(pw.max_outlived_ms, Some(o / 1_000_000));
-                let surely = f.outlived_surely_ns.map(|o| o / 1_000_000);
+                pw.max_outlived_ms = max_opt(pw.max_outlived_ms, Some(ms_of(o)));
+                let surely = f.outlived_surely_ns.map(ms_of);
                 pw.max_outlived_surely_ms = max_opt(pw.max_outlived_surely_ms, surely);
             }
         }
@@ -237,21 +248,343 @@ impl Summary {
             self.total.runs,
             self.total.overlaps,
             self.violations,
-            ms(self.total.max_gap_ms.map(|g| g as i128)),
-            ms(self.total.max_outlived_ms),
-            ms(self.total.max_outlived_surely_ms),
+            secs(self.total.max_gap_ms),
+            secs(self.total.max_outlived_ms),
+            secs(self.total.max_outlived_surely_ms),
             self.leads,
             self.queued_runs
         )
     }
 }
 
-fn ms(v: Option<i128>) -> String {
+fn secs(v: Option<i64>) -> String {
     match v {
         None => "–".into(),
         Some(v) => format!("{:.2} s", v as f64 / 1000.0),
     }
 }
+
+// ---------------------------------------------------------------------------
+// The data file
+// ---------------------------------------------------------------------------
+
+/// `safety.json`: everything `safety.md` shows.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SafetyData {
+    pub format: u32,
+    /// Set when these records were converted from an earlier run's page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub converted: Option<Converted>,
+    /// The electd commit the run tested (`None`: not recorded).
+    pub commit: Option<String>,
+    pub seed: u64,
+    /// Faults the schedule was asked for (`scripts/chaos.sh FAULTS SEED`).
+    pub faults_asked: usize,
+    pub duration_s: f64,
+    pub setup: Setup,
+    pub mix: Mix,
+    /// What `safety-zoom.svg` shows, if there was a combination.
+    pub zoom: Option<Zoom>,
+    pub total: Figures,
+    pub per_kind: Vec<KindFigures>,
+    pub by_size: Vec<SizeFigures>,
+    pub per_combination: Vec<CombinationFigures>,
+    pub checks: Checks,
+    /// Every violation of the checks, in the order the checker reported them.
+    pub violations: Vec<Violation>,
+    /// `electd resign|pause|resume` outcomes: "action → exit code" and how often.
+    pub control: BTreeMap<String, usize>,
+    pub episodes: Vec<EpisodeRecord>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Converted {
+    pub page: String,
+    pub page_commit: String,
+    /// What was lost, and where what the page did not say was found.
+    pub precision: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Setup {
+    pub election: String,
+    pub replicas: usize,
+    pub members: usize,
+    pub ttl_s: f64,
+    pub stop_grace_s: f64,
+    /// TTL − safety margin − stop grace.
+    pub leader_budget_s: f64,
+    /// `etcd --version`'s first line.
+    pub etcd: String,
+    /// electd's build: "debug" (the test profile) or "release".
+    pub build: String,
+    pub faults_per_strip: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Mix {
+    pub combined_percent: u64,
+    pub triple_percent: u64,
+    pub kinds: Vec<KindMix>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KindMix {
+    pub name: String,
+    pub what: String,
+    pub weight: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Zoom {
+    pub episode: usize,
+    pub from_s: f64,
+    pub to_s: f64,
+}
+
+impl Zoom {
+    fn caption(&self) -> String {
+        format!(
+            "episode {}: {:.1}–{:.1} s",
+            self.episode, self.from_s, self.to_s
+        )
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KindFigures {
+    pub kind: String,
+    /// Episodes where it was the only fault, and faults of it in combinations.
+    pub alone: usize,
+    pub combined: usize,
+    #[serde(flatten)]
+    pub figures: Figures,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SizeFigures {
+    pub at_once: usize,
+    #[serde(flatten)]
+    pub figures: Figures,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CombinationFigures {
+    pub combination: String,
+    #[serde(flatten)]
+    pub figures: Figures,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Checks {
+    /// Width of the clock's bounds on a revision's time: median, p99, worst (ms).
+    pub clock_median_ms: u64,
+    pub clock_p99_ms: u64,
+    pub clock_max_ms: u64,
+    /// Runs whose key waited in the queue, and runs that restarted under the same key.
+    pub queued_runs: usize,
+    pub restarts_in_term: usize,
+}
+
+/// One violation the checker reported, and the episode it happened in.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Violation {
+    /// The episode whose window holds the violating run's last sign of life (`None`: the
+    /// violation names no run, or the run ended outside every episode).
+    pub episode: Option<usize>,
+    pub replica: Option<String>,
+    pub token: Option<i64>,
+    /// The checker's words.
+    pub what: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EpisodeRecord {
+    pub n: usize,
+    /// Seconds after the run started.
+    pub at_s: f64,
+    pub faults: Vec<FaultRecord>,
+    pub leader_before: usize,
+    /// From the last step to one agreed leader again.
+    pub healed_after_s: f64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub note: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FaultRecord {
+    pub kind: String,
+    pub targets: String,
+    pub detail: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
+}
+
+/// The run a violation names: the checker's messages name a run as `ID (token N, …` or
+/// `ID (token N)`, the id after a space or at the start.
+fn run_named<'a>(violation: &str, runs: &'a [Run]) -> Option<&'a Run> {
+    runs.iter().find(|r| {
+        let name = format!("{} (token {}", r.id, r.token);
+        violation.match_indices(&name).any(|(at, _)| {
+            let before = violation[..at].chars().next_back();
+            let after = violation[at + name.len()..].chars().next();
+            before.is_none_or(|c| c == ' ') && matches!(after, Some(',' | ')'))
+        })
+    })
+}
+
+impl SafetyData {
+    /// The data of a finished run.
+    pub fn new(
+        trace: &Trace,
+        runs: &[Run],
+        verdict: &Verdict,
+        s: &Summary,
+        zoom: Option<Zoom>,
+    ) -> SafetyData {
+        let wins = windows(trace);
+        let episode_at = |t: u128| {
+            wins.iter()
+                .position(|(a, b)| *a <= t && t < *b)
+                .map(|i| trace.episodes[i].n)
+        };
+        let violations = verdict
+            .violations
+            .iter()
+            .map(|v| {
+                let run = run_named(v, runs);
+                Violation {
+                    episode: run.and_then(|r| episode_at(r.last).or_else(|| episode_at(r.start))),
+                    replica: run.map(|r| r.id.clone()),
+                    token: run.map(|r| r.token),
+                    what: v.clone(),
+                }
+            })
+            .collect();
+        let etcd = std::process::Command::new(crate::common::etcd_binary())
+            .arg("--version")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|v| v.lines().next().map(str::to_string))
+            .unwrap_or_default();
+        let since = |ns: u128| ns.saturating_sub(trace.started_ns) as f64 / 1e9;
+        SafetyData {
+            format: FORMAT,
+            converted: None,
+            commit: Some(electd::GIT_COMMIT.to_string()),
+            seed: trace.seed,
+            faults_asked: trace.faults,
+            duration_s: s.duration_s,
+            setup: Setup {
+                election: crate::ELECTION.to_string(),
+                replicas: REPLICAS,
+                members: MEMBERS,
+                ttl_s: crate::TTL.as_secs_f64(),
+                stop_grace_s: crate::STOP_GRACE.as_secs_f64(),
+                leader_budget_s: crate::LEADER_BUDGET.as_secs_f64(),
+                etcd,
+                build: if cfg!(debug_assertions) {
+                    "debug"
+                } else {
+                    "release"
+                }
+                .into(),
+                faults_per_strip: FAULTS_PER_STRIP,
+            },
+            mix: Mix {
+                combined_percent: nemesis::COMBINED_PERCENT,
+                triple_percent: nemesis::TRIPLE_PERCENT,
+                kinds: KINDS
+                    .iter()
+                    .map(|k| KindMix {
+                        name: k.name.into(),
+                        what: k.what.into(),
+                        weight: k.weight,
+                    })
+                    .collect(),
+            },
+            zoom,
+            total: s.total.clone(),
+            per_kind: s
+                .per_kind
+                .iter()
+                .map(|(kind, figures, alone, combined)| KindFigures {
+                    kind: kind.to_string(),
+                    alone: *alone,
+                    combined: *combined,
+                    figures: figures.clone(),
+                })
+                .collect(),
+            by_size: s
+                .by_size
+                .iter()
+                .map(|(n, figures)| SizeFigures {
+                    at_once: *n,
+                    figures: figures.clone(),
+                })
+                .collect(),
+            per_combination: s
+                .per_combination
+                .iter()
+                .map(|(c, figures)| CombinationFigures {
+                    combination: c.clone(),
+                    figures: figures.clone(),
+                })
+                .collect(),
+            checks: Checks {
+                clock_median_ms: s.clock_median_ms as u64,
+                clock_p99_ms: s.clock_p99_ms as u64,
+                clock_max_ms: s.clock_max_ms as u64,
+                queued_runs: s.queued_runs,
+                restarts_in_term: s.restarts_in_term,
+            },
+            violations,
+            control: trace.control_outcomes.clone(),
+            episodes: trace
+                .episodes
+                .iter()
+                .map(|e| EpisodeRecord {
+                    n: e.n,
+                    at_s: since(e.start_ns),
+                    faults: e
+                        .faults
+                        .iter()
+                        .map(|f| FaultRecord {
+                            kind: f.kind.into(),
+                            targets: f.targets.clone(),
+                            detail: f.detail.clone(),
+                            skipped: f.skipped,
+                        })
+                        .collect(),
+                    leader_before: e.leader_before,
+                    healed_after_s: (e.healed_ns.saturating_sub(e.steps_done_ns)) as f64 / 1e9,
+                    note: e.note.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        crate::common::reports::to_json(self)
+    }
+
+    pub fn from_json(text: &str) -> Result<SafetyData, String> {
+        crate::common::reports::from_json(text, FORMAT)
+    }
+
+    fn combined_episodes(&self) -> usize {
+        self.by_size
+            .iter()
+            .filter(|s| s.at_once > 1)
+            .map(|s| s.figures.episodes)
+            .sum()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The page
+// ---------------------------------------------------------------------------
 
 fn row(f: &Figures) -> String {
     format!(
@@ -260,73 +593,220 @@ fn row(f: &Figures) -> String {
         f.faults,
         f.runs,
         f.overlaps,
-        ms(f.max_gap_ms.map(|g| g as i128)),
-        ms(f.max_outlived_ms),
-        ms(f.max_outlived_surely_ms)
+        secs(f.max_gap_ms),
+        secs(f.max_outlived_ms),
+        secs(f.max_outlived_surely_ms)
     )
 }
 
-/// Writes `safety.md`, `safety-timeline.svg` and `safety-zoom.svg` into `dir`.
-pub fn write(
-    dir: &Path,
-    trace: &Trace,
-    runs: &[Run],
-    leads: &[Lead],
-    clock: &Clocked,
-    verdict: &Verdict,
-    s: &Summary,
-) {
-    std::fs::create_dir_all(dir).expect("create the report directory");
-    let timeline = Timeline::new(trace, runs, leads, clock);
-    timeline.draw_strips(&dir.join("safety-timeline.svg"));
-    let zoom = timeline.draw_zoom(&dir.join("safety-zoom.svg"));
-    let mut md = String::new();
-    let w = &mut md;
-    let combined: usize = s
-        .by_size
-        .iter()
-        .filter(|(n, _)| **n > 1)
-        .map(|(_, f)| f.episodes)
-        .sum();
-    let _ = writeln!(w, "# Safety under combined faults\n");
+/// `a`, `a and b`, `a, b and c`.
+fn and_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [a] => a.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
+fn fault_text(f: &FaultRecord) -> String {
+    format!(
+        "`{}` {} {}{}",
+        f.kind,
+        f.targets,
+        f.detail,
+        if f.skipped { " (skipped)" } else { "" }
+    )
+}
+
+/// The findings: the violations the run recorded, by episode, and what their episodes had in
+/// common.
+fn findings(d: &SafetyData, w: &mut String) {
+    let _ = writeln!(w, "\n## Findings\n");
+    if d.violations.is_empty() {
+        let _ = writeln!(
+            w,
+            "No violations: every check above held for all {} runs, in every episode.",
+            d.total.runs
+        );
+        return;
+    }
+    let by_episode: BTreeMap<Option<usize>, Vec<&Violation>> =
+        d.violations.iter().fold(BTreeMap::new(), |mut m, v| {
+            m.entry(v.episode).or_insert_with(Vec::new).push(v);
+            m
+        });
+    let episodes: Vec<&EpisodeRecord> = by_episode
+        .keys()
+        .filter_map(|n| d.episodes.iter().find(|e| Some(e.n) == *n))
+        .collect();
     let _ = writeln!(
         w,
-        "Written by `scripts/chaos.sh {} {}` (the `chaos_report` test in `tests/chaos/`). \
-         **{} faults** in {} episodes ({} of them two or three faults at once) over {:.0} min: \
-         **{} child runs, {} overlaps, {} violations** of the checks below.\n",
-        trace.faults,
-        trace.seed,
-        s.total.faults,
-        s.total.episodes,
-        combined,
-        s.duration_s / 60.0,
-        s.total.runs,
-        s.total.overlaps,
-        s.violations
+        "{} violation{} of the checks above, in {} episode{}{}:\n",
+        d.violations.len(),
+        if d.violations.len() == 1 { "" } else { "s" },
+        episodes.len(),
+        if episodes.len() == 1 { "" } else { "s" },
+        if by_episode.contains_key(&None) {
+            " (and some that name no episode)"
+        } else {
+            ""
+        }
+    );
+    for (n, vs) in &by_episode {
+        let head = match n.and_then(|n| d.episodes.iter().find(|e| e.n == n)) {
+            Some(e) => format!(
+                "**Episode {}** (at {:.1} s; leader before: n{}; {})",
+                e.n,
+                e.at_s,
+                e.leader_before,
+                e.faults
+                    .iter()
+                    .map(fault_text)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => "**No episode**".to_string(),
+        };
+        let _ = writeln!(w, "- {head}:");
+        for v in vs {
+            let _ = writeln!(w, "  - {}", v.what);
+        }
+    }
+    // What every episode with a violation had.
+    let kinds = |e: &EpisodeRecord| -> BTreeSet<String> {
+        e.faults
+            .iter()
+            .filter(|f| !f.skipped)
+            .map(|f| f.kind.clone())
+            .collect()
+    };
+    let common = episodes
+        .iter()
+        .map(|e| kinds(e))
+        .reduce(|a, b| a.intersection(&b).cloned().collect())
+        .unwrap_or_default();
+    let all_overlap_free = d.total.overlaps == 0;
+    let _ = writeln!(w);
+    if episodes.len() > 1 && !common.is_empty() {
+        let names: Vec<String> = common.iter().map(|k| format!("`{k}`")).collect();
+        let _ = write!(w, "Every one of these episodes had {}. ", and_list(&names));
+    }
+    if common.contains("member-freeze") {
+        let _ = write!(
+            w,
+            "etcd revokes live leases when a raft leader frozen for longer than the lease TTL \
+             ({:.0} s) thaws (etcd-io/etcd#15247; see docs/operations.md, and \
+             `chaos_regression_thawed_raft_leader`, which provokes it): the run's kept logs say \
+             whether that happened here. ",
+            d.setup.ttl_s
+        );
+    }
+    if all_overlap_free {
+        let _ = write!(
+            w,
+            "The children's ledger shows no overlap in this run: the etcd checks are what \
+             flagged these. "
+        );
+    }
+    let _ = writeln!(
+        w,
+        "Replay the schedule with `scripts/chaos.sh {} {}`.",
+        d.faults_asked, d.seed
+    );
+}
+
+/// The page for `d`, from the data alone.
+pub fn render(d: &SafetyData) -> String {
+    let mut md = String::new();
+    let w = &mut md;
+    let st = &d.setup;
+    let margin = st.ttl_s - st.stop_grace_s - st.leader_budget_s;
+    let _ = writeln!(w, "# Safety under combined faults\n");
+    if d.violations.is_empty() && d.total.overlaps == 0 {
+        let _ = writeln!(
+            w,
+            "**No violations and no overlaps** in {} child runs under {} faults.\n",
+            d.total.runs, d.total.faults
+        );
+    } else {
+        let mut eps: Vec<String> = d
+            .violations
+            .iter()
+            .filter_map(|v| v.episode)
+            .collect::<BTreeSet<_>>()
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        if eps.is_empty() {
+            eps.push("none named".into());
+        }
+        let _ = writeln!(
+            w,
+            "**{} violation{} of the checks** (episode{} {}) and **{} overlap{}** in {} child \
+             runs under {} faults: see [Findings](#findings).\n",
+            d.violations.len(),
+            if d.violations.len() == 1 { "" } else { "s" },
+            if eps.len() == 1 { "" } else { "s" },
+            and_list(&eps),
+            d.total.overlaps,
+            if d.total.overlaps == 1 { "" } else { "s" },
+            d.total.runs,
+            d.total.faults
+        );
+    }
+    let source = match &d.converted {
+        None => format!(
+            "Written by `scripts/chaos.sh {} {}` (the `chaos_report` test in `tests/chaos/`) from \
+             electd at commit `{}`; the records are in [safety.json](safety.json), which this \
+             page is rendered from (a test checks that it is): rerun rather than editing either.",
+            d.faults_asked,
+            d.seed,
+            d.commit.as_deref().unwrap_or("unknown")
+        ),
+        Some(c) => format!(
+            "The records of `scripts/chaos.sh {} {}` (the `chaos_report` test in \
+             `tests/chaos/`), **converted** from that run's page ({} as committed in {}; {}) \
+             into [safety.json](safety.json), which this page is rendered from (a test checks \
+             that it is): rerun rather than editing either.",
+            d.faults_asked, d.seed, c.page, c.page_commit, c.precision
+        ),
+    };
+    let _ = writeln!(
+        w,
+        "{source} **{} faults** in {} episodes ({} of them two or three faults at once) over \
+         {:.0} min: **{} child runs, {} overlaps, {} violations** of the checks below.\n",
+        d.total.faults,
+        d.total.episodes,
+        d.combined_episodes(),
+        d.duration_s / 60.0,
+        d.total.runs,
+        d.total.overlaps,
+        d.violations.len()
     );
     let _ = writeln!(w, "![timeline](safety-timeline.svg)\n");
     let _ = writeln!(
         w,
-        "*Each strip covers {FAULTS_PER_STRIP} faults. Rows from the top: the episodes (darker: \
-         two or three faults at once), the leader key at etcd (coloured by the replica that \
-         owns it), each replica's command runs (one bar per run, in the replica's colour) over \
-         the faults that hit it (shaded by kind), each etcd member's faults, and a row that \
-         would turn red wherever two commands ran at once. Safety at a glance: bars on \
-         different replica rows never overlap in time, and every bar sits under its own \
-         replica's stretch of the leader-key row.*\n"
+        "*Each strip covers {} faults. Rows from the top: the episodes (darker: two or three \
+         faults at once), the leader key at etcd (coloured by the replica that owns it), each \
+         replica's command runs (one bar per run, in the replica's colour) over the faults that \
+         hit it (shaded by kind), each etcd member's faults, and a row that would turn red \
+         wherever two commands ran at once. Safety at a glance: bars on different replica rows \
+         never overlap in time, and every bar sits under its own replica's stretch of the \
+         leader-key row.*\n",
+        st.faults_per_strip
     );
-    if let Some(z) = zoom {
-        let _ = writeln!(w, "The densest combination up close ({z}):\n");
+    if let Some(z) = &d.zoom {
+        let _ = writeln!(w, "The densest combination up close ({}):\n", z.caption());
         let _ = writeln!(w, "![zoom](safety-zoom.svg)\n");
     }
     let _ = writeln!(w, "## Setup\n");
     let _ = writeln!(
         w,
-        "- {REPLICAS} electd replicas (`n0`–`n4`), election `{}`, `--ttl {}s`, `--stop-grace {}s` \
-         (leader budget {:.1} s: TTL − safety margin 0.3 s − stop grace; the command must be \
-         dead by TTL − margin = 2.7 s after the last successful keepalive was sent). Each \
+        "- {} electd replicas (`n0`–`n{}`), election `{}`, `--ttl {}s`, `--stop-grace {}s` \
+         (leader budget {:.1} s: TTL − safety margin {:.1} s − stop grace; the command must be \
+         dead by TTL − margin = {:.1} s after the last successful keepalive was sent). Each \
          replica reaches the etcd members through its own TCP proxies (one per member).\n\
-         - {MEMBERS} etcd members (`m0`–`m2`, heartbeat 50 ms, election timeout 500 ms, no \
+         - {} etcd members (`m0`–`m{}`, heartbeat 50 ms, election timeout 500 ms, no \
          compaction) whose raft (peer) traffic goes through proxies that tell senders apart, so \
          the raft leader can be cut from its peers while clients still reach it.\n\
          - Each replica wraps `sh -c` children that append `start` (with \
@@ -335,19 +815,18 @@ pub fn write(
          when they start.\n\
          - After each episode every fault is healed; the next starts once all members are \
          healthy and all replicas agree on one leader.",
-        crate::ELECTION,
-        crate::TTL.as_secs(),
-        crate::STOP_GRACE.as_secs(),
-        crate::LEADER_BUDGET.as_secs_f64()
+        st.replicas,
+        st.replicas.saturating_sub(1),
+        st.election,
+        st.ttl_s,
+        st.stop_grace_s,
+        st.leader_budget_s,
+        margin,
+        st.ttl_s - margin,
+        st.members,
+        st.members.saturating_sub(1),
     );
-    let etcd_version = std::process::Command::new(crate::common::etcd_binary())
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|v| v.lines().next().map(str::to_string))
-        .unwrap_or_default();
-    let _ = writeln!(w, "- {etcd_version}; electd's debug build.");
+    let _ = writeln!(w, "- {}; electd's {} build.", st.etcd, st.build);
     let _ = writeln!(w, "\n## Fault mix\n");
     let _ = writeln!(
         w,
@@ -355,11 +834,10 @@ pub fn write(
          more fault, {}% of those two more, each starting inside the first one's window. \
          Targets are the electd leader or the raft leader half the time. Two faults of one \
          episode never hold the same daemon process, link or member.\n",
-        nemesis::COMBINED_PERCENT,
-        nemesis::TRIPLE_PERCENT
+        d.mix.combined_percent, d.mix.triple_percent
     );
     let _ = writeln!(w, "| kind | what | weight |\n|---|---|---|");
-    for k in KINDS {
+    for k in &d.mix.kinds {
         let _ = writeln!(w, "| `{}` | {} | {} |", k.name, k.what, k.weight);
     }
     let _ = writeln!(w, "\n## Results\n");
@@ -378,23 +856,31 @@ pub fn write(
         w,
         "| kind | alone | in combinations {head}\n|---|---|---|---|---|---|---|---|---|---|"
     );
-    for (name, f, alone, combined) in &s.per_kind {
-        let _ = writeln!(w, "| `{name}` | {alone} | {combined} | {} |", row(f));
+    for k in &d.per_kind {
+        let _ = writeln!(
+            w,
+            "| `{}` | {} | {} | {} |",
+            k.kind,
+            k.alone,
+            k.combined,
+            row(&k.figures)
+        );
     }
-    let _ = writeln!(w, "| **all** | | | {} |", row(&s.total));
+    let _ = writeln!(w, "| **all** | | | {} |", row(&d.total));
     let _ = writeln!(w, "\n### By number of simultaneous faults\n");
     let _ = writeln!(
         w,
         "| faults at once {head}\n|---|---|---|---|---|---|---|---|"
     );
-    for (n, f) in &s.by_size {
-        let _ = writeln!(w, "| {n} | {} |", row(f));
+    for s in &d.by_size {
+        let _ = writeln!(w, "| {} | {} |", s.at_once, row(&s.figures));
     }
     let _ = writeln!(w, "\n### Combinations\n");
     let _ = writeln!(w, "| combination {head}\n|---|---|---|---|---|---|---|---|");
-    for (sig, f) in &s.per_combination {
-        let _ = writeln!(w, "| {sig} | {} |", row(f));
+    for c in &d.per_combination {
+        let _ = writeln!(w, "| {} | {} |", c.combination, row(&c.figures));
     }
+    let c = &d.checks;
     let _ = writeln!(w, "\n## What is checked, and how\n");
     let _ = writeln!(
         w,
@@ -410,7 +896,7 @@ pub fn write(
          run's start. Also checked after every episode.\n\
          - **Tokens are leader revisions**: a run's token is the create revision of the key in \
          its `ELECTD_LEADER_KEY`; that key was the leader key: at the revision it became the \
-         lowest create revision under `chaos/`, `get chaos/ --prefix --rev=R --sort-by=create \
+         lowest create revision under `{}/`, `get {}/ --prefix --rev=R --sort-by=create \
          --limit=1` shows exactly that key and create revision; its value names the run's \
          replica. For a key that did not wait in the queue R is the token itself; {} of {} runs \
          had keys that waited behind another and became leader later than their token (a read \
@@ -434,30 +920,25 @@ pub fn write(
          margin. Largest in this run: at most {}, surely {}. The budget this is held against: the \
          leader may keep its role {:.1} s (leader budget) and its command {:.1} s (+ stop \
          grace) after its last successful keepalive was sent; the lease lives {} s from when \
-         etcd received it. A run that still leads at the end has no end yet and is not counted.\n",
-        s.clock_median_ms,
-        s.clock_p99_ms,
-        s.clock_max_ms,
-        s.queued_runs,
-        s.total.runs,
-        s.restarts_in_term,
-        ms(s.total.max_outlived_ms),
-        ms(s.total.max_outlived_surely_ms),
-        crate::LEADER_BUDGET.as_secs_f64(),
-        (crate::LEADER_BUDGET + crate::STOP_GRACE).as_secs_f64(),
-        crate::TTL.as_secs()
+         etcd received it. A run that still leads at the end has no end yet and is not counted.",
+        c.clock_median_ms,
+        c.clock_p99_ms,
+        c.clock_max_ms,
+        st.election,
+        st.election,
+        c.queued_runs,
+        d.total.runs,
+        c.restarts_in_term,
+        secs(d.total.max_outlived_ms),
+        secs(d.total.max_outlived_surely_ms),
+        st.leader_budget_s,
+        st.leader_budget_s + st.stop_grace_s,
+        st.ttl_s
     );
-    let _ = writeln!(w, "\n## Findings\n");
-    let _ = writeln!(w, "{FINDINGS}");
-    if !verdict.violations.is_empty() {
-        let _ = writeln!(w, "\n## Violations\n");
-        for v in &verdict.violations {
-            let _ = writeln!(w, "- {v}");
-        }
-    }
+    findings(d, w);
     let _ = writeln!(w, "\n## Control commands\n");
     let _ = writeln!(w, "| command → exit code | count |\n|---|---|");
-    for (k, n) in &trace.control_outcomes {
+    for (k, n) in &d.control {
         let _ = writeln!(w, "| `{k}` | {n} |");
     }
     let _ = writeln!(w, "\n## Seeds and episodes\n");
@@ -466,81 +947,204 @@ pub fn write(
         "Replay: `scripts/chaos.sh {} {}` (or, in the normal suite's form, \
          `ELECTD_CHAOS_FAULTS={} ELECTD_CHAOS_SEED={} cargo nextest run --test chaos \
          chaos_combined_nemesis` for short schedules).\n",
-        trace.faults, trace.seed, trace.faults, trace.seed
+        d.faults_asked, d.seed, d.faults_asked, d.seed
     );
     let _ = writeln!(
         w,
         "<details><summary>All {} episodes</summary>\n",
-        trace.episodes.len()
+        d.episodes.len()
     );
     let _ = writeln!(
         w,
         "| # | at (s) | faults | leader before | healed after (s) | note |\n|---|---|---|---|---|---|"
     );
-    for e in &trace.episodes {
-        let faults: Vec<String> = e
-            .faults
-            .iter()
-            .map(|f| {
-                format!(
-                    "`{}` {} {}{}",
-                    f.kind,
-                    f.targets,
-                    f.detail,
-                    if f.skipped { " (skipped)" } else { "" }
-                )
-            })
-            .collect();
+    for e in &d.episodes {
+        let faults: Vec<String> = e.faults.iter().map(fault_text).collect();
         let _ = writeln!(
             w,
             "| {} | {:.1} | {} | n{} | {:.1} | {} |",
             e.n,
-            (e.start_ns - trace.started_ns) as f64 / 1e9,
+            e.at_s,
             faults.join("<br>"),
             e.leader_before,
-            (e.healed_ns.saturating_sub(e.steps_done_ns)) as f64 / 1e9,
+            e.healed_after_s,
             e.note
         );
     }
     let _ = writeln!(w, "\n</details>");
-    std::fs::write(dir.join("safety.md"), md).expect("write safety.md");
+    md
 }
 
-/// What runs of this nemesis have found so far (kept in the report until fixed).
-const FINDINGS: &str = "\
-**A thawed etcd raft leader revokes live leases (etcd's bug), so two commands can run for a few \
-milliseconds.** Seen once in the suite's 10-fault form (seed 33) and about every other run of \
-`chaos_regression_thawed_raft_leader` (the raft leader frozen for 4 s, three times); both tests \
-are `#[ignore]`d because they fail on Debian's etcd (`cargo nextest run --test chaos \
---run-ignored only chaos_regression`).
+/// Writes `safety.json`, `safety.md` (rendered from it), `safety-timeline.svg` and
+/// `safety-zoom.svg` into `dir`.
+pub fn write(
+    dir: &Path,
+    trace: &Trace,
+    runs: &[Run],
+    leads: &[Lead],
+    clock: &Clocked,
+    verdict: &Verdict,
+    s: &Summary,
+) {
+    std::fs::create_dir_all(dir).expect("create the report directory");
+    let timeline = Timeline::new(trace, runs, leads, clock);
+    timeline.draw_strips(&dir.join("safety-timeline.svg"));
+    let zoom = timeline.draw_zoom(&dir.join("safety-zoom.svg"));
+    let data = SafetyData::new(trace, runs, verdict, s, zoom);
+    std::fs::write(dir.join("safety.json"), data.to_json()).expect("write safety.json");
+    std::fs::write(dir.join("safety.md"), render(&data)).expect("write safety.md");
+}
 
-1. etcd 3.4.23 (Debian's) lets a raft leader that was frozen longer than the lease TTL revoke, \
-when it thaws, every lease that expired in its stale view (etcd-io/etcd#15247), although their \
-owners kept them alive through the new leader: the electd leader's last keepalive before the \
-deletion was answered with a positive TTL well within the TTL (it never turned `suspect`), so \
-etcd broke its own lease contract. The fix that landed for #15247 (#16822, #17465: etcd 3.4.30, \
-3.5.13) does not stop it here: `chaos_regression_thawed_raft_leader` also fails with Debian \
-trixie's etcd 3.5.16 (`ELECTD_TEST_ETCD=…/etcd`), 2 runs of 2. In the reproduction the etcd logs show the revokes coming from the thawed member \
-(request ids with its member prefix) right at the thaw, and three replicas' keys vanish at one \
-revision, the electd leader's among them, while it was `leader` (never `suspect`). Leadership \
-moves at once: the next replica is elected within milliseconds, with no TTL to wait out.
-2. electd used to make it worse: its election driver revoked the (already gone) lease before the \
-role machine heard that the session was lost, so the command was stopped one revoke round trip \
-late (11–15 ms). Fixed: the driver now publishes the loss first and the stop signal goes out \
-before anything else. Since then the old command has lived 2–14 ms after its key's deletion \
-(the watch event's delivery, then SIGTERM and the child's exit), and the ledger showed no \
-overlap in 4 runs of the reproduction; the etcd check still flags those milliseconds, because \
-no client can stop before it learns of a revocation it did not ask for. Fencing tokens stay \
-ordered (the new leader's is higher), so a fenced downstream refuses the old leader's late \
-writes: that is the defence against this etcd behaviour, with a TTL longer than any freeze of \
-an etcd member.
-3. The children's ledger alone shows no overlap (the old command writes `stop` on SIGTERM before \
-the new one writes `start`): the etcd check (alive after its key's deletion revision) is what \
-catches it.
+/// Whether the page at `page` is what the data at `data` renders to.
+pub fn check_rendered(data: &Path, page: &Path) -> Result<(), String> {
+    crate::common::reports::check_rendered(data, page, |text| {
+        SafetyData::from_json(text).map(|d| render(&d))
+    })
+}
 
-The suite's short run uses a fixed seed without a freeze longer than the TTL (`CI_SEED`) so \
-that etcd's bug does not fail it at random; `scripts/chaos.sh` keeps member freezes of 1–5 s, \
-so a long run on Debian's etcd can report this finding.";
+/// The committed pair: `docs/safety.md` is what `docs/safety.json` renders to.
+#[test]
+fn committed_safety_page_is_rendered_from_its_data() {
+    crate::common::reports::check_committed(
+        "safety",
+        |text| SafetyData::from_json(text).map(|d| render(&d)),
+        "rerun `scripts/chaos.sh FAULTS SEED`",
+    );
+}
+
+/// Findings come from the recorded violations: none, one episode, several with a fault kind
+/// in common; each violation under its episode, and the first lines say so.
+#[test]
+fn findings_are_the_recorded_violations_by_episode() {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/safety.json"))
+            .expect("read docs/safety.json");
+    let base = SafetyData::from_json(&text).expect("docs/safety.json");
+    let fault = |kind: &str| FaultRecord {
+        kind: kind.into(),
+        targets: "m0".into(),
+        detail: "x".into(),
+        skipped: false,
+    };
+    let episode = |n: usize, kinds: &[&str]| EpisodeRecord {
+        n,
+        at_s: n as f64,
+        faults: kinds.iter().map(|k| fault(k)).collect(),
+        leader_before: 0,
+        healed_after_s: 0.1,
+        note: String::new(),
+    };
+    let violation = |episode: Option<usize>, what: &str| Violation {
+        episode,
+        replica: Some("n1".into()),
+        token: Some(7),
+        what: what.into(),
+    };
+    let with = |violations: Vec<Violation>, overlaps: usize| SafetyData {
+        violations,
+        total: Figures {
+            overlaps,
+            ..base.total.clone()
+        },
+        episodes: vec![
+            episode(1, &["member-freeze", "link-slow"]),
+            episode(2, &["member-freeze"]),
+            episode(3, &["daemon-kill9"]),
+        ],
+        ..base.clone()
+    };
+    let first_lines = |d: &SafetyData| render(d).lines().nth(2).unwrap_or_default().to_string();
+    let findings = |d: &SafetyData| {
+        let page = render(d);
+        let at = page.find("## Findings").expect("a findings section");
+        let end = page[at..]
+            .find("\n## Control")
+            .map_or(page.len(), |e| at + e);
+        page[at..end].to_string()
+    };
+
+    let clean = with(Vec::new(), 0);
+    assert!(first_lines(&clean).starts_with("**No violations and no overlaps**"));
+    assert!(
+        findings(&clean).contains("No violations"),
+        "{}",
+        findings(&clean)
+    );
+
+    let two = with(
+        vec![
+            violation(
+                Some(1),
+                "n1 (token 7, started 1): alive 11 ms after its key",
+            ),
+            violation(
+                Some(2),
+                "n2 (token 9, started 2): alive 12 ms after its key",
+            ),
+        ],
+        0,
+    );
+    let f = findings(&two);
+    assert!(
+        first_lines(&two).starts_with("**2 violations of the checks** (episodes 1 and 2)"),
+        "{}",
+        first_lines(&two)
+    );
+    assert!(
+        f.contains("**Episode 1**") && f.contains("**Episode 2**"),
+        "{f}"
+    );
+    assert!(
+        f.contains("alive 11 ms") && f.contains("alive 12 ms"),
+        "{f}"
+    );
+    assert!(
+        f.contains("Every one of these episodes had `member-freeze`."),
+        "{f}"
+    );
+    assert!(f.contains("etcd-io/etcd#15247"), "{f}");
+    assert!(!f.contains("**Episode 3**"), "{f}");
+
+    let other = with(
+        vec![
+            violation(Some(3), "n1 (token 7, started 1): token is not its key's"),
+            violation(None, "token went backwards or was reused"),
+        ],
+        1,
+    );
+    let f = findings(&other);
+    assert!(
+        first_lines(&other).contains("**1 overlap**"),
+        "{}",
+        first_lines(&other)
+    );
+    assert!(
+        f.contains("**Episode 3**") && f.contains("**No episode**"),
+        "{f}"
+    );
+    assert!(!f.contains("etcd-io/etcd#15247"), "{f}");
+    assert!(!f.contains("no overlap"), "{f}");
+
+    // A run is found by the checker's `ID (token N` and placed by its last sign of life.
+    let runs = [Run {
+        id: "n1".into(),
+        token: 7,
+        key: None,
+        start: 10,
+        last: 20,
+        stopped: true,
+    }];
+    assert_eq!(
+        run_named("n1 (token 7, started 10): alive 1 ms after", &runs).map(|r| r.last),
+        Some(20)
+    );
+    assert!(run_named("n1 (token 70, started 10)", &runs).is_none());
+    assert!(run_named("xn1 (token 7, started 10)", &runs).is_none());
+    assert_eq!(
+        run_named("overlap: n1 (token 7) started while another", &runs).map(|r| r.start),
+        Some(10)
+    );
+}
 
 // ---------------------------------------------------------------------------
 // Pictures
@@ -713,16 +1317,20 @@ impl Timeline {
         root.present().expect("write the timeline SVG");
     }
 
-    /// The densest combination episode, 3 s either side; returns a caption.
-    fn draw_zoom(&self, path: &Path) -> Option<String> {
+    /// The densest combination episode, 3 s either side; returns what it shows.
+    fn draw_zoom(&self, path: &Path) -> Option<Zoom> {
         let (n, a, b) = self.densest?;
         let (a, b) = ((a - 3.0).max(0.0), (b + 3.0).min(self.end));
         let root = SVGBackend::new(path, (1600, 360)).into_drawing_area();
         root.fill(&WHITE).expect("fill");
-        let title = format!("episode {n}: {:.1}–{:.1} s", a, b);
-        self.draw_strip(&root, a, b, &title, true);
+        let zoom = Zoom {
+            episode: n,
+            from_s: a,
+            to_s: b,
+        };
+        self.draw_strip(&root, a, b, &zoom.caption(), true);
         root.present().expect("write the zoom SVG");
-        Some(title)
+        Some(zoom)
     }
 
     fn draw_legend(&self, area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>) {

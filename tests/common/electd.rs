@@ -155,11 +155,12 @@ impl Daemon {
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("clone log fd"))
         .stderr(log);
+        // The default stop grace (3s) does not fit the tests' 3s TTL (with a command, or
+        // without one: the app's budget leaves it the grace to stop).
+        if !self.spec.extra.iter().any(|a| a == "--stop-grace") {
+            cmd.args(["--stop-grace", "1s"]);
+        }
         if !self.spec.command.is_empty() {
-            // The default stop grace (3s) does not fit the tests' 3s TTL.
-            if !self.spec.extra.iter().any(|a| a == "--stop-grace") {
-                cmd.args(["--stop-grace", "1s"]);
-            }
             cmd.arg("--").args(&self.spec.command);
         }
         self.child = Some(spawn_tied(cmd).expect("spawn electd"));
@@ -241,15 +242,17 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// `/role` over HTTP, if the daemon answers.
+    /// `/role` over HTTP, if the daemon answers. Asked as an observer (`?claim=false`): a test
+    /// does not act as leader on it, so no budget is handed out (it would make a sidecar's
+    /// graceful handover wait it out).
     pub fn role(&self) -> Option<Value> {
-        let (code, body) = http_get(&self.http, "/role").ok()?;
+        let (code, body) = http_get(&self.http, "/role?claim=false").ok()?;
         (code == 200).then(|| serde_json::from_str(&body).expect("/role is JSON"))
     }
 
-    /// `/role` over the Unix socket, if the daemon answers.
+    /// `/role` over the Unix socket, if the daemon answers (as an observer, like [`Daemon::role`]).
     pub fn role_socket(&self) -> Option<Value> {
-        let (code, body) = unix_http(&self.socket, "GET", "/role", None).ok()?;
+        let (code, body) = unix_http(&self.socket, "GET", "/role?claim=false", None).ok()?;
         (code == 200).then(|| serde_json::from_str(&body).expect("/role is JSON"))
     }
 

@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// `GET path` on `addr` ("127.0.0.1:8080"; an "http://" prefix is accepted).
 /// Returns (status, body). 2 s timeout.
@@ -37,7 +38,7 @@ pub fn http_request(
 }
 
 /// `method uri` over the Unix socket at `path`; a body is sent as
-/// `application/json`. Returns (status, body). 2 s timeout.
+/// `application/json`. Returns (status, body). 2 s timeout (15 s for control actions).
 pub fn unix_http(
     path: &Path,
     method: &str,
@@ -46,10 +47,17 @@ pub fn unix_http(
 ) -> Result<(u16, String), String> {
     let stream =
         UnixStream::connect(path).map_err(|e| format!("connect {}: {e}", path.display()))?;
-    let deadline = Instant::now() + DEFAULT_TIMEOUT;
+    // A control action is answered once it is carried out: a sidecar leader's resign or pause
+    // waits out the budget it handed to its app (up to TTL − margin).
+    let timeout = if method == "GET" {
+        DEFAULT_TIMEOUT
+    } else {
+        CONTROL_TIMEOUT
+    };
+    let deadline = Instant::now() + timeout;
     stream
-        .set_write_timeout(Some(DEFAULT_TIMEOUT))
-        .and_then(|_| stream.set_read_timeout(Some(DEFAULT_TIMEOUT)))
+        .set_write_timeout(Some(timeout))
+        .and_then(|_| stream.set_read_timeout(Some(timeout)))
         .map_err(|e| e.to_string())?;
     exchange(stream, "localhost", method, uri, body, deadline)
         .map_err(|e| format!("{method} {uri} on {}: {e}", path.display()))

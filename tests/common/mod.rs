@@ -13,13 +13,14 @@ mod haproxy;
 mod http;
 mod ledger;
 mod proxy;
+pub mod reports;
 mod tls;
 
 pub use app::{NameApp, Replica, ask, ask_once, connect};
 pub use electd::{Daemon, DaemonSpec, electd_binary, leaders, read_lines, wait_one_leader};
 pub use etcd::{Etcd, EtcdCluster, EtcdOptions};
 pub use haproxy::{Haproxy, Server, haproxy_binary, haproxy_config, haproxy_path};
-pub use http::{PendingGet, http_get, http_request, unix_http};
+pub use http::{PendingGet, http_get, http_get_timeout, http_request, unix_http};
 pub use ledger::*;
 pub use proxy::{PeerMesh, ProxyMode, TcpProxy};
 pub use tls::*;
