@@ -907,7 +907,7 @@ fn heal_records_an_electd_that_exited_by_itself() {
 /// docs/safety.md, "Findings"): three leases that their replicas kept alive were revoked
 /// at one revision the moment an etcd raft leader frozen for 3.4 s was thawed, one of them the
 /// electd leader's. etcd 3.4.23 lets a thawed old leader revoke leases that expired in its stale
-/// view (etcd-io/etcd#15247; also with etcd 3.5.16, after the fixes #16822/#17465). Leadership
+/// view (etcd-io/etcd#15247; also 3.5.16 and 3.5.30, which carry etcd's fix #17425). Leadership
 /// moves at once, and
 /// the old command lives for the few milliseconds electd needs to learn of the deletion and stop
 /// it (the etcd check flags that; the children's ledger shows no overlap). electd used to add a
@@ -927,8 +927,9 @@ fn chaos_regression_seed_33() {
 /// through the new raft leader (seen: etcd logs a second `lease_revoke` of the leader's lease,
 /// request id from the thawed member, "lease not found"). Before the driver published the loss
 /// first, the old command lived 12 ms beside the new one; since, 2–14 ms after its key's
-/// deletion with no overlap in the ledger in 4 runs. Fails on Debian's etcd about every other
-/// run, and with Debian trixie's etcd 3.5.16 too (2 runs of 2: `ELECTD_TEST_ETCD=…`).
+/// deletion with no overlap in the ledger in 4 runs. Fails on 3.4.23, 3.5.16 and 3.5.30 alike
+/// (3, 2 and 3 runs of 4, December 2026: `ELECTD_TEST_ETCD=$(scripts/etcd.sh 3.5 | tail -n1)`;
+/// docs/operations.md, "etcd versions").
 #[test]
 #[ignore = "finding: etcd revokes live leases when a frozen raft leader thaws (etcd-io/etcd#15247); see docs/safety.md"]
 fn chaos_regression_thawed_raft_leader() {
