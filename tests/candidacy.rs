@@ -296,7 +296,11 @@ fn resign_to_a_named_replica_hands_it_leadership_and_refuses_the_ineligible() {
     let (code, out, err) = resign_to(&daemons[l0], "r3");
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("leadership handed to r3"), "{out}");
-    assert!(daemons[2].is_leader());
+    // r3 heads the queue once the old leader's key is marked released; its electd takes the
+    // role a moment later.
+    wait_until(Duration::from_secs(2), "r3 to lead", || {
+        daemons[2].is_leader()
+    });
     assert!(daemons[2].fencing_token().unwrap() > token);
     // r2 gave way, and the old leader does not win it back.
     std::thread::sleep(Duration::from_secs(2));

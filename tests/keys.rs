@@ -129,13 +129,17 @@ fn foreign_and_overwritten_keys_are_ignored_and_an_overwritten_leader_steps_down
     wait_until(Duration::from_secs(5), "b's command", || {
         starts(&ledger(&l)).iter().any(|r| r.id == "b")
     });
-    let records = ledger(&l);
-    let stopped = records
+    // Taken away, not given up: a's command is killed at once (no stop record), before b's
+    // starts (b waited its start guard).
+    let ended = wait_run_end(&l, token, Duration::from_secs(2));
+    let b_start = starts(&ledger(&l))
         .iter()
-        .find(|r| r.id == "a" && r.what == "stop")
-        .unwrap_or_else(|| panic!("a's command was stopped: {records:?}"));
+        .find(|r| r.id == "b")
+        .map(|r| r.at)
+        .unwrap();
+    assert!(ended < b_start, "a's command was alive when b's started");
     // At once: well inside the 10 s TTL.
-    let took = Duration::from_nanos(stopped.at.saturating_sub(rewritten) as u64);
+    let took = Duration::from_nanos(ended.saturating_sub(rewritten) as u64);
     assert!(
         took < Duration::from_millis(2500),
         "stopped {took:?} after the rewrite"

@@ -283,6 +283,7 @@ fn spawn(backend: &EtcdBackend, timing: Timing, n: usize) -> Candidate {
             priority: 1,
             takeover_delay: None,
         },
+        start_guard: Duration::from_millis(250),
     });
     let task = tokio::spawn(async move {
         let _ = driver.run().await;

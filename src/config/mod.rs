@@ -183,6 +183,9 @@ pub struct Config {
     /// How long a candidate of higher priority waits before a running leader hands over to
     /// it; `None`: never pre-empt a running leader.
     pub takeover_delay: Option<Duration>,
+    /// How long to wait before leading after the leader before us vanished without the
+    /// clean-release mark (`--start-guard`).
+    pub start_guard: Duration,
     /// This replica's app, published to the others (`--advertise`).
     pub advertise: Option<String>,
     /// Where the leader-following proxy listens, if it runs.
@@ -198,14 +201,25 @@ pub struct Config {
     pub has_command: bool,
 }
 
-#[derive(Debug, Clone)]
+/// How to reach etcd: what a client needs of the configuration (also handed, over a private
+/// pipe, to the freeze watchdog, which releases leadership when electd dies).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct EtcdSettings {
+    pub endpoints: Vec<String>,
+    pub tls: Option<TlsFiles>,
+    pub auth: Option<Auth>,
+    /// The first wait for a reply ([`Timing::request_timeout`]).
+    pub request_timeout: Duration,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TlsFiles {
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
 }
 
-#[derive(Clone)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct Auth {
     pub user: String,
     pub password: String,
@@ -282,6 +296,16 @@ impl Config {
     /// budget `/role` gave it runs out (docs/app-contract.md).
     pub fn timing(&self) -> Timing {
         Timing::new(self.ttl, self.stop_grace)
+    }
+
+    /// How to reach etcd.
+    pub fn etcd_settings(&self) -> EtcdSettings {
+        EtcdSettings {
+            endpoints: self.endpoints.clone(),
+            tls: self.etcd_tls.clone(),
+            auth: self.etcd_auth.clone(),
+            request_timeout: self.timing().request_timeout,
+        }
     }
 }
 
@@ -595,6 +619,9 @@ impl Layers {
             health: self.health()?,
             priority: priority.value,
             takeover_delay: self.value("takeover_delay", parse::duration_or_off)?.value,
+            start_guard: self
+                .value("start_guard", parse::duration_between("0s", "1m"))?
+                .value,
             advertise: self.optional("advertise", parse::host_port)?,
             proxy: self.optional("proxy", parse::listen_addr)?,
             proxy_wait: self

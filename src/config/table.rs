@@ -260,6 +260,13 @@ pub const SETTINGS: &[Spec] = &[
         "How long a candidate of higher priority waits before a running leader hands over to it, or `off` (never pre-empt)",
     ),
     spec(
+        "start_guard",
+        "DURATION",
+        Value("250ms"),
+        Both,
+        "How long to wait before leading when the leader before us vanished without a clean release (its lease expired or was revoked, its key deleted): time for a deposed leader to have killed its command; `0s` to start at once",
+    ),
+    spec(
         "advertise",
         "HOST:PORT",
         Unset,

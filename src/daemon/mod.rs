@@ -28,7 +28,8 @@ use crate::health;
 use crate::leadership::{AppBudget, ElectionSource, ExitPolicy, Identity, Leadership, Next};
 use crate::metrics::Metrics;
 use crate::status::Status;
-use crate::supervisor::{ChildSpec, Supervisor, watchdog::Watchdog};
+use crate::supervisor::watchdog::{Watchdog, WatchdogHandle};
+use crate::supervisor::{ChildSpec, Supervisor};
 use eligibility::Eligibility;
 use listeners::{Api, Listeners};
 use publisher::Publisher;
@@ -121,6 +122,7 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonErro
                 priority: config.priority,
                 takeover_delay: config.takeover_delay,
             },
+            start_guard: config.start_guard,
         },
         Arc::new(metrics.clone()),
     );
@@ -152,7 +154,15 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonErro
         },
     );
     let sidecar = command.is_empty();
-    let supervisor = supervisor_for(&config, command)?;
+    // The watchdog holds the command's deadline, and hands the term over if electd dies; a
+    // replica that never leads needs none.
+    let watchdog = match config.priority > 0 || !sidecar {
+        true => {
+            Some(Watchdog::spawn(Some(&config.etcd_settings())).map_err(DaemonError::Watchdog)?)
+        }
+        false => None,
+    };
+    let supervisor = supervisor_for(&config, command, watchdog.clone());
     let publisher = Publisher {
         status: status_tx.clone(),
         metrics: metrics.clone(),
@@ -178,6 +188,9 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonErro
             claims,
             grace: config.stop_grace,
         });
+    }
+    if let Some(w) = watchdog {
+        lead = lead.with_watchdog(w);
     }
     if !eligibility.eligible() {
         lead = lead.ineligible();
@@ -245,19 +258,19 @@ fn serve_api(listeners: Listeners, config: &Config, backend: &EtcdBackend, state
 fn supervisor_for(
     config: &Config,
     command: Vec<String>,
-) -> Result<Option<Supervisor>, DaemonError> {
+    watchdog: Option<WatchdogHandle>,
+) -> Option<Supervisor> {
     if command.is_empty() {
-        return Ok(None);
+        return None;
     }
-    let watchdog = Watchdog::spawn().map_err(DaemonError::Watchdog)?;
-    Ok(Some(Supervisor::new(
+    Some(Supervisor::new(
         ChildSpec {
             argv: command,
             stop_signal: config.stop_signal,
             stop_grace: config.stop_grace,
         },
-        Some(watchdog),
-    )))
+        watchdog,
+    ))
 }
 
 /// Run the health check, reporting changes on a bounded channel and every check to metrics.

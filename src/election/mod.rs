@@ -80,6 +80,12 @@ pub struct MemberInfo {
     /// HOST:PORT of this replica's app (`--advertise`): where clients reach it when it leads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
+    /// The clean-release mark: written into its own key by a leader that gives up leadership on
+    /// purpose once its command is stopped (or, without one, its app's budget has run out), just
+    /// before the lease is revoked. A key with it has left the queue; a successor starts at once.
+    /// A leader's key that vanishes without it makes the successor wait its start guard.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub released: bool,
 }
 
 impl MemberInfo {
@@ -95,7 +101,27 @@ impl MemberInfo {
             priority: None,
             handoff_to: None,
             advertise: None,
+            released: false,
         }
+    }
+
+    /// This member's value with the clean-release mark.
+    pub fn released(&self) -> MemberInfo {
+        MemberInfo {
+            released: true,
+            handoff_to: None,
+            ..self.clone()
+        }
+    }
+
+    /// Whether a candidate key's value carries the clean-release mark. Decided here, once.
+    pub fn released_in(value: &str) -> bool {
+        #[derive(Deserialize)]
+        struct Mark {
+            #[serde(default)]
+            released: bool,
+        }
+        serde_json::from_str::<Mark>(value).is_ok_and(|m| m.released)
     }
 
     pub fn with_advertise(mut self, advertise: Option<String>) -> MemberInfo {
@@ -107,6 +133,21 @@ impl MemberInfo {
         self.priority = Some(priority);
         self
     }
+}
+
+/// The variable that names a term's leader key to the wrapped command. Every process of the
+/// command's tree inherits it, so the freeze watchdog finds them by it.
+pub const LEADER_KEY_VAR: &str = "ELECTD_LEADER_KEY";
+
+/// What it takes to hand a leader's term over once its process has died: its lease, its
+/// candidate key with that key's create revision (the fencing token), and the key's value with
+/// the clean-release mark. The freeze watchdog holds it while this replica leads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handover {
+    pub lease: i64,
+    pub key: String,
+    pub revision: i64,
+    pub mark: String,
 }
 
 /// The current leader as seen in etcd.
@@ -145,6 +186,11 @@ pub enum Position {
     Waiting { leader: Option<LeaderInfo> },
     /// Our key is the lowest; `token` is its create revision.
     Leading { token: i64, leader: LeaderInfo },
+    /// Our key is the lowest, but the leader before it vanished without the clean-release mark
+    /// (or this replica does not know how it left: it has just started): this replica does not
+    /// lead before `until`, when the start guard ends — time for a deposed leader that saw its
+    /// key go to have killed its command.
+    Guarded { until: Instant },
     /// Out of the queue on purpose (not eligible: a failing health check, an observer), still
     /// watching who leads.
     Observing { leader: Option<LeaderInfo> },
@@ -305,6 +351,9 @@ pub struct DriverConfig {
     pub observe_first: bool,
     /// Who may lead: this replica's priority and takeover delay.
     pub policy: candidacy::Policy,
+    /// How long to wait before leading after the leader before us vanished without the
+    /// clean-release mark (`--start-guard`).
+    pub start_guard: Duration,
 }
 
 /// What a driver reports as it goes, for metrics. The election does not know who listens

@@ -32,6 +32,16 @@ impl Foreign {
     }
 }
 
+/// The leader (the head of the queue) left it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Departure {
+    pub key: String,
+    /// With the clean-release mark ([`super::MemberInfo::released`]): it stopped its command
+    /// first. Without it (deleted, expired, revoked, rewritten, or gone between two reads) it
+    /// may still be stopping.
+    pub marked: bool,
+}
+
 /// What one event changed.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Delta {
@@ -43,6 +53,8 @@ pub struct Delta {
     pub left: Vec<String>,
     /// Keys that joined it.
     pub joined: Vec<String>,
+    /// Leaders that left, in order.
+    pub head_left: Vec<Departure>,
 }
 
 /// The queue at [`Queue::revision`].
@@ -64,6 +76,7 @@ impl Delta {
         self.new_foreign.extend(later.new_foreign);
         self.left.extend(later.left);
         self.joined.extend(later.joined);
+        self.head_left.extend(later.head_left);
     }
 }
 
@@ -81,6 +94,8 @@ impl Queue {
     /// Start over from a read of the whole prefix at `revision`.
     pub fn reset(&mut self, revision: i64, keys: impl IntoIterator<Item = Candidate>) -> Delta {
         let before: Vec<String> = self.by_key.keys().cloned().collect();
+        let head = self.leader().map(|c| c.key.clone());
+        let mut released = Vec::new();
         let known_foreign = std::mem::take(&mut self.foreign);
         self.candidates.clear();
         self.by_key.clear();
@@ -90,6 +105,9 @@ impl Queue {
             ..Delta::default()
         };
         for c in keys {
+            if crate::election::MemberInfo::released_in(&c.value) {
+                released.push(c.key.clone());
+            }
             let d = self.put(revision, c);
             delta
                 .joined
@@ -104,6 +122,11 @@ impl Queue {
             .into_iter()
             .filter(|k| !self.by_key.contains_key(k))
             .collect();
+        // The leader before the read is gone: marked only if the read shows its mark.
+        if let Some(key) = head.filter(|k| !self.by_key.contains_key(k)) {
+            let marked = released.contains(&key);
+            delta.head_left.push(Departure { key, marked });
+        }
         delta
     }
 
@@ -115,7 +138,7 @@ impl Queue {
         if let Some(rev) = self.by_key.get(&c.key).copied()
             && rev != c.create_revision
         {
-            self.remove(&c.key, &mut delta);
+            self.remove(&c.key, &mut delta, false);
         }
         let kind = match keys::read_key(&self.election, &c.key) {
             KeyKind::Candidate { lease } if lease == c.lease => None,
@@ -124,6 +147,12 @@ impl Queue {
             KeyKind::Nested | KeyKind::Outside => return delta,
         };
         match kind {
+            // Released by its owner (its command stopped): it leaves the queue now, before its
+            // lease is revoked, and is never a candidate again.
+            None if super::MemberInfo::released_in(&c.value) => {
+                self.remove(&c.key, &mut delta, true);
+                self.foreign.remove(&c.key);
+            }
             None => {
                 delta.candidates = true;
                 self.foreign.remove(&c.key);
@@ -137,7 +166,7 @@ impl Queue {
                 self.candidates.insert(c.create_revision, c);
             }
             Some(why) => {
-                self.remove(&c.key, &mut delta);
+                self.remove(&c.key, &mut delta, false);
                 let was = self.foreign.insert(c.key.clone(), (c.clone(), why));
                 if was.is_none_or(|(_, w)| w != why) {
                     delta.new_foreign.push((c.key, why));
@@ -151,7 +180,7 @@ impl Queue {
     pub fn delete(&mut self, revision: i64, key: &str) -> Delta {
         self.revision = self.revision.max(revision);
         let mut delta = Delta::default();
-        self.remove(key, &mut delta);
+        self.remove(key, &mut delta, false);
         self.foreign.remove(key);
         delta
     }
@@ -161,11 +190,19 @@ impl Queue {
         self.revision = self.revision.max(revision);
     }
 
-    fn remove(&mut self, key: &str, delta: &mut Delta) {
+    /// Take `key` out of the queue (`marked`: by its clean-release mark).
+    fn remove(&mut self, key: &str, delta: &mut Delta, marked: bool) {
         if let Some(rev) = self.by_key.remove(key) {
+            let was_head = self.candidates.keys().next() == Some(&rev);
             self.candidates.remove(&rev);
             delta.candidates = true;
             delta.left.push(key.to_string());
+            if was_head {
+                delta.head_left.push(Departure {
+                    key: key.to_string(),
+                    marked,
+                });
+            }
         }
     }
 
@@ -246,6 +283,7 @@ mod tests {
                 .collect(),
             left: left.iter().map(|s| s.to_string()).collect(),
             joined: Vec::new(),
+            head_left: Vec::new(),
         };
         let cases: Vec<Case> = vec![
             (
@@ -363,6 +401,7 @@ mod tests {
                 };
                 let got = Delta {
                     joined: Vec::new(),
+                    head_left: Vec::new(),
                     ..got
                 };
                 assert_eq!(got, want, "{name}: step {i} delta");
@@ -393,6 +432,54 @@ mod tests {
             (d.joined, d.left),
             (vec!["e/c".to_string()], vec!["e/b".to_string()])
         );
+    }
+
+    /// Which leaders left, and whether with the clean-release mark.
+    #[test]
+    fn leaders_leave_marked_or_unmarked() {
+        let marked = |key: &str, rev, lease| Candidate {
+            value: format!("{{\"id\":\"{key}\",\"released\":true}}"),
+            ..cand(key, rev, lease)
+        };
+        let dep = |key: &str, marked| Departure {
+            key: key.into(),
+            marked,
+        };
+        let mut q = Queue::new("e");
+        q.reset(
+            9,
+            [
+                cand("e/a", 4, 0xa),
+                cand("e/b", 5, 0xb),
+                cand("e/c", 6, 0xc),
+            ],
+        );
+        // A follower leaving is no departure of the leader.
+        assert!(q.delete(10, "e/c").head_left.is_empty());
+        // The leader marks its key: it leaves the queue at once, before its lease goes.
+        let d = q.put(11, marked("e/a", 4, 0xa));
+        assert_eq!(d.head_left, vec![dep("e/a", true)]);
+        assert_eq!(d.left, vec!["e/a".to_string()]);
+        assert_eq!(q.leader().map(|c| c.key.as_str()), Some("e/b"));
+        // ...and its deletion afterwards changes nothing.
+        assert_eq!(q.delete(12, "e/a"), Delta::default());
+        assert_eq!(q.foreign().count(), 0, "a released key is not foreign");
+        // A leader deleted (expired, revoked, by hand) leaves unmarked.
+        let d = q.delete(13, "e/b");
+        assert_eq!(d.head_left, vec![dep("e/b", false)]);
+        // So does one rewritten without its lease.
+        q.put(14, cand("e/d", 14, 0xd));
+        assert_eq!(
+            q.put(15, cand("e/d", 14, 0)).head_left,
+            vec![dep("e/d", false)]
+        );
+        // Across a re-read: gone unmarked, or still there with its mark.
+        q.put(16, cand("e/f", 16, 0xf));
+        let d = q.reset(17, [cand("e/1a", 17, 0x1a)]);
+        assert_eq!(d.head_left, vec![dep("e/f", false)]);
+        let d = q.reset(18, [marked("e/1a", 17, 0x1a), cand("e/1b", 18, 0x1b)]);
+        assert_eq!(d.head_left, vec![dep("e/1a", true)]);
+        assert_eq!(q.leader().map(|c| c.key.as_str()), Some("e/1b"));
     }
 
     #[test]

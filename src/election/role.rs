@@ -168,6 +168,11 @@ pub struct Observed {
     /// Why this replica must not lead whatever the queue says (`ElectionView::refusal`); its
     /// owner turns it into [`Event::Ineligible`].
     pub refusal: Option<String>,
+    /// A leadership this view ends was taken away at the source (its key deleted, its lease
+    /// expired or revoked at etcd): the command is killed at once, since a successor starts
+    /// after its start guard. Otherwise (the local electd said it stopped leading, for
+    /// `elect-run --socket`) it gets its stop grace.
+    pub taken_away: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -203,6 +208,10 @@ pub enum Action {
     },
     /// Stop the child: signal, grace, kill the process group; wait until it is gone.
     StopChild,
+    /// Kill the child at once (SIGKILL to its group and tree, no grace) and wait until it is
+    /// gone: leadership was lost without this replica giving it up — its key deleted, its lease
+    /// expired or revoked at etcd — so a successor may start after its start guard.
+    KillChild,
     /// Tell the driver to give up its session (revoke the lease), then do `After`.
     Release(After),
     ResumeElection,
@@ -339,8 +348,14 @@ impl Machine {
                 let still_leading = o.lease == Some(*lease)
                     && matches!(&o.position, Position::Leading { token: t, .. } if t == token);
                 if !still_leading {
+                    // Not given up but taken away (the key or lease is gone at etcd): the next
+                    // leader waits only its start guard, not this command's stop grace.
                     next.role = follower_role(o);
-                    vec![Action::StopChild]
+                    if o.taken_away {
+                        vec![Action::KillChild]
+                    } else {
+                        vec![Action::StopChild]
+                    }
                 } else {
                     let deadline = o.deadline.unwrap_or(now);
                     if now >= deadline || o.handoff.is_some() {
@@ -445,6 +460,7 @@ mod tests {
             reachable,
             handoff: None,
             refusal: None,
+            taken_away: true,
         }))
     }
 
@@ -465,6 +481,7 @@ mod tests {
             reachable: true,
             handoff: None,
             refusal: None,
+            taken_away: true,
         }))
     }
 
@@ -484,6 +501,7 @@ mod tests {
             reachable: false,
             handoff: None,
             refusal: None,
+            taken_away: true,
         }))
     }
 
@@ -723,7 +741,7 @@ mod tests {
                 leading(8, 11, now, true),
                 now,
                 K::Candidate,
-                vec![StopChild],
+                vec![KillChild],
             ),
             (
                 "lead key lost",
@@ -731,7 +749,7 @@ mod tests {
                 joining(),
                 now,
                 K::Candidate,
-                vec![StopChild],
+                vec![KillChild],
             ),
             (
                 "lead demoted",
@@ -739,7 +757,7 @@ mod tests {
                 waiting(7, Some(info("other", 5)), t0),
                 now,
                 K::Follower,
-                vec![StopChild],
+                vec![KillChild],
             ),
             (
                 "lead hands over",
@@ -812,7 +830,7 @@ mod tests {
                 joining(),
                 now,
                 K::Candidate,
-                vec![StopChild],
+                vec![KillChild],
             ),
             (
                 "susp hands over",

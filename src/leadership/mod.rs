@@ -26,8 +26,9 @@ pub use policy::{Decision, ExitPolicy};
 pub use source::{ElectionSource, SocketSource, Source};
 
 use crate::election::role::{Action, Event, Machine, Role};
-use crate::election::{LeaderInfo, Position};
+use crate::election::{LEADER_KEY_VAR, LeaderInfo, Position};
 use crate::exit;
+use crate::supervisor::watchdog::WatchdogHandle;
 use crate::supervisor::{ExitInfo, Supervisor, SupervisorError};
 
 /// Who this replica is, as its command is told.
@@ -60,7 +61,7 @@ pub fn command_env(
     extra: &[(String, String)],
 ) -> Vec<(String, String)> {
     let mut env = identity.env();
-    env.push(("ELECTD_LEADER_KEY".to_string(), leader.key.clone()));
+    env.push((LEADER_KEY_VAR.to_string(), leader.key.clone()));
     env.push((FENCING_TOKEN_VAR.to_string(), token.to_string()));
     env.extend(extra.iter().cloned());
     env
@@ -76,6 +77,8 @@ pub trait Runner {
     async fn wait(&mut self) -> (ExitInfo, Duration);
     /// Stop the command (signal, grace, kill); how it ended, `None` if none ran.
     async fn stop(&mut self) -> Option<ExitInfo>;
+    /// Kill the command at once (no grace), its whole tree; how it ended, `None` if none ran.
+    async fn kill(&mut self) -> Option<ExitInfo>;
     fn forward(&self, signal: Signal);
     /// The latest moment the command may still run (the freeze watchdog's deadline).
     fn set_kill_deadline(&mut self, at: Instant);
@@ -93,6 +96,9 @@ impl Runner for Supervisor {
     }
     async fn stop(&mut self) -> Option<ExitInfo> {
         Supervisor::stop(self).await
+    }
+    async fn kill(&mut self) -> Option<ExitInfo> {
+        Supervisor::kill(self).await
     }
     fn forward(&self, signal: Signal) {
         Supervisor::forward(self, signal)
@@ -212,6 +218,9 @@ pub struct Leadership<S: Source, R: Runner> {
     observers: Vec<Box<dyn Observer>>,
     /// Without a command: the budgets handed to the app beside electd, which a stop waits out.
     app: Option<AppBudget>,
+    /// The freeze watchdog's slot for this election: it learns the term to hand over should
+    /// this process die (and, for a sidecar, until when the app may act).
+    watchdog: Option<WatchdogHandle>,
 }
 
 /// The app beside a sidecar electd (no command): it acts as leader on the budgets `/role` hands
@@ -261,7 +270,22 @@ impl<S: Source, R: Runner> Leadership<S, R> {
             restarts: 0,
             observers: Vec::new(),
             app: None,
+            watchdog: None,
         }
+    }
+
+    /// Tell `watchdog` the term while this replica leads, so it can hand over when this
+    /// process dies.
+    pub fn with_watchdog(mut self, watchdog: WatchdogHandle) -> Self {
+        self.watchdog = Some(watchdog);
+        self
+    }
+
+    /// [`Leadership::with_watchdog`], once the loop runs (elect-run starts its watchdog only
+    /// once elected).
+    pub fn set_watchdog(&mut self, watchdog: WatchdogHandle) {
+        self.watchdog = Some(watchdog);
+        self.arm_watchdog();
     }
 
     /// Without a command: stopping waits out the budgets handed to the app (see
@@ -418,10 +442,15 @@ impl<S: Source, R: Runner> Leadership<S, R> {
                             }
                         }
                     }
-                    Action::StopChild => {
+                    Action::StopChild | Action::KillChild => {
                         self.restart_at = None;
+                        let urgent = action == Action::KillChild;
                         let exit = match (self.command.as_mut(), &self.app) {
+                            (Some(c), _) if urgent => c.kill().await,
                             (Some(c), _) => c.stop().await,
+                            // Taken away: the key is gone, waiting would hold up nothing (the
+                            // app heard of it when the role was published).
+                            (None, Some(_)) if urgent => None,
                             (None, Some(app)) => {
                                 app.wait_out().await;
                                 None
@@ -556,9 +585,20 @@ impl<S: Source, R: Runner> Leadership<S, R> {
         }
     }
 
-    /// Keep the watchdog's kill deadline in step with the lease while leading.
+    /// Keep the watchdog in step with the lease: the term to hand over while leading, the
+    /// command's kill deadline (or, without a command, when the app must have stopped).
     fn arm_watchdog(&mut self) {
-        if !self.machine.role.leads() {
+        let leads = self.machine.role.leads();
+        if let Some(w) = &self.watchdog {
+            w.lead(if leads { self.source.handover() } else { None });
+            if self.command.is_none() {
+                match (leads, self.source.kill_deadline()) {
+                    (true, Some(at)) => w.arm(None, at, Vec::new()),
+                    _ => w.disarm(),
+                }
+            }
+        }
+        if !leads {
             return;
         }
         if let (Some(c), Some(at)) = (self.command.as_mut(), self.source.kill_deadline()) {
@@ -605,6 +645,7 @@ fn event_name(e: &Event) -> &'static str {
         Event::Observed(o) => match (&o.position, o.reachable) {
             (_, false) => "etcd unreachable",
             (Position::Leading { .. }, _) => "elected",
+            (Position::Guarded { .. }, _) => "start guard",
             (Position::Waiting { .. }, _) => "election read",
             (Position::Joining, _) => "session lost",
             (Position::Observing { .. }, _) => "observing",

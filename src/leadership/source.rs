@@ -23,7 +23,7 @@ use crate::config::Timing;
 use crate::election::etcd::{EtcdBackend, EtcdError};
 use crate::election::role::{Observed, RoleKind};
 use crate::election::{
-    After, DriverConfig, DriverHandle, ElectionView, LeaderInfo, Position, Telemetry,
+    After, DriverConfig, DriverHandle, ElectionView, Handover, LeaderInfo, Position, Telemetry,
 };
 
 /// What the leadership loop decides on.
@@ -42,6 +42,12 @@ pub trait Source {
     /// it then even if this process is frozen.
     fn kill_deadline(&self) -> Option<Instant>;
 
+    /// While leading under a lease of this process: what the freeze watchdog needs to hand the
+    /// term over (mark the key, revoke the lease) should this process die.
+    fn handover(&self) -> Option<Handover> {
+        None
+    }
+
     /// Give up the current session (if any), then do `after`.
     async fn release(&mut self, after: After);
 
@@ -55,6 +61,8 @@ pub struct ElectionSource {
     handle: DriverHandle,
     timing: Timing,
     driver: Option<JoinHandle<Result<(), EtcdError>>>,
+    /// This replica's candidate value with the clean-release mark.
+    mark: String,
 }
 
 impl ElectionSource {
@@ -65,6 +73,8 @@ impl ElectionSource {
         telemetry: Arc<dyn Telemetry>,
     ) -> ElectionSource {
         let timing = cfg.timing;
+        let mark = serde_json::to_string(&cfg.member.released())
+            .expect("invariant: MemberInfo serialises");
         let (driver, handle, view) = backend.driver(cfg);
         let driver = tokio::spawn(driver.with_telemetry(telemetry).run());
         ElectionSource {
@@ -72,6 +82,7 @@ impl ElectionSource {
             handle,
             timing,
             driver: Some(driver),
+            mark,
         }
     }
 
@@ -114,6 +125,7 @@ pub fn observed(v: &ElectionView, timing: &Timing) -> Observed {
         reachable: v.reachable,
         handoff: v.handoff.clone(),
         refusal: v.refusal.clone(),
+        taken_away: true,
     }
 }
 
@@ -145,6 +157,19 @@ impl Source for ElectionSource {
             .borrow()
             .last_ok_sent
             .map(|sent| self.timing.kill_deadline(sent))
+    }
+
+    fn handover(&self) -> Option<Handover> {
+        let v = self.view.borrow();
+        match (&v.position, v.lease) {
+            (Position::Leading { token, leader }, Some(lease)) => Some(Handover {
+                lease,
+                key: leader.key.clone(),
+                revision: *token,
+                mark: self.mark.clone(),
+            }),
+            _ => None,
+        }
     }
 
     async fn release(&mut self, after: After) {
@@ -285,6 +310,9 @@ impl Source for SocketSource {
             reachable: self.last.1.is_ok(),
             handoff: None,
             refusal: None,
+            // electd gave it up, or will hand its successor a start guard: the command gets
+            // its stop grace (keep it short).
+            taken_away: false,
         }
     }
 

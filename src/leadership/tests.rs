@@ -87,6 +87,7 @@ impl Source for FakeSource {
             reachable: !cut,
             handoff: None,
             refusal: None,
+            taken_away: true,
         }
     }
 
@@ -190,6 +191,15 @@ impl Runner for FakeCommand {
             signal: None,
         };
         (exit, self.runs_for)
+    }
+
+    async fn kill(&mut self) -> Option<ExitInfo> {
+        self.running_since.take()?;
+        self.log.borrow_mut().stops.push(Instant::now());
+        Some(ExitInfo {
+            code: 137,
+            signal: Some(9),
+        })
     }
 
     async fn stop(&mut self) -> Option<ExitInfo> {

@@ -68,6 +68,7 @@ pub(super) async fn run(
                 priority: DEFAULT_PRIORITY,
                 takeover_delay: None,
             },
+            start_guard: config.start_guard,
         },
         Arc::new(NoTelemetry),
     );
@@ -144,15 +145,19 @@ impl EtcdRun<'_> {
             let position = self.lead.source().observed().position;
             if matches!(
                 position,
-                Position::Waiting { .. } | Position::Leading { .. }
+                Position::Waiting { .. } | Position::Leading { .. } | Position::Guarded { .. }
             ) {
                 read_once = true;
             }
-            if read_once && Instant::now() >= give_up_at {
+            // Leading once the start guard ends (a fraction of a second): wait for it.
+            let guarded = matches!(position, Position::Guarded { .. });
+            if read_once && !guarded && Instant::now() >= give_up_at {
                 not_elected(&position, self.opts.wait);
                 return Ok(Campaign::NotElected);
             }
-            let timer = if read_once {
+            let timer = if let Position::Guarded { until } = position {
+                until.max(give_up_at)
+            } else if read_once {
                 give_up_at
             } else {
                 unreachable_at
@@ -190,7 +195,9 @@ impl EtcdRun<'_> {
         claimed: Option<Claimed>,
         signals: &mut Signals,
     ) -> Result<i32, RunError> {
-        self.lead.set_command(supervisor(self.config, self.opts)?);
+        let (command, watchdog) = supervisor(self.config, self.opts, true)?;
+        self.lead.set_command(command);
+        self.lead.set_watchdog(watchdog);
         let extra = match &self.slots {
             Some(store) => vec![("ELECTD_SLOT".into(), store.slot.start_unix.to_string())],
             None => Vec::new(),

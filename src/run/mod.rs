@@ -33,7 +33,8 @@ use tokio::time::{Instant, sleep_until};
 use crate::config::{Config, ConfigError, Layers};
 use crate::election::etcd::EtcdError;
 use crate::exit;
-use crate::supervisor::{ChildSpec, Supervisor, watchdog::Watchdog};
+use crate::supervisor::watchdog::{Watchdog, WatchdogHandle};
+use crate::supervisor::{ChildSpec, Supervisor};
 
 pub use slots::{Slot, SlotRecord, SlotState};
 
@@ -179,15 +180,21 @@ impl Signals {
     }
 }
 
-/// The command's supervisor, with its freeze watchdog (started only once elected).
-fn supervisor(config: &Config, opts: &RunOptions) -> Result<Supervisor, RunError> {
-    let watchdog = Watchdog::spawn().map_err(RunError::Watchdog)?;
+/// The command's supervisor, with its freeze watchdog (started only once elected). With `etcd`
+/// (elect-run's own lease) the watchdog can also hand the term over if elect-run dies.
+fn supervisor(
+    config: &Config,
+    opts: &RunOptions,
+    etcd: bool,
+) -> Result<(Supervisor, WatchdogHandle), RunError> {
+    let settings = etcd.then(|| config.etcd_settings());
+    let watchdog = Watchdog::spawn(settings.as_ref()).map_err(RunError::Watchdog)?;
     let spec = ChildSpec {
         argv: opts.command.clone(),
         stop_signal: config.stop_signal,
         stop_grace: config.stop_grace,
     };
-    Ok(Supervisor::new(spec, Some(watchdog)))
+    Ok((Supervisor::new(spec, Some(watchdog.clone())), watchdog))
 }
 
 #[cfg(test)]

@@ -70,7 +70,7 @@ pub(super) async fn run(
             Next::CommandEnded(_) => unreachable!("no command runs before electd leads"),
         }
     };
-    lead.set_command(supervisor(config, opts)?);
+    lead.set_command(supervisor(config, opts, false)?.0);
     if let Err((code, why)) = lead.start_command(token, Vec::new()) {
         eprintln!("elect-run: {why}");
         return Ok(code);

@@ -95,11 +95,11 @@ struct Running {
 pub struct Supervisor {
     spec: ChildSpec,
     running: Option<Running>,
-    watchdog: Option<watchdog::Watchdog>,
+    watchdog: Option<watchdog::WatchdogHandle>,
 }
 
 impl Supervisor {
-    pub fn new(spec: ChildSpec, watchdog: Option<watchdog::Watchdog>) -> Supervisor {
+    pub fn new(spec: ChildSpec, watchdog: Option<watchdog::WatchdogHandle>) -> Supervisor {
         Supervisor {
             spec,
             running: None,
@@ -116,10 +116,14 @@ impl Supervisor {
     }
 
     /// Tell the watchdog the latest moment the child may still run (extended after each
-    /// successful keepalive).
+    /// successful keepalive), and which of its processes left its group: the watchdog must
+    /// learn them while electd lives (once electd is dead, an escapee's parent may be gone and
+    /// nothing ties it to the command any more).
     pub fn set_kill_deadline(&mut self, deadline: Instant) {
-        if let (Some(w), Some(r)) = (self.watchdog.as_mut(), self.running.as_ref()) {
-            w.arm(r.pgid, deadline);
+        if let (Some(w), Some(r)) = (self.watchdog.as_ref(), self.running.as_ref()) {
+            let mut out = tree::escapees_with_start(r.pgid);
+            out.extend(tree::adopted_with_start());
+            w.arm(Some(r.pgid), deadline, out);
         }
     }
 
@@ -135,7 +139,15 @@ impl Supervisor {
             .envs(env.iter().map(|(k, v)| (k, v)))
             .process_group(0)
             .kill_on_drop(false);
-        die_with_electd(&mut cmd);
+        // With a watchdog, the command is only stopped (SIGSTOP) when electd dies: it does no
+        // work, and its tree stays intact — its children still its children — until the
+        // watchdog, which walks the tree, has killed all of it. (SIGKILL would orphan a
+        // `setsid` escapee at once, out of reach.) Without one, it is killed.
+        let on_death = match self.watchdog {
+            Some(_) => Signal::SIGSTOP,
+            None => Signal::SIGKILL,
+        };
+        on_parent_death(&mut cmd, on_death);
         let child = cmd.spawn().map_err(|source| SupervisorError::Spawn {
             program: program.clone(),
             source,
@@ -167,7 +179,7 @@ impl Supervisor {
         kill_group(running.pgid, Signal::SIGKILL);
         tree::signal_all(&tree::adopted(), Signal::SIGKILL);
         wait_group_gone(running.pgid, Duration::from_secs(1)).await;
-        if let Some(w) = self.watchdog.as_mut() {
+        if let Some(w) = self.watchdog.as_ref() {
             w.disarm();
         }
         let info = match status {
@@ -186,21 +198,32 @@ impl Supervisor {
     /// Stop the child: stop signal to the group, wait the grace, SIGKILL the group, reap.
     /// Returns how it ended, or `None` if nothing was running.
     pub async fn stop(&mut self) -> Option<ExitInfo> {
+        self.end(self.spec.stop_signal, self.spec.stop_grace).await
+    }
+
+    /// Kill the child at once: SIGKILL to its group and every process of its tree, reap.
+    pub async fn kill(&mut self) -> Option<ExitInfo> {
+        self.end(Signal::SIGKILL, Duration::ZERO).await
+    }
+
+    async fn end(&mut self, signal: Signal, grace: Duration) -> Option<ExitInfo> {
         let mut running = self.running.take()?;
         let pid = running.child.id();
-        info!(pid, signal = %self.spec.stop_signal, grace = ?self.spec.stop_grace, "stopping child");
+        info!(pid, signal = %signal, grace = ?grace, "stopping child");
         // The group first: the walk over /proc costs a millisecond or more on a busy host, and
         // the command should not wait for it. Then the processes of its tree that left the
         // group, while the tree is still (nearly) intact; one whose parent has already exited
         // was reparented to electd (a subreaper) and is found among the adopted below.
-        kill_group(running.pgid, self.spec.stop_signal);
+        kill_group(running.pgid, signal);
         debug!(pgid = running.pgid.as_raw(), "stop signal sent");
         let tree = tree::escapees(running.pgid);
-        tree::signal_all(&tree, self.spec.stop_signal);
-        let status = match timeout(self.spec.stop_grace, running.child.wait()).await {
+        tree::signal_all(&tree, signal);
+        let status = match timeout(grace, running.child.wait()).await {
             Ok(s) => s.ok(),
             Err(_) => {
-                warn!(pid, grace = ?self.spec.stop_grace, "child did not stop within the grace; killing its process group");
+                if !grace.is_zero() {
+                    warn!(pid, grace = ?grace, "child did not stop within the grace; killing its process group");
+                }
                 kill_group(running.pgid, Signal::SIGKILL);
                 running.child.wait().await.ok()
             }
@@ -211,7 +234,7 @@ impl Supervisor {
         tree::signal_all(&tree, Signal::SIGKILL);
         tree::signal_all(&tree::adopted(), Signal::SIGKILL);
         wait_group_gone(running.pgid, Duration::from_secs(1)).await;
-        if let Some(w) = self.watchdog.as_mut() {
+        if let Some(w) = self.watchdog.as_ref() {
             w.disarm();
         }
         let info = status.map(ExitInfo::from_status);
@@ -256,11 +279,16 @@ async fn wait_group_gone(pgid: Pid, limit: Duration) {
 /// dies, even by SIGKILL (`PR_SET_PDEATHSIG`; processes it starts in turn are the watchdog's and
 /// the subreaper's business).
 pub fn die_with_electd(cmd: &mut Command) {
+    on_parent_death(cmd, Signal::SIGKILL);
+}
+
+/// Have the process `cmd` starts get `signal` when electd dies (`PR_SET_PDEATHSIG`).
+fn on_parent_death(cmd: &mut Command, signal: Signal) {
     let parent = nix::unistd::getpid();
     // SAFETY: only async-signal-safe calls (prctl, getppid) run between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            nix::sys::prctl::set_pdeathsig(signal)?;
             if nix::unistd::getppid() != parent {
                 // electd died between fork and prctl.
                 return Err(std::io::Error::other("parent died"));

@@ -51,24 +51,81 @@ struct Proc {
     pid: i32,
     ppid: i32,
     pgrp: i32,
+    zombie: bool,
+    /// Clock ticks after boot when it started: with the pid, who it is (pids are reused).
+    start: u64,
 }
 
-/// Every process (best effort: one that vanishes while being read is skipped).
-fn processes() -> Vec<Proc> {
+/// One process's `/proc/PID/stat`, if it exists.
+fn stat(pid: i32) -> Option<Proc> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid pgrp ... starttime(22nd) ...": comm may hold spaces and
+    // parentheses.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let f: Vec<&str> = rest.split(' ').collect();
+    Some(Proc {
+        pid,
+        zombie: *f.first()? == "Z",
+        ppid: f.get(1)?.parse().ok()?,
+        pgrp: f.get(2)?.parse().ok()?,
+        start: f.get(19)?.parse().ok()?,
+    })
+}
+
+fn pids() -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-            let rest = stat.get(stat.rfind(')')? + 2..)?;
-            let mut fields = rest.split(' ');
-            let _state = fields.next()?;
-            let ppid = fields.next()?.parse().ok()?;
-            let pgrp = fields.next()?.parse().ok()?;
-            Some(Proc { pid, ppid, pgrp })
+        .collect()
+}
+
+/// Every process (best effort: one that vanishes while being read is skipped).
+fn processes() -> Vec<Proc> {
+    pids().into_iter().filter_map(stat).collect()
+}
+
+/// Whether `pid` exists and has not exited (a zombie has).
+pub fn alive(pid: Pid) -> bool {
+    stat(pid.as_raw()).is_some_and(|p| !p.zombie)
+}
+
+/// Whether `pid` is still the process that started at `start` and has not exited.
+pub fn is(pid: i32, start: u64) -> bool {
+    stat(pid).is_some_and(|p| !p.zombie && p.start == start)
+}
+
+/// The live processes of process group `pgid`.
+pub fn group_members(pgid: i32) -> Vec<Pid> {
+    processes()
+        .into_iter()
+        .filter(|p| p.pgrp == pgid && !p.zombie)
+        .map(|p| Pid::from_raw(p.pid))
+        .collect()
+}
+
+/// The live processes (other than this one) whose environment holds exactly `entry`
+/// (`NAME=VALUE`), among those this process may read.
+pub fn with_env(entry: &str) -> Vec<Pid> {
+    let me = std::process::id() as i32;
+    pids()
+        .into_iter()
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == entry.as_bytes()))
         })
+        .map(Pid::from_raw)
+        .filter(|p| alive(*p))
+        .collect()
+}
+
+/// [`escapees`] with their start times, for the freeze watchdog.
+pub fn escapees_with_start(leader: Pid) -> Vec<(i32, u64)> {
+    walk(leader)
+        .into_iter()
+        .filter(|p| p.pgrp != leader.as_raw() && !p.zombie)
+        .map(|p| (p.pid, p.start))
         .collect()
 }
 
@@ -126,13 +183,7 @@ fn children() -> Vec<i32> {
 
 /// Whether `pid` is a zombie (exited, not yet reaped).
 fn zombie(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let rest = stat.get(stat.rfind(')')? + 2..)?;
-            Some(rest.starts_with('Z'))
-        })
-        .unwrap_or(false)
+    stat(pid).is_some_and(|p| p.zombie)
 }
 
 /// Children of this process that it did not start on purpose: orphans it adopted as a
@@ -151,6 +202,16 @@ pub fn adopted() -> Vec<Pid> {
         all.extend(descendants(o));
     }
     all
+}
+
+/// [`adopted`] with their start times, for the freeze watchdog.
+pub fn adopted_with_start() -> Vec<(i32, u64)> {
+    adopted()
+        .into_iter()
+        .filter_map(|p| stat(p.as_raw()))
+        .filter(|p| !p.zombie)
+        .map(|p| (p.pid, p.start))
+        .collect()
 }
 
 /// Send `signal` to each of `pids` (gone ones are skipped).
@@ -207,8 +268,57 @@ mod tests {
         let out = escapees(root);
         assert_eq!(out.len(), 2, "{out:?} of {found:?}");
         assert!(out.iter().all(|p| found.contains(p)));
+        // With their start times, which tell them from a later process under the same pid.
+        let timed = escapees_with_start(root);
+        assert_eq!(timed.len(), 2, "{timed:?}");
+        for (pid, start) in &timed {
+            assert!(is(*pid, *start), "{pid}");
+            assert!(
+                !is(*pid, start + 1),
+                "{pid}: another start time is another process"
+            );
+        }
+        // The group holds the root and its own sleep.
+        let group = group_members(root.as_raw());
+        assert!(group.contains(&root) && group.len() == 2, "{group:?}");
         signal_all(&found, Signal::SIGKILL);
         let _ = child.kill();
         let _ = child.wait();
+        for p in &found {
+            for _ in 0..100 {
+                if !alive(*p) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+
+    #[test]
+    fn processes_are_found_by_an_entry_of_their_environment() {
+        let marker = format!("ELECTD_TREE_TEST={}", std::process::id());
+        let (name, value) = marker.split_once('=').unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env(name, value)
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        let mut found = Vec::new();
+        for _ in 0..100 {
+            found = with_env(&marker);
+            if !found.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(found, vec![pid]);
+        assert!(
+            with_env(&format!("{marker}0")).is_empty(),
+            "exact entries only"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(!alive(pid));
     }
 }

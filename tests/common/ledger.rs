@@ -154,3 +154,28 @@ pub fn pid_alive(pid: i32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     !stat.contains(") Z ")
 }
+
+/// When the run of a ticking child under `token` ended: its `stop` record, or — killed with
+/// SIGKILL, it leaves none — its last `tick` once no tick has come for 400 ms (it ticks every
+/// 50 ms). Waits up to `within`; panics with the ledger if the run goes on.
+pub fn wait_run_end(path: &Path, token: i64, within: std::time::Duration) -> u128 {
+    let until = std::time::Instant::now() + within;
+    loop {
+        let records = ledger(path);
+        let run = runs(&records).into_iter().rev().find(|r| r.token == token);
+        if let Some(r) = &run {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            if r.stopped || now.saturating_sub(r.last) > 400_000_000 {
+                return r.last;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the run under token {token} did not end within {within:?}: {records:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -10,7 +10,7 @@ use etcd_client::{Client, ConnectOptions};
 use tracing::{debug, info};
 
 use super::error::{EtcdError, NOSPACE_HINT, bounded, error_chain};
-use crate::config::{Config, Pem};
+use crate::config::{EtcdSettings, Pem};
 
 /// One client per endpoint, and the endpoint calls go to now. A call that times out, or finds
 /// its member unavailable, moves the calls after it to the next endpoint: a frozen member (a
@@ -265,9 +265,9 @@ pub fn refusal(seen: i64) -> String {
 /// pings go out every 5 s (etcd refuses clients that ping more often by default). With
 /// authentication, connecting asks etcd for a token: an endpoint that does not answer then gets
 /// a client balanced over all endpoints in its place.
-pub async fn connect(config: &Config) -> Result<Clients, EtcdError> {
+pub async fn connect(config: &EtcdSettings) -> Result<Clients, EtcdError> {
     let options = options(config)?;
-    let after = config.timing().request_timeout.max(Duration::from_secs(3));
+    let after = config.request_timeout.max(Duration::from_secs(3));
     let one = |endpoints: Vec<String>| {
         let options = options.clone();
         async move {
@@ -321,13 +321,12 @@ fn setup_error(e: EtcdError) -> EtcdError {
     }
 }
 
-fn options(config: &Config) -> Result<ConnectOptions, EtcdError> {
-    let timing = config.timing();
+fn options(config: &EtcdSettings) -> Result<ConnectOptions, EtcdError> {
     let mut options = ConnectOptions::new()
         .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
         .with_keep_alive_while_idle(true)
-        .with_connect_timeout(timing.request_timeout.max(Duration::from_secs(1)));
-    if let Some(tls) = &config.etcd_tls {
+        .with_connect_timeout(config.request_timeout.max(Duration::from_secs(1)));
+    if let Some(tls) = &config.tls {
         let mut t = etcd_client::TlsOptions::new();
         if let Some(ca) = &tls.ca {
             let pem = read_pem("--etcd-ca", ca, Pem::Certificate)?;
@@ -340,7 +339,7 @@ fn options(config: &Config) -> Result<ConnectOptions, EtcdError> {
         }
         options = options.with_tls(t);
     }
-    if let Some(auth) = &config.etcd_auth {
+    if let Some(auth) = &config.auth {
         // Re-authenticate when etcd refuses the token (simple tokens die with an etcd restart,
         // JWTs expire) instead of failing every call until electd gives up.
         options = options

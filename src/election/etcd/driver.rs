@@ -35,6 +35,11 @@ pub struct Driver {
     pace: Pace,
     observe: Observe,
     prefs: Prefs,
+    /// When a leader last left the queue without the clean-release mark (from the start: how
+    /// the leader before this process left is unknown). Leading waits the start guard after it.
+    unmarked_loss: Instant,
+    /// When this driver started (an `unmarked_loss` of then is only not knowing).
+    started: Instant,
 }
 
 /// This session's candidate key, once created.
@@ -118,6 +123,8 @@ impl Driver {
                 pace,
                 observe,
                 prefs: Prefs::default(),
+                unmarked_loss: Instant::now(),
+                started: Instant::now(),
             },
             handle,
             view_rx,
@@ -236,7 +243,7 @@ impl Driver {
 
     /// Take what the observer saw: contact, and foreign keys (each reported once). `None`
     /// after a transient error (marked; the observer retries after a backoff).
-    fn take(&self, seen: Result<Seen, EtcdError>) -> Result<Option<Delta>, EtcdError> {
+    fn take(&mut self, seen: Result<Seen, EtcdError>) -> Result<Option<Delta>, EtcdError> {
         let seen = match seen {
             Ok(s) => s,
             Err(e) if e.is_fatal() => return Err(e),
@@ -259,6 +266,14 @@ impl Driver {
                 .is_some_and(|l| keys::candidate_key(&self.cfg.election, l) == *key);
             if twin && !ours {
                 warn!(id = %self.cfg.member.id, key, "another candidate uses this replica's id: give every replica its own --id");
+            }
+        }
+        for d in &seen.delta.head_left {
+            if d.marked {
+                debug!(key = %d.key, "the leader released its key cleanly");
+            } else {
+                debug!(key = %d.key, "the leader's key vanished without a clean release");
+                self.unmarked_loss = Instant::now();
             }
         }
         for (key, why) in &seen.delta.new_foreign {
@@ -293,7 +308,26 @@ impl Driver {
             self.view.send_modify(|v| v.wakeups += 1);
             self.telemetry.predecessor_woken();
         }
-        let position = position(queue, &own.key, own.revision)?;
+        let mut position = position(queue, &own.key, own.revision)?;
+        let mut review_at = self.prefs.switchover.as_ref().map(|(_, until)| *until);
+        let guard_ends = self.unmarked_loss + self.cfg.start_guard;
+        if matches!(position, Position::Leading { .. }) && !own.leading {
+            let now = Instant::now();
+            if now < guard_ends {
+                if !matches!(self.view.borrow().position, Position::Guarded { .. }) {
+                    if self.unmarked_loss > self.started {
+                        info!(
+                            guard = ?guard_ends - now,
+                            "the leader before us left without a clean release: waiting the start guard before leading"
+                        );
+                    } else {
+                        debug!(guard = ?guard_ends - now, "just started: waiting the start guard before leading");
+                    }
+                }
+                position = Position::Guarded { until: guard_ends };
+                review_at = Some(review_at.map_or(guard_ends, |r| r.min(guard_ends)));
+            }
+        }
         own.predecessor = queue
             .get(&own.key)
             .and_then(|c| queue.predecessor(c.create_revision))
@@ -314,7 +348,6 @@ impl Driver {
                 .unwrap_or_else(|| key.to_string())
         };
         let mut handoff = None;
-        let mut review_at = self.prefs.switchover.as_ref().map(|(_, until)| *until);
         match candidacy::verdict(queue, &self.cfg.policy, &ctx) {
             candidacy::Verdict::Requeue { key } => {
                 return Err(format!("giving way to {} in the queue", id_of(&key)));
@@ -439,6 +472,9 @@ impl Driver {
                 cmd = self.commands.recv() => match cmd {
                     None => break After::Stop,
                     Some(DriverCommand::Release { after, reply }) => {
+                        // Given up on purpose (the command is stopped): mark it, so the
+                        // successor starts at once.
+                        self.mark_released(own.as_ref(), lease).await;
                         self.release(lease).await;
                         let _ = reply.send(());
                         return Ok(after);
@@ -557,6 +593,37 @@ impl Driver {
             Ok(true) => Ok(target),
             Ok(false) => Err("this replica's candidate key changed meanwhile; try again".into()),
             Err(e) => Err(format!("cannot announce the switchover in etcd: {e}")),
+        }
+    }
+
+    /// Write the clean-release mark into our key if it leads the queue (guarded by its create
+    /// revision): the role machine asks for a release only once the command is stopped, so
+    /// the successor may start at once. Best effort, bounded: without it the successor waits
+    /// its start guard.
+    async fn mark_released(&self, own: Option<&Own>, lease: i64) {
+        let Some(own) = own else { return };
+        if self.observe.queue().leader().map(|c| c.key.as_str()) != Some(own.key.as_str()) {
+            return;
+        }
+        let value = serde_json::to_string(&self.cfg.member.released())
+            .expect("invariant: MemberInfo serialises");
+        match update_candidate(
+            &self.clients,
+            &own.key,
+            &value,
+            lease,
+            own.revision,
+            self.pace.now(),
+        )
+        .await
+        {
+            Ok(true) => debug!(key = %own.key, "clean release marked"),
+            Ok(false) => {
+                debug!(key = %own.key, "our key changed before the clean release was marked")
+            }
+            Err(e) => {
+                warn!(key = %own.key, error = %e, "could not mark the clean release; the successor waits its start guard")
+            }
         }
     }
 

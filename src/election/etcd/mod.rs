@@ -32,9 +32,10 @@ pub use driver::Driver;
 pub use error::{Backoff, EtcdError, error_chain};
 pub use txn::SlotClaim;
 
-use crate::config::Config;
+use crate::config::{Config, EtcdSettings};
 use crate::election::{
-    DriverConfig, DriverHandle, ElectionView, MemberList, MemberSource, MemberSourceFuture, keys,
+    DriverConfig, DriverHandle, ElectionView, Handover, MemberList, MemberSource,
+    MemberSourceFuture, keys,
 };
 
 /// Connections to etcd, one per endpoint (made lazily, shared by clones).
@@ -46,9 +47,31 @@ pub struct EtcdBackend {
 impl EtcdBackend {
     /// A client for the configured endpoints, TLS and credentials; nothing is checked yet.
     pub async fn connect(config: &Config) -> Result<EtcdBackend, EtcdError> {
+        EtcdBackend::connect_settings(&config.etcd_settings()).await
+    }
+
+    /// [`EtcdBackend::connect`] with only what a client needs (the freeze watchdog's).
+    pub async fn connect_settings(settings: &EtcdSettings) -> Result<EtcdBackend, EtcdError> {
         Ok(EtcdBackend {
-            clients: client::connect(config).await?,
+            clients: client::connect(settings).await?,
         })
+    }
+
+    /// Hand leadership over for a process that died: in `handover.key` (if it still has its
+    /// create revision) the clean-release mark, then revoke the lease. Each step bounded by
+    /// `after`.
+    pub async fn hand_over(&self, handover: &Handover, after: Duration) -> Result<bool, EtcdError> {
+        let marked = txn::update_candidate(
+            &self.clients,
+            &handover.key,
+            &handover.mark,
+            handover.lease,
+            handover.revision,
+            after,
+        )
+        .await?;
+        session::revoke(&self.clients, handover.lease, after).await?;
+        Ok(marked)
     }
 
     /// [`EtcdBackend::connect`], retrying while etcd is unreachable, then a startup read of the

@@ -18,7 +18,7 @@ pub async fn connect_and_probe(config: &Config) -> Result<Clients, EtcdError> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut warned = false;
     loop {
-        let err = match connect(config).await {
+        let err = match connect(&config.etcd_settings()).await {
             Ok(client) => match probe(&client, &prefix, t, expects_tls(config)).await {
                 Ok(_) => return Ok(client),
                 // Unreachable but well configured so far: the driver keeps retrying.
