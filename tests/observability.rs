@@ -196,11 +196,18 @@ fn long_poll_returns_on_change_or_after_the_wait() {
     let took = resigned.elapsed();
     assert_eq!(code, 200, "{body}");
     let doc: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(doc["role"], "leader", "{doc}");
+    // The first change b saw: a is no longer its leader (b then leads, or is on its way).
     assert!(doc["version"].as_u64() > Some(version), "{doc}");
+    assert_ne!(doc["leader"]["id"], "a", "{doc}");
     assert!(
         took < Duration::from_secs(5),
         "the waiting poll answered {took:?} after the resign"
+    );
+    b.wait_role("leader", Duration::from_secs(5));
+    eprintln!(
+        "the poll answered {took:?} after the resign ({}), b led {:?} after it",
+        doc["role"],
+        resigned.elapsed()
     );
 }
 
