@@ -927,9 +927,9 @@ fn chaos_regression_seed_33() {
 /// through the new raft leader (seen: etcd logs a second `lease_revoke` of the leader's lease,
 /// request id from the thawed member, "lease not found"). Before the driver published the loss
 /// first, the old command lived 12 ms beside the new one; since, 2–14 ms after its key's
-/// deletion with no overlap in the ledger in 4 runs. Fails on 3.4.23, 3.5.16 and 3.5.30 alike
-/// (3, 2 and 3 runs of 4, December 2026: `ELECTD_TEST_ETCD=$(scripts/etcd.sh 3.5 | tail -n1)`;
-/// docs/operations.md, "etcd versions").
+/// deletion with no overlap in the ledger in 4 runs. With etcd 3.5.16 and 3.5.30 too
+/// (`ELECTD_TEST_ETCD=$(scripts/etcd.sh 3.5 | tail -n1)`): how often it fails on each, before
+/// and since the deposed command is killed at once, is in docs/operations.md, "etcd versions".
 #[test]
 #[ignore = "finding: etcd revokes live leases when a frozen raft leader thaws (etcd-io/etcd#15247); see docs/safety.md"]
 fn chaos_regression_thawed_raft_leader() {
