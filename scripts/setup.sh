@@ -6,7 +6,8 @@
 #                              etcdctl, curl, python3 and bc (the demo's output)
 #   scripts/setup.sh test      scripts/test.sh: the demo's, and HAProxy (tests/haproxy.rs,
 #                              tests/routing.rs), promtool (the alert rules' tests), dpkg-deb,
-#                              lintian and cargo-deb (tests/package.rs), cargo-nextest
+#                              lintian and cargo-deb (tests/package.rs), cargo-nextest, and
+#                              Debian's archive keyring (scripts/etcd.sh: CI's second etcd)
 #   scripts/setup.sh package   scripts/package.sh: protoc, python3, dpkg-deb, lintian, cargo-deb
 #   scripts/setup.sh chaos     scripts/chaos.sh: protoc, etcd and etcdctl
 #   scripts/setup.sh bench     cargo bench --bench electd: protoc, etcd and etcdctl, HAProxy
@@ -39,12 +40,16 @@ need_packaging() {
   cargo deb --version >/dev/null 2>&1 || crates+=(cargo-deb)
 }
 need_nextest() { cargo nextest --version >/dev/null 2>&1 || crates+=(cargo-nextest); }
+# scripts/etcd.sh reads Debian's package lists of other suites, signed with this keyring.
+need_keyring() {
+  [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || apt+=(debian-archive-keyring)
+}
 
 case "$purpose" in
   demo) need_build; need_etcd; need_demo_output ;;
   test | all)
     need_build; need_etcd; need_demo_output
-    need_haproxy; need_promtool; need_packaging; need_nextest
+    need_haproxy; need_promtool; need_packaging; need_nextest; need_keyring
     ;;
   package) need_build; need_packaging ;;
   chaos) need_build; need_etcd ;;

@@ -296,6 +296,8 @@ impl Metrics {
         for to in ["healthy", "unhealthy"] {
             m.health_transitions.with_label_values(&[to]);
         }
+        // etcd out of space (its NOSPACE alarm) pages on the first refusal (ElectdEtcdNoSpace).
+        m.etcd_errors.with_label_values(&["nospace"]);
         m
     }
 

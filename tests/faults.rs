@@ -671,3 +671,105 @@ fn etcd_rebuilt_from_empty_is_refused_until_its_revision_passes_the_old_one() {
     );
     assert_no_overlap(&ledger(&l));
 }
+
+/// Overwrites one key with 100 kB values until etcd refuses a write for lack of space; its
+/// NOSPACE alarm is then raised. Returns etcd's revision.
+fn fill_until_nospace(etcd: &Etcd) -> i64 {
+    let value = "x".repeat(100_000);
+    for _ in 0..200 {
+        let out = etcd.etcdctl(&["put", "fill", &value]);
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("database space exceeded"), "{err}");
+            let alarms = etcd.etcdctl_ok(&["alarm", "list"]);
+            assert!(alarms.contains("alarm:NOSPACE"), "{alarms}");
+            return revision(etcd);
+        }
+    }
+    panic!("etcd took 20 MB under --quota-backend-bytes=2MiB without refusing a write");
+}
+
+/// etcd out of space (`--quota-backend-bytes` reached, the NOSPACE alarm raised): it refuses
+/// every write but serves keepalives, reads and deletes. The leader keeps leading and its
+/// command keeps running; a replica that joins cannot (no lease is granted), says so at error
+/// level with what to do, counts it in `electd_etcd_errors_total{kind="nospace"}`, and joins by
+/// itself once the operator compacts, defragments and disarms the alarm.
+#[test]
+fn etcd_out_of_space_keeps_its_leader_and_tells_a_joining_replica_what_to_do() {
+    let etcd = Etcd::start_with(&["--quota-backend-bytes=2097152"]);
+    let dir = tempfile::tempdir().unwrap();
+    let l = dir.path().join("ledger");
+    let a = DaemonSpec::new(&etcd.endpoint(), "full", "a")
+        .sh(&ticking_script(&l))
+        .start();
+    a.wait_role("leader", Duration::from_secs(10));
+    let token = a.fencing_token();
+    let rev = fill_until_nospace(&etcd);
+
+    let b = DaemonSpec::new(&etcd.endpoint(), "full", "b")
+        .sh(&ticking_script(&l))
+        .start();
+    wait_until(
+        Duration::from_secs(10),
+        "b to say that etcd is out of space",
+        || b.log_text().contains("etcd is out of space"),
+    );
+    let said = b.log_text();
+    let line = said
+        .lines()
+        .find(|l| l.contains("etcd is out of space"))
+        .expect("found above");
+    eprintln!("b said: {line}");
+    for needed in [
+        "ERROR",
+        "database space exceeded",
+        "NOSPACE",
+        "etcdctl compact",
+        "etcdctl defrag",
+        "etcdctl alarm disarm",
+    ] {
+        assert!(line.contains(needed), "{needed:?} missing from: {line}");
+    }
+    assert_eq!(
+        said.matches("etcd is out of space").count(),
+        1,
+        "said once, not at every retry:\n{said}"
+    );
+
+    // Two TTLs later the leader still leads under its token, its one command untouched.
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(a.is_leader(), "{}", a.log_tail(20));
+    assert_eq!(a.fencing_token(), token);
+    assert_eq!(a.role().unwrap()["etcd_reachable"], true);
+    assert_eq!(starts(&ledger(&l)).len(), 1, "{:?}", ledger(&l));
+    assert!(!b.is_leader());
+    let keys = etcd.etcdctl_ok(&["get", "full/", "--prefix", "--keys-only"]);
+    assert_eq!(keys.lines().filter(|k| !k.is_empty()).count(), 1, "{keys}");
+    let refusals = |d: &Daemon| {
+        metric_sum(
+            &http_get(&d.http, "/metrics").unwrap().1,
+            "electd_etcd_errors_total",
+            &["kind=\"nospace\""],
+        )
+    };
+    assert!(refusals(&b) >= 1.0, "b counted no refusal");
+    assert_eq!(
+        refusals(&a),
+        0.0,
+        "the leader wrote nothing, so nothing was refused"
+    );
+
+    // The cure: compact the history away, defragment, disarm. b joins by itself.
+    etcd.etcdctl_ok(&["compact", &rev.to_string()]);
+    etcd.etcdctl_ok(&["defrag"]);
+    etcd.etcdctl_ok(&["alarm", "disarm"]);
+    wait_until(Duration::from_secs(10), "b to follow a", || {
+        b.role()
+            .is_some_and(|r| r["role"] == "follower" && r["leader"]["id"] == "a")
+    });
+    assert!(b.log_text().contains("etcd accepts writes again"));
+    assert_eq!(a.fencing_token(), token);
+    a.signal(Signal::SIGTERM);
+    b.wait_role("leader", Duration::from_secs(10));
+    assert_no_overlap(&ledger(&l));
+}

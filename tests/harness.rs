@@ -2,7 +2,10 @@
 
 mod common;
 
-use common::{Etcd, EtcdCluster, ProxyMode, TcpProxy, free_port, http_get, unix_http, wait_until};
+use common::{
+    Etcd, EtcdCluster, PendingGet, ProxyMode, TcpProxy, etcd_binary, etcdctl_binary, free_port,
+    http_get, unix_http, wait_until,
+};
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -17,6 +20,101 @@ fn free_port_never_repeats() {
     for p in ports {
         TcpListener::bind(("127.0.0.1", p)).expect("handed-out port is bindable");
     }
+}
+
+/// The etcd the suite runs on is the one asked for: with `ELECTD_TEST_ETCD=DIR` (what
+/// `scripts/etcd.sh VERSION` prints) both binaries come from DIR, and the server that answers
+/// is that build, with an etcdctl of the same version.
+#[test]
+fn the_etcd_under_test_is_the_one_chosen() {
+    let version_of = |bin: &std::path::Path, arg: &str, prefix: &str| -> String {
+        let out = std::process::Command::new(bin)
+            .arg(arg)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .unwrap_or_else(|e| panic!("run {} {arg}: {e}", bin.display()));
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("{} {arg} printed no {prefix:?}: {text}", bin.display()))
+            .trim()
+            .to_string()
+    };
+    let (etcd_bin, etcdctl_bin) = (etcd_binary(), etcdctl_binary());
+    if let Some(dir) = std::env::var_os("ELECTD_TEST_ETCD").filter(|d| !d.is_empty()) {
+        let dir = std::path::PathBuf::from(dir);
+        let dir = if dir.is_dir() {
+            dir
+        } else {
+            dir.parent().unwrap().into()
+        };
+        assert_eq!(
+            etcd_bin.parent(),
+            Some(dir.as_path()),
+            "etcd from ELECTD_TEST_ETCD"
+        );
+        if std::env::var_os("ELECTD_TEST_ETCDCTL").is_none() {
+            assert_eq!(
+                etcdctl_bin.parent(),
+                Some(dir.as_path()),
+                "etcdctl beside it"
+            );
+        }
+    }
+    let built = version_of(&etcd_bin, "--version", "etcd Version:");
+    let client = version_of(&etcdctl_bin, "version", "etcdctl version:");
+    let etcd = Etcd::start();
+    let (status, body) = http_get(&etcd.endpoint(), "/version").expect("GET /version");
+    assert_eq!(status, 200, "{body}");
+    let served: serde_json::Value = serde_json::from_str(&body).expect("/version is JSON");
+    eprintln!(
+        "etcd under test: {} (server {body}, etcdctl {client})",
+        etcd_bin.display()
+    );
+    assert_eq!(
+        served["etcdserver"].as_str(),
+        Some(built.as_str()),
+        "{body}"
+    );
+    assert_eq!(client, built, "etcdctl and etcd of one version");
+}
+
+/// `PendingGet::wait_parked` returns once the server has read the request and not answered,
+/// and fails while the request sits unread or when the answer came at once.
+#[test]
+fn a_pending_get_is_parked_only_once_the_server_has_read_it() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let unread = PendingGet::send(&addr, "/slow", Duration::from_secs(5));
+    let (conn, _) = listener.accept().unwrap();
+    let waited = std::panic::catch_unwind(|| unread.wait_parked(Duration::from_millis(300)));
+    assert!(waited.is_err(), "an unread request counted as parked");
+
+    let parked = PendingGet::send(&addr, "/slow", Duration::from_secs(5));
+    let (mut conn2, _) = listener.accept().unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        conn2.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    parked.wait_parked(Duration::from_secs(2));
+    conn2
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        .unwrap();
+    assert_eq!(parked.answer().unwrap(), (200, "ok".to_string()));
+
+    let answered = PendingGet::send(&addr, "/fast", Duration::from_secs(5));
+    let (mut conn3, _) = listener.accept().unwrap();
+    let mut buf = [0u8; 512];
+    let _ = conn3.read(&mut buf).unwrap();
+    conn3
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let waited = std::panic::catch_unwind(|| answered.wait_parked(Duration::from_secs(2)));
+    assert!(waited.is_err(), "an answered request counted as parked");
+    drop(conn);
 }
 
 #[test]

@@ -179,22 +179,36 @@ fn long_poll_returns_on_change_or_after_the_wait() {
     assert_eq!(code, 400);
     assert!(body.contains("invalid wait"), "{body}");
 
-    // A change during the wait answers at once.
+    // A change during the wait answers at once: the poll is waiting at b (read by the server,
+    // not answered) before a resigns.
     let b = DaemonSpec::new(&etcd.endpoint(), "poll", "b").start();
     b.wait_role("follower", Duration::from_secs(10));
     let version = b.role().unwrap()["version"].as_u64().unwrap();
-    let http = b.http.clone();
-    let poll = std::thread::spawn(move || {
-        let t = Instant::now();
-        let r = http_get(&http, &format!("/role?wait=20s&after={version}"));
-        (t.elapsed(), r)
-    });
-    std::thread::sleep(Duration::from_millis(300));
+    let poll = PendingGet::send(
+        &b.http,
+        &format!("/role?wait=20s&after={version}"),
+        Duration::from_secs(25),
+    );
+    poll.wait_parked(Duration::from_secs(5));
+    let resigned = Instant::now();
     a.control("/resign");
-    let (took, r) = poll.join().unwrap();
-    let doc: Value = serde_json::from_str(&r.unwrap().1).unwrap();
-    assert_eq!(doc["role"], "leader", "{doc}");
-    assert!(took < Duration::from_secs(5), "{took:?}");
+    let (code, body) = poll.answer().unwrap();
+    let took = resigned.elapsed();
+    assert_eq!(code, 200, "{body}");
+    let doc: Value = serde_json::from_str(&body).unwrap();
+    // The first change b saw: a is no longer its leader (b then leads, or is on its way).
+    assert!(doc["version"].as_u64() > Some(version), "{doc}");
+    assert_ne!(doc["leader"]["id"], "a", "{doc}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the waiting poll answered {took:?} after the resign"
+    );
+    b.wait_role("leader", Duration::from_secs(5));
+    eprintln!(
+        "the poll answered {took:?} after the resign ({}), b led {:?} after it",
+        doc["role"],
+        resigned.elapsed()
+    );
 }
 
 #[test]

@@ -73,23 +73,48 @@ pub fn once_per(s: &str) -> Result<Duration, String> {
 }
 
 pub fn endpoint(e: &str) -> Result<String, String> {
-    let expected = "expected a URL such as http://127.0.0.1:2379 or https://etcd-0:2379";
+    let expected =
+        "expected a URL such as http://127.0.0.1:2379, https://etcd-0:2379 or http://[::1]:2379";
     let rest = e
         .strip_prefix("http://")
         .or_else(|| e.strip_prefix("https://"))
         .ok_or_else(|| format!("{expected} (scheme must be http or https)"))?;
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = rest
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{expected} (missing port)"))?;
+    split_host_port(rest.trim_end_matches('/')).map_err(|why| format!("{expected} ({why})"))?;
+    Ok(e.to_string())
+}
+
+/// `HOST:PORT` into host and port: a name, an IPv4 address, or an IPv6 address in brackets
+/// (`[::1]:2379`; without them the port could not be told from the address), and a port
+/// 1–65535. The reason when it is not, in words.
+fn split_host_port(v: &str) -> Result<(&str, u16), String> {
+    let (host, port) = if let Some(inner) = v.strip_prefix('[') {
+        let (addr, after) = inner
+            .split_once(']')
+            .ok_or("bad host: `[` without `]` around an IPv6 address")?;
+        addr.parse::<std::net::Ipv6Addr>()
+            .map_err(|_| format!("bad host: [{addr}] is not an IPv6 address"))?;
+        let port = after
+            .strip_prefix(':')
+            .ok_or("missing port after the IPv6 address")?;
+        (addr, port)
+    } else {
+        let (host, port) = v.rsplit_once(':').ok_or("missing port")?;
+        if host.contains(':') {
+            return Err(format!(
+                "bad host: an IPv6 address goes in brackets, as in [{host}]:{port}"
+            ));
+        }
+        (host, port)
+    };
     if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {
-        return Err(format!("{expected} (bad host)"));
+        return Err("bad host".into());
     }
-    port.parse::<u16>()
+    let port = port
+        .parse::<u16>()
         .ok()
         .filter(|p| *p != 0)
-        .ok_or_else(|| format!("{expected} (bad port {port:?})"))?;
-    Ok(e.to_string())
+        .ok_or_else(|| format!("bad port {port:?}"))?;
+    Ok((host, port))
 }
 
 /// The longest election name: it is part of every key, and etcd refuses large requests.
@@ -133,33 +158,24 @@ pub fn listen_addr_or_off(v: &str) -> Result<Option<SocketAddr>, String> {
         return Ok(None);
     }
     v.parse::<SocketAddr>().map(Some).map_err(|_| {
-        "expected HOST:PORT with a numeric address such as 127.0.0.1:4040, or `off`".into()
+        "expected HOST:PORT with a numeric address such as 127.0.0.1:4040 or [::1]:4040, or `off`"
+            .into()
     })
 }
 
 /// `HOST:PORT` of an app: a host name or address, and a port.
 pub fn host_port(v: &str) -> Result<String, String> {
-    let expected = "expected HOST:PORT such as 10.0.0.5:5432 or db-0.db:5432";
+    let expected = "expected HOST:PORT such as 10.0.0.5:5432, db-0.db:5432 or [fd00::5]:5432";
     let v = v.trim();
-    let (host, port) = v
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{expected} (missing port)"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() || host.contains(char::is_whitespace) || host.contains('/') {
-        return Err(format!("{expected} (bad host)"));
-    }
-    port.parse::<u16>()
-        .ok()
-        .filter(|p| *p != 0)
-        .ok_or_else(|| format!("{expected} (bad port {port:?})"))?;
+    split_host_port(v).map_err(|why| format!("{expected} ({why})"))?;
     Ok(v.to_string())
 }
 
 /// A listen address `HOST:PORT` with a numeric address.
 pub fn listen_addr(v: &str) -> Result<SocketAddr, String> {
-    v.trim()
-        .parse::<SocketAddr>()
-        .map_err(|_| "expected HOST:PORT with a numeric address such as 0.0.0.0:5433".into())
+    v.trim().parse::<SocketAddr>().map_err(|_| {
+        "expected HOST:PORT with a numeric address such as 0.0.0.0:5433 or [::]:5433".into()
+    })
 }
 
 pub fn path(v: &str) -> Result<PathBuf, String> {

@@ -76,7 +76,28 @@ fn bad_values_name_the_field_source_and_accepted_values() {
             &[("endpoints", "http://h:99999")],
             &["invalid endpoints", "bad port"],
         ),
+        (
+            &[("endpoints", "http://::1:2379")],
+            &[
+                "invalid endpoints",
+                "IPv6 address goes in brackets",
+                "[::1]:2379",
+            ],
+        ),
+        (
+            &[("endpoints", "http://[::1]")],
+            &["invalid endpoints", "missing port after the IPv6 address"],
+        ),
+        (
+            &[("endpoints", "http://[::1:2379")],
+            &["invalid endpoints", "without `]`"],
+        ),
+        (
+            &[("endpoints", "http://[etcd-0]:2379")],
+            &["invalid endpoints", "[etcd-0] is not an IPv6 address"],
+        ),
         (&[("http", "localhost")], &["invalid http", "HOST:PORT"]),
+        (&[("http", "::1:4040")], &["invalid http", "[::1]:4040"]),
         (&[("socket_mode", "999")], &["invalid socket_mode", "octal"]),
         (
             &[("read_header_timeout", "0s")],
@@ -127,6 +148,14 @@ fn bad_values_name_the_field_source_and_accepted_values() {
             &["invalid advertise", "bad host"],
         ),
         (
+            &[("advertise", "fd00::5:5432")],
+            &[
+                "invalid advertise",
+                "IPv6 address goes in brackets",
+                "[fd00::5]:5432",
+            ],
+        ),
+        (
             &[("proxy", "db:5433")],
             &["invalid proxy", "numeric address"],
         ),
@@ -156,6 +185,39 @@ fn bad_values_name_the_field_source_and_accepted_values() {
             assert!(msg.contains(n), "{pairs:?}: {msg:?} lacks {n:?}");
         }
     }
+}
+
+/// IPv6 addresses in brackets work wherever an address goes: the endpoints, the listeners and
+/// the advertised address (and the proxy's own address is still recognised).
+#[test]
+fn ipv6_addresses_are_accepted_in_brackets() {
+    let c = resolve(
+        &[
+            ("election", "svc"),
+            ("id", "a"),
+            ("endpoints", "http://[::1]:2379,https://[fd00::1]:2379/"),
+            ("http", "[::1]:4040"),
+            ("advertise", "[::1]:5432"),
+            ("proxy", "[::]:5433"),
+        ],
+        false,
+    )
+    .unwrap();
+    assert_eq!(
+        c.endpoints,
+        vec!["http://[::1]:2379", "https://[fd00::1]:2379/"]
+    );
+    assert_eq!(c.http, Some("[::1]:4040".parse().unwrap()));
+    let msg = error(
+        &[
+            ("election", "svc"),
+            ("id", "a"),
+            ("advertise", "[::1]:5433"),
+            ("proxy", "[::1]:5433"),
+        ],
+        false,
+    );
+    assert!(msg.contains("is the proxy's own address"), "{msg}");
 }
 
 #[test]

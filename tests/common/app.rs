@@ -23,7 +23,12 @@ pub struct NameApp {
 
 impl NameApp {
     pub fn start(name: &str) -> NameApp {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the app");
+        Self::start_on(name, std::net::Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// [`NameApp::start`] on the given loopback address (127.0.0.1 or ::1).
+    pub fn start_on(name: &str, ip: std::net::IpAddr) -> NameApp {
+        let listener = TcpListener::bind((ip, 0)).expect("bind the app");
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let open = Arc::new(Mutex::new(HashMap::new()));

@@ -1,6 +1,7 @@
 //! Running the `electd` binary under test: one [`Daemon`] per replica, with its own HTTP port,
 //! Unix socket and log file; SIGKILLed on drop.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
@@ -30,6 +31,8 @@ pub struct DaemonSpec {
     pub env: Vec<(String, String)>,
     /// `--log-level` (default `debug`).
     pub log_level: String,
+    /// The loopback address of the HTTP API (`--http`): 127.0.0.1 (default) or ::1.
+    pub loopback: IpAddr,
 }
 
 impl DaemonSpec {
@@ -44,7 +47,14 @@ impl DaemonSpec {
             socket: None,
             env: Vec::new(),
             log_level: "debug".to_string(),
+            loopback: IpAddr::V4(Ipv4Addr::LOCALHOST),
         }
+    }
+
+    /// Serve the HTTP API on this loopback address.
+    pub fn loopback(mut self, ip: IpAddr) -> Self {
+        self.loopback = ip;
+        self
     }
 
     pub fn log_level(mut self, level: &str) -> Self {
@@ -99,7 +109,7 @@ impl Daemon {
             .prefix("electd-test-")
             .tempdir()
             .expect("temp dir");
-        let http = format!("127.0.0.1:{}", free_port());
+        let http = SocketAddr::new(spec.loopback, free_port()).to_string();
         let socket = spec
             .socket
             .clone()
@@ -178,6 +188,22 @@ impl Daemon {
             Some(c) => matches!(c.try_wait(), Ok(None)),
             None => false,
         }
+    }
+
+    /// The pid of this daemon's freeze watchdog (its child `<exe> __watchdog`), if one runs.
+    pub fn watchdog_pid(&self) -> Option<u32> {
+        let me = self.child.as_ref()?.id();
+        std::fs::read_dir("/proc")
+            .ok()?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .find(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let ppid = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                ppid == Some(me) && cmdline.split(|b| *b == 0).any(|a| a == b"__watchdog")
+            })
     }
 
     pub fn signal(&self, sig: Signal) {

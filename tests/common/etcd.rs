@@ -5,7 +5,7 @@ use super::{etcd_binary, etcdctl_binary, file_tail, free_port, signal_pid, spawn
 use nix::sys::signal::Signal;
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,6 +32,9 @@ pub struct EtcdOptions {
     /// Extra flags for every `etcdctl` call made through the harness
     /// (e.g. `--user=root:pw`, `--cacert=...`).
     pub etcdctl_args: Vec<String>,
+    /// The loopback address etcd listens on, for clients and peers: 127.0.0.1 (default) or
+    /// ::1 (URLs then read `http://[::1]:P`).
+    pub loopback: IpAddr,
 }
 
 impl Default for EtcdOptions {
@@ -40,6 +43,7 @@ impl Default for EtcdOptions {
             scheme: "http".into(),
             extra_args: Vec::new(),
             etcdctl_args: Vec::new(),
+            loopback: IpAddr::V4(Ipv4Addr::LOCALHOST),
         }
     }
 }
@@ -58,6 +62,11 @@ impl EtcdOptions {
     }
     pub fn etcdctl_args(mut self, args: &[&str]) -> Self {
         self.etcdctl_args.extend(args.iter().map(|s| s.to_string()));
+        self
+    }
+    /// Listen on this loopback address (see [`EtcdOptions::loopback`]).
+    pub fn loopback(mut self, ip: IpAddr) -> Self {
+        self.loopback = ip;
         self
     }
 }
@@ -110,7 +119,8 @@ impl Etcd {
     pub fn start_opts(opts: EtcdOptions) -> Etcd {
         let peer_port = free_port();
         let name = "default".to_string();
-        let initial_cluster = format!("{name}=http://127.0.0.1:{peer_port}");
+        let peer = SocketAddr::new(opts.loopback, peer_port);
+        let initial_cluster = format!("{name}=http://{peer}");
         let mut etcd = Etcd::new(
             name,
             opts,
@@ -156,18 +166,18 @@ impl Etcd {
         }
     }
 
-    /// "http://127.0.0.1:P" (or https with that scheme).
+    /// "http://127.0.0.1:P" (or https with that scheme; `[::1]` on the IPv6 loopback).
     pub fn endpoint(&self) -> String {
-        format!("{}://127.0.0.1:{}", self.opts.scheme, self.client_port)
+        format!("{}://{}", self.opts.scheme, self.client_addr())
     }
 
     pub fn client_port(&self) -> u16 {
         self.client_port
     }
 
-    /// 127.0.0.1:client_port, e.g. as a [`super::TcpProxy`] upstream.
+    /// 127.0.0.1:client_port (or [::1]), e.g. as a [`super::TcpProxy`] upstream.
     pub fn client_addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.client_port))
+        SocketAddr::new(self.opts.loopback, self.client_port)
     }
 
     pub fn peer_port(&self) -> u16 {
@@ -175,7 +185,10 @@ impl Etcd {
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!(
+            "http://{}",
+            SocketAddr::new(self.opts.loopback, self.peer_port)
+        )
     }
 
     pub fn name(&self) -> &str {
@@ -270,7 +283,7 @@ impl Etcd {
     /// https: `etcdctl endpoint health` succeeds). Needs a leader.
     pub fn is_healthy(&self) -> bool {
         if self.opts.scheme == "http" {
-            let addr = format!("127.0.0.1:{}", self.client_port);
+            let addr = self.client_addr().to_string();
             matches!(
                 http::http_get_timeout(&addr, "/health", Duration::from_secs(1)),
                 Ok((200, body)) if body.contains("\"true\"")
@@ -290,7 +303,7 @@ impl Etcd {
     /// Whether this member currently believes it is the raft leader.
     pub fn is_leader(&self) -> bool {
         if self.opts.scheme == "http" {
-            let addr = format!("127.0.0.1:{}", self.client_port);
+            let addr = self.client_addr().to_string();
             matches!(
                 http::http_get_timeout(&addr, "/metrics", Duration::from_secs(1)),
                 Ok((200, body)) if body.lines().any(|l| l.trim() == "etcd_server_is_leader 1")
@@ -529,13 +542,13 @@ impl EtcdCluster {
         let mesh = proxied.then(|| {
             let upstreams: Vec<SocketAddr> = ports
                 .iter()
-                .map(|(_, peer)| SocketAddr::from(([127, 0, 0, 1], *peer)))
+                .map(|(_, peer)| SocketAddr::new(opts.loopback, *peer))
                 .collect();
             PeerMesh::start(&upstreams)
         });
         let advertised = |i: usize| match &mesh {
             Some(mesh) => mesh.url(i),
-            None => format!("http://127.0.0.1:{}", ports[i].1),
+            None => format!("http://{}", SocketAddr::new(opts.loopback, ports[i].1)),
         };
         let initial_cluster = (0..n)
             .map(|i| format!("m{i}={}", advertised(i)))

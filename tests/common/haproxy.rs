@@ -5,14 +5,17 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use super::{find_binary, spawn_tied};
+use super::{is_executable, on_path, spawn_tied};
 
 /// One `server` line: its name, the app's address, the electd HTTP port HAProxy checks.
 pub type Server = (String, String, u16);
 
 /// Path of `haproxy`: `PATH`, else Debian's /usr/sbin/haproxy.
 pub fn haproxy_path() -> Option<PathBuf> {
-    find_binary("haproxy", None, Some(Path::new("/usr/sbin/haproxy")))
+    on_path("haproxy").or_else(|| {
+        let debian = PathBuf::from("/usr/sbin/haproxy");
+        is_executable(&debian).then_some(debian)
+    })
 }
 
 /// [`haproxy_path`]; panics (never skips) when missing, saying how to install it.

@@ -102,6 +102,17 @@ fn exchange<S: Read + Write>(
     body: Option<&str>,
     deadline: Instant,
 ) -> Result<(u16, String), String> {
+    write_request(&mut stream, host, method, uri, body)?;
+    read_response(&mut stream, method == "HEAD", deadline)
+}
+
+fn write_request<S: Write>(
+    stream: &mut S,
+    host: &str,
+    method: &str,
+    uri: &str,
+    body: Option<&str>,
+) -> Result<(), String> {
     let mut req =
         format!("{method} {uri} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nAccept: */*\r\n");
     if let Some(b) = body {
@@ -119,9 +130,14 @@ fn exchange<S: Read + Write>(
     stream
         .write_all(req.as_bytes())
         .and_then(|_| stream.flush())
-        .map_err(|e| format!("write request: {e}"))?;
+        .map_err(|e| format!("write request: {e}"))
+}
 
-    let head_only = method == "HEAD";
+fn read_response<S: Read>(
+    stream: &mut S,
+    head_only: bool,
+    deadline: Instant,
+) -> Result<(u16, String), String> {
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 8192];
     loop {
@@ -144,6 +160,114 @@ fn exchange<S: Read + Write>(
             Err(e) => return Err(format!("read response: {e}")),
         }
     }
+}
+
+/// A GET on its own TCP connection whose answer is read later: for a long poll that must be
+/// waiting at the server before the test makes the change it waits for (a sleep cannot tell).
+pub struct PendingGet {
+    stream: TcpStream,
+    what: String,
+    deadline: Instant,
+}
+
+impl PendingGet {
+    /// Connects to `addr` and sends `GET path`; the answer must come within `timeout`.
+    pub fn send(addr: &str, path: &str, timeout: Duration) -> PendingGet {
+        let host = addr.trim_start_matches("http://").trim_end_matches('/');
+        let what = format!("GET http://{host}{path}");
+        let mut stream =
+            TcpStream::connect(host).unwrap_or_else(|e| panic!("{what}: connect: {e}"));
+        let _ = stream.set_nodelay(true);
+        write_request(&mut stream, host, "GET", path, None)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        PendingGet {
+            stream,
+            what,
+            deadline: Instant::now() + timeout,
+        }
+    }
+
+    /// Waits until the server has taken the whole request off the connection (its end's
+    /// receive queue in /proc/net/tcp{,6} is empty) and has not answered: the request is being
+    /// handled. Panics after `within`, or when an answer came back first.
+    pub fn wait_parked(&self, within: Duration) {
+        let server = self.stream.peer_addr().expect("peer address");
+        let client = self.stream.local_addr().expect("local address");
+        let until = Instant::now() + within;
+        loop {
+            self.stream.set_nonblocking(true).expect("non-blocking");
+            let mut byte = [0u8; 1];
+            let answered = match self.stream.peek(&mut byte) {
+                Ok(_) => true,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            };
+            self.stream.set_nonblocking(false).expect("blocking");
+            assert!(
+                !answered,
+                "{}: answered (or closed) before the test went on: it did not wait",
+                self.what
+            );
+            if receive_queue(server, client) == Some(0) {
+                return;
+            }
+            assert!(
+                Instant::now() < until,
+                "{}: the server had not read the request after {within:?}",
+                self.what
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Reads the answer: (status, body).
+    pub fn answer(mut self) -> Result<(u16, String), String> {
+        let left = self
+            .deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        self.stream
+            .set_read_timeout(Some(left))
+            .map_err(|e| e.to_string())?;
+        read_response(&mut self.stream, false, self.deadline)
+            .map_err(|e| format!("{}: {e}", self.what))
+    }
+}
+
+/// Bytes waiting in the kernel's receive queue of the TCP socket `local` ↔ `remote` of this
+/// host (/proc/net/tcp or tcp6); None when there is no such socket.
+fn receive_queue(local: std::net::SocketAddr, remote: std::net::SocketAddr) -> Option<u64> {
+    fn hex(addr: std::net::SocketAddr) -> String {
+        // The kernel prints each 32-bit word of the address in host byte order.
+        let words: Vec<[u8; 4]> = match addr.ip() {
+            std::net::IpAddr::V4(ip) => vec![ip.octets()],
+            std::net::IpAddr::V6(ip) => ip
+                .octets()
+                .chunks(4)
+                .map(|c| [c[0], c[1], c[2], c[3]])
+                .collect(),
+        };
+        let ip: String = words
+            .iter()
+            .map(|w| format!("{:08X}", u32::from_ne_bytes(*w)))
+            .collect();
+        format!("{ip}:{:04X}", addr.port())
+    }
+    let table = if local.is_ipv4() {
+        "/proc/net/tcp"
+    } else {
+        "/proc/net/tcp6"
+    };
+    let (local, remote) = (hex(local), hex(remote));
+    std::fs::read_to_string(table)
+        .ok()?
+        .lines()
+        .skip(1)
+        .find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.len() > 4 && f[1] == local && f[2] == remote)
+                .then(|| u64::from_str_radix(f[4].split_once(':')?.1, 16).ok())
+                .flatten()
+        })
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

@@ -20,13 +20,12 @@ pub use app::{NameApp, Replica, ask, ask_once, connect};
 pub use electd::{Daemon, DaemonSpec, electd_binary, leaders, read_lines, wait_one_leader};
 pub use etcd::{Etcd, EtcdCluster, EtcdOptions};
 pub use haproxy::{Haproxy, Server, haproxy_binary, haproxy_config, haproxy_path};
-pub use http::{http_get, http_get_timeout, http_request, unix_http};
+pub use http::{PendingGet, http_get, http_get_timeout, http_request, unix_http};
 pub use ledger::*;
 pub use proxy::{PeerMesh, ProxyMode, TcpProxy};
 pub use tls::*;
 
 use std::collections::HashSet;
-use std::ffi::OsString;
 use std::fs::OpenOptions;
 use std::io;
 use std::net::TcpListener;
@@ -147,53 +146,75 @@ fn reserve_port_across_processes(port: u16) -> bool {
 // Binaries
 // ---------------------------------------------------------------------------
 
-/// Path of the `etcd` binary: `$ELECTD_TEST_ETCD`, else `PATH`, else
+/// Path of the `etcd` binary: from `$ELECTD_TEST_ETCD` (the directory `scripts/etcd.sh VERSION`
+/// prints, holding `etcd` and `etcdctl`, or the `etcd` binary itself), else `PATH`, else
 /// /usr/bin/etcd or /usr/local/bin/etcd. Panics (never skips) when missing.
 pub fn etcd_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        find_binary("etcd", std::env::var_os("ELECTD_TEST_ETCD"), None).unwrap_or_else(|| {
-            panic!(
-                "etcd is required for the integration tests; install it with \
-                 `sudo apt-get install -y etcd-server etcd-client` (Debian/Ubuntu) \
-                 or set ELECTD_TEST_ETCD=/path/to/etcd"
-            )
-        })
-    })
+    BIN.get_or_init(
+        || match std::env::var_os("ELECTD_TEST_ETCD").filter(|v| !v.is_empty()) {
+            Some(chosen) => chosen_binary("etcd", "ELECTD_TEST_ETCD", Path::new(&chosen)),
+            None => on_path("etcd").unwrap_or_else(|| {
+                panic!(
+                    "etcd is required for the integration tests; install it with \
+                 `sudo apt-get install -y etcd-server etcd-client` (Debian/Ubuntu), or fetch \
+                 another version with `scripts/etcd.sh 3.5` and set ELECTD_TEST_ETCD to the \
+                 directory it prints"
+                )
+            }),
+        },
+    )
     .clone()
 }
 
-/// Path of the `etcdctl` binary: `$ELECTD_TEST_ETCDCTL`, else next to
-/// `$ELECTD_TEST_ETCD`, else `PATH`, else /usr/bin or /usr/local/bin.
-/// Panics (never skips) when missing.
+/// Path of the `etcdctl` binary: `$ELECTD_TEST_ETCDCTL`, else the one beside the etcd that
+/// `$ELECTD_TEST_ETCD` chose (never one of another version from `PATH`), else `PATH`, else
+/// /usr/bin or /usr/local/bin. Panics (never skips) when missing.
 pub fn etcdctl_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let sibling = std::env::var_os("ELECTD_TEST_ETCD")
-            .map(PathBuf::from)
-            .and_then(|p| p.parent().map(|d| d.join("etcdctl")));
-        find_binary(
-            "etcdctl",
-            std::env::var_os("ELECTD_TEST_ETCDCTL"),
-            sibling.as_deref(),
-        )
-        .unwrap_or_else(|| {
+        if let Some(chosen) = std::env::var_os("ELECTD_TEST_ETCDCTL").filter(|v| !v.is_empty()) {
+            return chosen_binary("etcdctl", "ELECTD_TEST_ETCDCTL", Path::new(&chosen));
+        }
+        if std::env::var_os("ELECTD_TEST_ETCD").is_some_and(|v| !v.is_empty()) {
+            let etcd = etcd_binary();
+            let dir = etcd.parent().unwrap_or(Path::new("."));
+            return chosen_binary("etcdctl", "ELECTD_TEST_ETCD", dir);
+        }
+        on_path("etcdctl").unwrap_or_else(|| {
             panic!(
                 "etcdctl is required for the integration tests; install it with \
-                 `sudo apt-get install -y etcd-server etcd-client` (Debian/Ubuntu) \
-                 or set ELECTD_TEST_ETCDCTL=/path/to/etcdctl"
+                 `sudo apt-get install -y etcd-server etcd-client` (Debian/Ubuntu), or fetch \
+                 another version with `scripts/etcd.sh 3.5` and set ELECTD_TEST_ETCD to the \
+                 directory it prints"
             )
         })
     })
     .clone()
 }
 
-fn find_binary(name: &str, env_override: Option<OsString>, hint: Option<&Path>) -> Option<PathBuf> {
-    if let Some(path) = env_override.filter(|p| !p.is_empty()) {
-        // An explicit override must be honoured: do not fall back silently.
-        let path = PathBuf::from(path);
-        return path.is_file().then_some(path);
+/// `name` as a variable chose it: `chosen` is the binary, or a directory holding it. An explicit
+/// choice is honoured or the test fails; it never falls back to another etcd silently.
+fn chosen_binary(name: &str, variable: &str, chosen: &Path) -> PathBuf {
+    let path = if chosen.is_dir() {
+        chosen.join(name)
+    } else {
+        chosen.to_path_buf()
+    };
+    if !is_executable(&path) {
+        panic!(
+            "{variable}={} holds no executable {name} (looked for {}); `scripts/etcd.sh VERSION` \
+             (e.g. 3.5, 3.5.16, 3.4) fetches Debian's etcd-server and etcd-client of that version \
+             and prints the directory to set {variable} to",
+            chosen.display(),
+            path.display()
+        );
     }
+    path
+}
+
+/// `name` on `PATH`, else in /usr/bin or /usr/local/bin.
+fn on_path(name: &str) -> Option<PathBuf> {
     let from_path = std::env::var_os("PATH")
         .map(|p| {
             std::env::split_paths(&p)
@@ -201,9 +222,8 @@ fn find_binary(name: &str, env_override: Option<OsString>, hint: Option<&Path>) 
                 .collect::<Vec<_>>()
         })
         .unwrap_or_default();
-    hint.map(Path::to_path_buf)
+    from_path
         .into_iter()
-        .chain(from_path)
         .chain([
             PathBuf::from("/usr/bin").join(name),
             PathBuf::from("/usr/local/bin").join(name),

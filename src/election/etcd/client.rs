@@ -3,13 +3,13 @@
 //! guard against a rewound history ([`Clients::check`]). The startup probe is `super::probe`'s.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
 use tracing::{debug, info};
 
-use super::error::{EtcdError, bounded, error_chain};
+use super::error::{EtcdError, NOSPACE_HINT, bounded, error_chain};
 use crate::config::{EtcdSettings, Pem};
 
 /// One client per endpoint, and the endpoint calls go to now. A call that times out, or finds
@@ -25,7 +25,18 @@ struct Inner {
     endpoints: Vec<String>,
     current: AtomicUsize,
     history: std::sync::Mutex<History>,
+    /// etcd refused a write for lack of space (its NOSPACE alarm), and no write succeeded since.
+    out_of_space: AtomicBool,
 }
+
+/// The calls that write (so a NOSPACE alarm refuses them, and their success shows it cleared).
+const WRITES: &[&str] = &[
+    "lease grant",
+    "campaign txn",
+    "candidate update",
+    "slot claim txn",
+    "slot record update",
+];
 
 /// What this process has seen of etcd's history: the highest revision, and the cluster.
 #[derive(Debug, Default)]
@@ -60,6 +71,7 @@ impl Clients {
             endpoints,
             current: AtomicUsize::new(0),
             history: std::sync::Mutex::new(History::default()),
+            out_of_space: AtomicBool::new(false),
         }))
     }
 
@@ -202,13 +214,34 @@ impl Clients {
     {
         let (i, client) = self.pick();
         let r = bounded(op, after, lease, f(client)).await;
-        if let Err(e) = &r
-            && e.moves_endpoint()
-        {
-            debug!(error = %e, endpoint = %self.0.endpoints[i], "etcd call failed on this endpoint");
-            self.failed(i);
+        match &r {
+            Err(e) if e.moves_endpoint() => {
+                debug!(error = %e, endpoint = %self.0.endpoints[i], "etcd call failed on this endpoint");
+                self.failed(i);
+            }
+            Err(e) if e.kind() == "nospace" => self.refused_for_space(op, e),
+            Ok(_) if WRITES.contains(&op) => self.wrote(op),
+            _ => {}
         }
         r
+    }
+
+    /// etcd refused a write for lack of space: said once at error level, with what to do, until
+    /// a write succeeds again. Not fatal: the operator clears the alarm without touching electd,
+    /// and every replica then joins by itself within one retry.
+    fn refused_for_space(&self, op: &'static str, e: &EtcdError) {
+        if !self.0.out_of_space.swap(true, Ordering::Relaxed) {
+            tracing::error!(op, error = %e, hint = NOSPACE_HINT, "etcd is out of space: it refuses this replica's writes, so it cannot join the election (a leader keeps leading while its keepalives work); retrying");
+        }
+    }
+
+    fn wrote(&self, op: &'static str) {
+        if self.0.out_of_space.swap(false, Ordering::Relaxed) {
+            info!(
+                op,
+                "etcd accepts writes again (its NOSPACE alarm was cleared)"
+            );
+        }
     }
 }
 

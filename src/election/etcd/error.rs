@@ -62,6 +62,12 @@ impl EtcdError {
                 if text.contains("permission denied") {
                     return "permission_denied";
                 }
+                // etcd's NOSPACE alarm is raised (its backend reached --quota-backend-bytes):
+                // it refuses every write — a lease grant, a put — on every member, and still
+                // serves reads, deletes and keepalives.
+                if text.contains("database space exceeded") {
+                    return "nospace";
+                }
                 // Only what a retry cannot fix: a certificate refused either way, a TLS alert
                 // from the server, plain text where TLS was expected, TLS files with an
                 // http:// endpoint. A connection cut mid-TLS (etcd restarting: "peer closed
@@ -126,9 +132,10 @@ impl EtcdError {
         )
     }
 
-    /// What the operator should check, for fatal errors.
+    /// What the operator should check, for fatal errors and for etcd out of space.
     pub fn hint(&self) -> Option<&'static str> {
         match self.kind() {
+            "nospace" => Some(NOSPACE_HINT),
             "tls" => Some(
                 "check --etcd-ca (the CA that signed etcd's server certificate) and --etcd-cert/--etcd-key, and that the endpoints use https://",
             ),
@@ -142,6 +149,12 @@ impl EtcdError {
         }
     }
 }
+
+/// What to do when etcd's NOSPACE alarm is raised (docs/operations.md, "etcd out of space").
+pub const NOSPACE_HINT: &str = "etcd's NOSPACE alarm is raised (its database reached \
+     --quota-backend-bytes) and it refuses every write: free space with `etcdctl compact <current \
+     revision>` and `etcdctl defrag` on every member (or raise --quota-backend-bytes), then clear \
+     the alarm with `etcdctl alarm disarm`; electd keeps retrying and joins once writes succeed";
 
 /// The error and all its sources, joined: etcd-client's Display hides the cause (a TLS alert,
 /// a refused connection) that tells the operator what is wrong.
@@ -201,5 +214,66 @@ impl Backoff {
         let base = self.next;
         self.next = (self.next * 2).min(self.max);
         base.mul_f64(0.8 + fastrand::f64() * 0.4)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grpc(code: tonic::Code, message: &str) -> EtcdError {
+        EtcdError::Request {
+            op: "lease grant",
+            source: etcd_client::Error::GRpcStatus(tonic::Status::new(code, message)),
+        }
+    }
+
+    /// How each error etcd gives is classified: its label, whether the next call moves to
+    /// another endpoint, whether retrying is pointless, and whether the operator gets a hint.
+    #[test]
+    fn errors_are_classified() {
+        #[rustfmt::skip]
+        let table: &[(&str, EtcdError, &str, bool, bool, bool)] = &[
+            // name, error, kind, moves endpoint, fatal, hint
+            ("no space", grpc(tonic::Code::ResourceExhausted, "etcdserver: mvcc: database space exceeded"),
+             "nospace", false, false, true),
+            ("other exhaustion", grpc(tonic::Code::ResourceExhausted, "etcdserver: too many requests"),
+             "grpc", true, false, false),
+            ("unavailable", grpc(tonic::Code::Unavailable, "etcdserver: leader changed"),
+             "unavailable", true, false, false),
+            ("denied", grpc(tonic::Code::PermissionDenied, "etcdserver: permission denied"),
+             "permission_denied", false, true, true),
+            ("bad password", grpc(tonic::Code::InvalidArgument, "etcdserver: authentication failed, invalid user ID or password"),
+             "unauthenticated", false, true, true),
+            ("stale token", grpc(tonic::Code::Unauthenticated, "etcdserver: invalid auth token"),
+             "auth_token", false, false, false),
+            ("timeout", EtcdError::Timeout { op: "lease grant", after: Duration::from_secs(1) },
+             "timeout", true, false, false),
+        ];
+        for (name, e, kind, moves, fatal, hint) in table {
+            assert_eq!(e.kind(), *kind, "{name}");
+            assert_eq!(e.moves_endpoint(), *moves, "{name}: moves endpoint");
+            assert_eq!(e.is_fatal(), *fatal, "{name}: fatal");
+            assert_eq!(e.hint().is_some(), *hint, "{name}: hint");
+        }
+    }
+
+    /// The operator learns from the error itself which alarm and what clears it.
+    #[test]
+    fn the_nospace_hint_names_the_alarm_and_the_cure() {
+        let e = grpc(
+            tonic::Code::ResourceExhausted,
+            "etcdserver: mvcc: database space exceeded",
+        );
+        assert!(e.to_string().contains("database space exceeded"), "{e}");
+        let hint = e.hint().expect("a hint");
+        for needed in [
+            "NOSPACE",
+            "etcdctl compact",
+            "etcdctl defrag",
+            "etcdctl alarm disarm",
+        ] {
+            assert!(hint.contains(needed), "{needed:?} missing from {hint:?}");
+        }
     }
 }
