@@ -10,7 +10,8 @@
 #                              Debian's archive keyring (scripts/etcd.sh: CI's second etcd)
 #   scripts/setup.sh package   scripts/package.sh: protoc, python3, dpkg-deb, lintian, cargo-deb
 #   scripts/setup.sh chaos     scripts/chaos.sh: protoc, etcd and etcdctl
-#   scripts/setup.sh bench     cargo bench --bench electd: protoc, etcd and etcdctl, HAProxy
+#   scripts/setup.sh bench     cargo bench --bench electd: protoc, etcd and etcdctl, HAProxy,
+#                              python3 (the sidecar scenario's apps)
 #   scripts/setup.sh [all]     everything above, the same as `test` (.ci/run)
 set -euo pipefail
 
@@ -25,16 +26,17 @@ need_etcd() {
   command -v etcd >/dev/null || apt+=(etcd-server)
   command -v etcdctl >/dev/null || apt+=(etcd-client)
 }
+need_python() { command -v python3 >/dev/null || apt+=(python3); }
 need_demo_output() {
   command -v curl >/dev/null || apt+=(curl)
-  command -v python3 >/dev/null || apt+=(python3)
+  need_python
   command -v bc >/dev/null || apt+=(bc)
 }
 need_haproxy() { command -v haproxy >/dev/null || apt+=(haproxy); }
 # promtool ships in Debian's prometheus package; its recommends are the node exporter.
 need_promtool() { command -v promtool >/dev/null || bare+=(prometheus); }
 need_packaging() {
-  command -v python3 >/dev/null || apt+=(python3)
+  need_python
   command -v dpkg-deb >/dev/null || apt+=(dpkg)
   command -v lintian >/dev/null || apt+=(lintian)
   cargo deb --version >/dev/null 2>&1 || crates+=(cargo-deb)
@@ -53,7 +55,7 @@ case "$purpose" in
     ;;
   package) need_build; need_packaging ;;
   chaos) need_build; need_etcd ;;
-  bench) need_build; need_etcd; need_haproxy ;;
+  bench) need_build; need_etcd; need_haproxy; need_python ;;
   *)
     echo "usage: scripts/setup.sh [demo|test|package|chaos|bench|all]" >&2
     exit 64

@@ -13,7 +13,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,70 +31,10 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn python() -> &'static str {
-    static PY: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
-    PY.get_or_init(|| {
-        let ok = Command::new("python3")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(
-            ok,
-            "python3 is needed to run the reference client: apt-get install -y python3"
-        );
-        "python3"
-    })
-}
-
-/// One contract-following app beside a sidecar electd.
-struct App {
-    child: Child,
-}
-
-impl App {
-    fn start(id: &str, daemon: &Daemon, files: &Files, watch: bool, over_tcp: bool) -> App {
-        App::spawn(id, daemon, files, watch, over_tcp, false)
-    }
-
-    fn spawn(
-        id: &str,
-        daemon: &Daemon,
-        files: &Files,
-        watch: bool,
-        over_tcp: bool,
-        naive: bool,
-    ) -> App {
-        let mut cmd = Command::new(python());
-        cmd.arg(repo().join("tests/apps/contract_app.py"))
-            .arg(id)
-            .arg(&files.ledger)
-            .arg(&files.claims)
-            .args(["--grace", "0.5"]);
-        if over_tcp {
-            cmd.args(["--url", &format!("http://{}", daemon.http)]);
-        } else {
-            cmd.arg("--socket").arg(&daemon.socket);
-        }
-        if watch {
-            cmd.arg("--watch");
-        }
-        if naive {
-            cmd.arg("--naive");
-        }
-        cmd.stdout(Stdio::null()).stderr(
-            std::fs::File::create(files.dir.join(format!("app-{id}.log"))).expect("app log"),
-        );
-        App {
-            child: spawn_tied(cmd).expect("start the contract app"),
-        }
-    }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// One contract-following app beside a sidecar electd (tests/common/contract.rs).
+fn app(id: &str, daemon: &Daemon, files: &Files, mode: AppMode) -> ContractApp {
+    let log = files.dir.join(format!("app-{id}.log"));
+    ContractApp::start(id, daemon, (&files.ledger, &files.claims), &log, 0.5, mode)
 }
 
 struct Files {
@@ -126,34 +66,6 @@ impl Files {
         }
         out
     }
-}
-
-/// A budget an app took: (id, token, taken at, until), wall-clock nanoseconds.
-#[derive(Debug, Clone)]
-struct ClaimRecord {
-    #[allow(dead_code)] // shown when a check fails
-    id: String,
-    token: i64,
-    taken: u128,
-    until: u128,
-}
-
-fn claims(path: &Path) -> Vec<ClaimRecord> {
-    read_lines(path)
-        .iter()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            if f.len() != 5 || f[0] != "claim" {
-                return None;
-            }
-            Some(ClaimRecord {
-                id: f[1].into(),
-                token: f[2].parse().ok()?,
-                taken: f[3].parse().ok()?,
-                until: f[4].parse().ok()?,
-            })
-        })
-        .collect()
 }
 
 /// Every budget of a term ends before the first budget of any later term was taken.
@@ -217,7 +129,7 @@ fn sidecars(
     election: &str,
     endpoint: impl Fn(usize) -> String,
     files: &Files,
-) -> (Vec<Daemon>, Vec<App>) {
+) -> (Vec<Daemon>, Vec<ContractApp>) {
     let ids = ["a", "b", "c"];
     let daemons: Vec<Daemon> = ids
         .iter()
@@ -228,7 +140,14 @@ fn sidecars(
     let apps = ids
         .iter()
         .enumerate()
-        .map(|(i, id)| App::start(id, &daemons[i], files, i != 1, i == 2))
+        .map(|(i, id)| {
+            let mode = AppMode {
+                watch: i != 1,
+                over_tcp: i == 2,
+                naive: false,
+            };
+            app(id, &daemons[i], files, mode)
+        })
         .collect();
     wait_until(Duration::from_secs(10), "one app to act as leader", || {
         acting(files).len() == 1
@@ -300,10 +219,16 @@ fn an_app_that_ignores_the_budget_is_caught_acting_beside_the_next_leader() {
         })
         .collect();
     let l = wait_one_leader(&daemons, Duration::from_secs(10));
-    let _apps: Vec<App> = ["a", "b"]
+    let _apps: Vec<ContractApp> = ["a", "b"]
         .iter()
         .enumerate()
-        .map(|(i, id)| App::spawn(id, &daemons[i], &files, false, false, true))
+        .map(|(i, id)| {
+            let naive = AppMode {
+                naive: true,
+                ..AppMode::default()
+            };
+            app(id, &daemons[i], &files, naive)
+        })
         .collect();
     wait_until(Duration::from_secs(10), "the naive app to act", || {
         acting(&files).len() == 1

@@ -66,6 +66,107 @@ fn every_benchmark_scenario_produces_sane_figures() {
             assert_eq!(v.samples().len(), 1, "{key}/{row}: {v:?}");
         }
     }
+    // Crash failover ran at both TTLs, each tool once at each, and watched the old child's
+    // process group; the rows minus the TTL are the failovers minus their own TTL.
+    let crash = report.section("crash").unwrap();
+    for (ttl, sfx) in scenarios::failover::crash_ttls(&cfg) {
+        for row in ["failover", "old_end", "overlap", "group_end"] {
+            let id = format!("{row}{sfx}");
+            for v in &crash.row(&id).unwrap().cols {
+                assert_eq!(v.samples().len(), 1, "crash/{id}: {v:?}");
+            }
+        }
+        let failover = &crash.row(&format!("failover{sfx}")).unwrap().cols;
+        let minus = &crash.row(&format!("failover_minus_ttl{sfx}")).unwrap().cols;
+        for (f, m) in failover.iter().zip(minus) {
+            let diff = f.samples()[0] - m.samples()[0];
+            assert!(
+                (diff - ttl.as_secs_f64() * 1e3).abs() < 1e-6,
+                "crash at TTL {ttl:?}: {f:?} − {m:?}"
+            );
+        }
+        let alive = &crash.row(&format!("old_alive{sfx}")).unwrap().cols;
+        assert!(
+            alive
+                .iter()
+                .all(|v| matches!(v, Value::Count { of: 1, .. })),
+            "{alive:?}"
+        );
+    }
+
+    // The start guard: every row has its sample in both columns (default guard, 0s); with the
+    // default guard the successor waited the guard after seeing the unmarked deletion, so it
+    // started at least that long after the deletion was sent; the p99 rows are numbers.
+    let guard = report.section("guard").unwrap();
+    for row in [
+        "del_rtt",
+        "del_death",
+        "del_start",
+        "del_start_minus_guard",
+        "del_overlap",
+        "term_handoff",
+        "term_start",
+    ] {
+        for v in &guard.row(row).unwrap().cols {
+            assert_eq!(v.samples().len(), 1, "guard/{row}: {v:?}");
+        }
+    }
+    let start = guard.row("del_start").unwrap().cols[0].samples()[0];
+    assert!(
+        start >= cfg.start_guard.as_secs_f64() * 1e3,
+        "the successor started {start} ms after an unmarked deletion, inside its start guard \
+         of {:?}",
+        cfg.start_guard
+    );
+    for (v, death) in guard
+        .row("del_death_p99")
+        .unwrap()
+        .cols
+        .iter()
+        .zip(&guard.row("del_death").unwrap().cols)
+    {
+        assert!(
+            matches!(v, Value::Number(x) if *x == death.samples()[0]),
+            "guard/del_death_p99 of one sample is that sample: {v:?} vs {death:?}"
+        );
+    }
+    for v in &guard.row("term_graceful").unwrap().cols {
+        assert!(matches!(v, Value::Count { of: 1, .. }), "guard: {v:?}");
+    }
+
+    // Sidecar apps: one round of each fault; its margin is the time from the old term's last act
+    // to the next claim, split by the deposed app's way of asking, and its smallest is the one.
+    let sidecar = report.section("sidecar").unwrap();
+    let row = |id: &str| &sidecar.row(id).unwrap().cols;
+    for col in 0..2 {
+        let margin = row("margin")[col].samples();
+        assert_eq!(margin.len(), 1, "sidecar/margin col {col}: {margin:?}");
+        let (stop, claim) = (
+            row("fault_to_stop")[col].samples()[0],
+            row("fault_to_claim")[col].samples()[0],
+        );
+        assert!(
+            (claim - stop - margin[0]).abs() < 1e-6,
+            "sidecar col {col}: claim {claim} − last act {stop} ≠ margin {margin:?}"
+        );
+        assert!(
+            matches!(row("margin_min")[col], Value::Number(m) if m == margin[0]),
+            "sidecar/margin_min col {col}: {:?}",
+            row("margin_min")[col]
+        );
+        let split =
+            row("margin_watch")[col].samples().len() + row("margin_poll")[col].samples().len();
+        assert_eq!(
+            split, 1,
+            "sidecar col {col}: the round is on /watch or long-polling"
+        );
+        assert!(
+            matches!(row("on_watch")[col], Value::Count { of: 1, .. }),
+            "{:?}",
+            row("on_watch")[col]
+        );
+    }
+
     for row in ["stopped", "restarted", "moved"] {
         let r = report.section("flap").unwrap().row(row).unwrap();
         for v in &r.cols {

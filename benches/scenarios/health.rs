@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::report::{Page, spec};
 use super::trace::log_time_after;
 use super::{
-    BenchConfig, Ledger, Section, SectionData, Value, attempt, electd_spec, ms_between, now_ns,
+    BenchConfig, Ledger, Section, SectionData, Value, attempt, graced_spec, ms_between, now_ns,
 };
 use crate::common::{Daemon, Etcd, wait_until};
 
@@ -33,9 +33,7 @@ fn iteration(cfg: &BenchConfig, etcd: &Etcd, dir: &Path, name: &str) -> Sample {
     let file = |id: &str| dir.join(format!("{name}.{id}.healthy"));
     let start = |id: &str| -> Daemon {
         std::fs::write(file(id), b"").expect("create the health file");
-        let mut spec = electd_spec(cfg, &etcd.endpoint(), name, id).args(&[
-            "--stop-grace",
-            &format!("{}ms", cfg.stop_grace.as_millis()),
+        let mut spec = graced_spec(cfg, &etcd.endpoint(), name, id).args(&[
             "--health-cmd",
             &format!("test -f {}", file(id).display()),
             "--health-interval",

@@ -10,10 +10,12 @@
 pub mod api;
 pub mod failover;
 pub mod footprint;
+pub mod guard;
 pub mod health;
 pub mod report;
 pub mod routing;
 pub mod scale;
+pub mod sidecar;
 pub mod trace;
 
 use std::panic::AssertUnwindSafe;
@@ -28,9 +30,11 @@ use crate::common::{Daemon, DaemonSpec, Etcd, etcdctl_binary, pid_alive, spawn_t
 pub use report::{Data, Page, Report, Section, SectionData, Value};
 
 /// Scenario keys, in report order (`--only` takes one of them).
-pub const SCENARIOS: [&str; 9] = [
+pub const SCENARIOS: [&str; 11] = [
     "handoff",
     "crash",
+    "guard",
+    "sidecar",
     "partition",
     "flap",
     "health",
@@ -58,6 +62,22 @@ pub struct BenchConfig {
     /// Flap: how long to watch after the link is restored, beyond one TTL.
     #[serde(with = "report::secs")]
     pub flap_settle: Duration,
+    /// Crash failover runs at the TTL and at this longer one (electd's default), both tools.
+    #[serde(with = "report::secs", default = "defaults::crash_long_ttl")]
+    pub crash_long_ttl: Duration,
+    /// electd's default `--start-guard` (its settings table's), which the guard scenario runs
+    /// beside `--start-guard 0s`.
+    #[serde(with = "report::secs", default = "defaults::start_guard")]
+    pub start_guard: Duration,
+    /// Sidecar: replicas without a command, each with a contract-following app; how long the
+    /// leader's electd stays SIGSTOPped (longer than the TTL); how long to watch after a fault
+    /// has healed.
+    #[serde(default = "defaults::sidecar_replicas")]
+    pub sidecar_replicas: usize,
+    #[serde(with = "report::secs", default = "defaults::sidecar_freeze")]
+    pub sidecar_freeze: Duration,
+    #[serde(with = "report::secs", default = "defaults::sidecar_settle")]
+    pub sidecar_settle: Duration,
     /// Health-check failover: replicas, each with its own health file, and their
     /// `--health-interval`, `--health-fall` and `--health-rise`.
     pub health_replicas: usize,
@@ -131,6 +151,11 @@ impl BenchConfig {
             stop_grace: Duration::from_secs(1),
             observe: Duration::from_secs(2),
             flap_settle: Duration::from_secs(2),
+            crash_long_ttl: defaults::crash_long_ttl(),
+            start_guard: defaults::start_guard(),
+            sidecar_replicas: defaults::sidecar_replicas(),
+            sidecar_freeze: defaults::sidecar_freeze(),
+            sidecar_settle: defaults::sidecar_settle(),
             health_replicas: 3,
             health_interval: Duration::from_millis(200),
             health_fall: 3,
@@ -167,6 +192,7 @@ impl BenchConfig {
             iterations: 1,
             observe: Duration::from_millis(400),
             flap_settle: Duration::from_millis(300),
+            sidecar_settle: Duration::from_millis(500),
             health_replicas: 2,
             api_clients: 8,
             api_warmup: Duration::from_millis(100),
@@ -209,6 +235,48 @@ impl BenchConfig {
     }
 }
 
+/// The full run's values of the parameters added after data files were written without them
+/// (a data file that lacks one was written before its scenario existed).
+mod defaults {
+    use std::time::Duration;
+
+    use electd::config::parse_duration;
+    use electd::config::table::{Default, SETTINGS};
+
+    pub fn crash_long_ttl() -> Duration {
+        electd_default("ttl")
+    }
+
+    pub fn start_guard() -> Duration {
+        electd_default("start_guard")
+    }
+
+    pub fn sidecar_replicas() -> usize {
+        3
+    }
+
+    /// The TTL (3 s) and one second more.
+    pub fn sidecar_freeze() -> Duration {
+        Duration::from_secs(4)
+    }
+
+    pub fn sidecar_settle() -> Duration {
+        Duration::from_secs(1)
+    }
+
+    /// The default of electd's setting `key`, from its settings table.
+    fn electd_default(key: &str) -> Duration {
+        SETTINGS
+            .iter()
+            .find(|s| s.key == key)
+            .and_then(|s| match s.default {
+                Default::Value(v) => parse_duration(v).ok(),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("invariant: electd's setting {key} has a duration default"))
+    }
+}
+
 /// Run every scenario (or the one chosen with `only`) and collect the report.
 pub fn run(cfg: &BenchConfig) -> Report {
     let mut report = Report::begin(cfg);
@@ -221,6 +289,8 @@ pub fn run(cfg: &BenchConfig) -> Report {
         let mut section = match key {
             "handoff" => failover::handoff(cfg),
             "crash" => failover::crash(cfg),
+            "guard" => guard::guard(cfg),
+            "sidecar" => sidecar::sidecar(cfg),
             "partition" => failover::partition(cfg),
             "flap" => failover::flap(cfg),
             "health" => health::health(cfg),
@@ -243,6 +313,8 @@ pub fn page(key: &str, p: &BenchConfig, d: &SectionData) -> Option<Page> {
     Some(match key {
         "handoff" => failover::handoff_page(p, d),
         "crash" => failover::crash_page(p, d),
+        "guard" => guard::page(p, d),
+        "sidecar" => sidecar::page(p, d),
         "partition" => failover::partition_page(p, d),
         "flap" => failover::flap_page(p, d),
         "health" => health::page(p, d),
@@ -403,6 +475,21 @@ pub fn electd_spec(cfg: &BenchConfig, endpoint: &str, name: &str, id: &str) -> D
         .env("RUST_LOG", "warn,electd=info")
 }
 
+/// [`electd_spec`] with the benchmark's `--stop-grace`.
+pub fn graced_spec(cfg: &BenchConfig, endpoint: &str, name: &str, id: &str) -> DaemonSpec {
+    electd_spec(cfg, endpoint, name, id)
+        .args(&["--stop-grace", &format!("{}ms", cfg.stop_grace.as_millis())])
+}
+
+/// How an electd replica runs beyond the benchmark's TTL and stop grace.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tuning<'a> {
+    /// `RUST_LOG`, if not as deployed (see [`electd_spec`]).
+    pub log: Option<&'a str>,
+    /// More flags.
+    pub args: &'a [&'a str],
+}
+
 /// One replica of the wrapped job, under either tool.
 pub enum Wrapper {
     Electd(Box<Daemon>),
@@ -410,8 +497,8 @@ pub enum Wrapper {
 }
 
 impl Wrapper {
-    /// Start `sh SCRIPT` under `tool` as replica `id` of election `name`; electd logs with
-    /// `log` as its `RUST_LOG` if given (else as deployed, see [`electd_spec`]).
+    /// Start `sh SCRIPT` under `tool` as replica `id` of election `name`; electd with
+    /// `tuning` (ignored by `etcdctl lock`).
     pub fn start(
         tool: Tool,
         cfg: &BenchConfig,
@@ -419,14 +506,13 @@ impl Wrapper {
         name: &str,
         id: &str,
         script: &Path,
-        log: Option<&str>,
+        tuning: Tuning,
     ) -> Wrapper {
         let command = vec!["sh".to_string(), script.display().to_string()];
         match tool {
             Tool::Electd => {
-                let mut spec = electd_spec(cfg, endpoint, name, id)
-                    .args(&["--stop-grace", &format!("{}ms", cfg.stop_grace.as_millis())]);
-                if let Some(filter) = log {
+                let mut spec = graced_spec(cfg, endpoint, name, id).args(tuning.args);
+                if let Some(filter) = tuning.log {
                     spec = spec.env("RUST_LOG", filter);
                 }
                 spec.command = command;
@@ -543,12 +629,18 @@ impl Ledger {
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&script))
     }
 
+    /// The pid of replica `id`'s first child.
+    pub fn first_child(&self, id: &str) -> Option<i32> {
+        self.children()
+            .into_iter()
+            .find(|(i, _)| i == id)
+            .map(|(_, pid)| pid)
+    }
+
     /// Whether replica `id`'s first child is still alive.
     pub fn first_child_alive(&self, id: &str) -> bool {
-        self.children()
-            .iter()
-            .find(|(i, _)| i == id)
-            .is_some_and(|(_, pid)| self.runs_script(*pid))
+        self.first_child(id)
+            .is_some_and(|pid| self.runs_script(pid))
     }
 
     /// SIGKILL every child still alive (an `etcdctl lock` child outlives its etcdctl); returns

@@ -2,9 +2,12 @@
 //! timestamps of electd's log lines (same wall clock as the ledger's `date +%s%N`).
 
 use std::path::Path;
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
-use crate::common::{Etcd, etcd_metrics, metric_sum};
+use super::now_ns;
+use crate::common::{Etcd, etcd_metrics, metric_sum, pid_alive};
 
 /// A snapshot of what etcd has done so far: completed unary calls by method, watch traffic,
 /// WAL fsyncs and its CPU time. Subtract two with [`EtcdCounters::since`].
@@ -214,4 +217,130 @@ pub fn proc_scan_ms() -> (f64, usize) {
         }
     }
     (t.elapsed().as_secs_f64() * 1e3, n)
+}
+
+/// What an [`AliveWatch`] saw: the last check that found its processes alive began at
+/// `last_alive`, and the first check after it that found none ended at `dead_since` (so they
+/// died in between); wall-clock nanoseconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seen {
+    pub last_alive: Option<u128>,
+    pub dead_since: Option<u128>,
+    /// Checks made, and the time they took from the first to the last.
+    pub checks: u64,
+    pub span_ns: u128,
+}
+
+impl Seen {
+    /// Whether the last check found them dead.
+    pub fn dead(&self) -> bool {
+        self.dead_since.is_some()
+    }
+
+    /// The mean time from one check to the next, in milliseconds: how precise the times are.
+    pub fn period_ms(&self) -> Option<f64> {
+        (self.checks > 1).then(|| self.span_ns as f64 / (self.checks - 1) as f64 / 1e6)
+    }
+}
+
+/// A thread that checks `alive()` again and again (`pause` apart) until stopped: the moment a
+/// process (or a process group) died, seen from outside without waiting for a tick.
+pub struct AliveWatch {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Seen>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AliveWatch {
+    pub fn start(pause: Duration, mut alive: impl FnMut() -> bool + Send + 'static) -> AliveWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let (s, out) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            let first = now_ns();
+            while !s.load(Ordering::SeqCst) {
+                let before = now_ns();
+                let yes = alive();
+                let after = now_ns();
+                {
+                    let mut o = out.lock().unwrap_or_else(|e| e.into_inner());
+                    if yes {
+                        o.last_alive = Some(before);
+                        o.dead_since = None;
+                    } else if o.dead_since.is_none() {
+                        o.dead_since = Some(after);
+                    }
+                    o.checks += 1;
+                    o.span_ns = before - first;
+                }
+                std::thread::sleep(pause);
+            }
+        });
+        AliveWatch {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    /// Polls one pid: alive while it exists and is not a zombie.
+    pub fn pid(pid: i32) -> AliveWatch {
+        AliveWatch::start(Duration::from_micros(100), move || pid_alive(pid))
+    }
+
+    /// Polls a process group by walking /proc: alive while any member is (not a zombie).
+    pub fn group(pgid: i32) -> AliveWatch {
+        AliveWatch::start(Duration::from_millis(1), move || group_alive(pgid))
+    }
+
+    pub fn seen(&self) -> Seen {
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn stop(mut self) -> Seen {
+        self.halt();
+        self.seen()
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for AliveWatch {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// `(state, process group)` of `pid` from `/proc/PID/stat`.
+fn state_and_group(pid: &str) -> Option<(char, i32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = text.rsplit_once(')')?;
+    let mut f = rest.split_whitespace();
+    // After the command: state(3) ppid(4) pgrp(5).
+    let state = f.next()?.chars().next()?;
+    Some((state, f.nth(1)?.parse().ok()?))
+}
+
+/// The process group of `pid`.
+pub fn group_of(pid: i32) -> Option<i32> {
+    state_and_group(&pid.to_string()).map(|(_, g)| g)
+}
+
+/// Whether any process of group `pgid` is alive (a stopped one counts; a zombie does not).
+pub fn group_alive(pgid: i32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        e.file_name()
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(state_and_group)
+            .is_some_and(|(state, g)| g == pgid && state != 'Z')
+    })
 }

@@ -7,6 +7,7 @@
 #![allow(dead_code, unused_imports)]
 
 mod app;
+mod contract;
 mod electd;
 mod etcd;
 mod haproxy;
@@ -17,6 +18,7 @@ pub mod reports;
 mod tls;
 
 pub use app::{NameApp, Replica, ask, ask_once, connect};
+pub use contract::{AppMode, ClaimRecord, ContractApp, claims, python};
 pub use electd::{Daemon, DaemonSpec, electd_binary, leaders, read_lines, wait_one_leader};
 pub use etcd::{Etcd, EtcdCluster, EtcdOptions};
 pub use haproxy::{Haproxy, Server, haproxy_binary, haproxy_config, haproxy_path};
