@@ -647,7 +647,10 @@ fn etcd_rebuilt_from_empty_is_refused_until_its_revision_passes_the_old_one() {
         );
     }
     let (_, m) = http_get(&daemons[0].http, "/metrics").unwrap();
-    assert!(m.contains("electd_history_rewound 1"), "{m}");
+    assert!(
+        m.contains("electd_history_rewound{election=\"rewind\"} 1"),
+        "{m}"
+    );
     assert!(daemons[0].log_text().contains("history was rewound"));
 
     // The operator moves the revision past the old one: leading resumes with a higher token.

@@ -94,7 +94,10 @@ fn foreign_and_overwritten_keys_are_ignored_and_an_overwritten_leader_steps_down
         || a.log_text().contains("not a candidate"),
     );
     let (_, metrics) = http_get(&a.http, "/metrics").unwrap();
-    assert!(metrics.contains("electd_foreign_keys_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("electd_foreign_keys_total{election=\"fk\"} 1"),
+        "{metrics}"
+    );
     let (_, body) = http_get(&a.http, "/members").unwrap();
     let m: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(m["foreign"][0]["key"], "fk/zzz", "{m}");

@@ -60,21 +60,27 @@ fn metrics_move_on_failover_and_watch_pushes_the_change() {
     let mut daemons = three(&etcd, "obs");
     let l = wait_one_leader(&daemons, Duration::from_secs(10));
     let f = (l + 1) % 3;
-    assert_eq!(metric(&daemons[l], "electd_is_leader"), Some(1.0));
-    assert_eq!(metric(&daemons[f], "electd_is_leader"), Some(0.0));
     assert_eq!(
-        metric(&daemons[l], "electd_role{role=\"leader\"}"),
+        metric(&daemons[l], "electd_is_leader{election=\"obs\"}"),
         Some(1.0)
     );
     assert_eq!(
-        metric(&daemons[l], "electd_fencing_token"),
+        metric(&daemons[f], "electd_is_leader{election=\"obs\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&daemons[l], "electd_role{election=\"obs\",role=\"leader\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&daemons[l], "electd_fencing_token{election=\"obs\"}"),
         daemons[l].fencing_token().map(|t| t as f64)
     );
     let (_, text) = http_get(&daemons[l].http, "/metrics").unwrap();
     for name in [
         "electd_leader_transitions_total",
         "electd_keepalive_rtt_seconds_bucket",
-        "electd_etcd_reachable 1",
+        "electd_etcd_reachable{election=\"obs\"} 1",
         "electd_etcd_last_contact_age_seconds",
         "# HELP electd_is_leader",
         "# TYPE electd_leader_transitions_total counter",
@@ -92,7 +98,7 @@ fn metrics_move_on_failover_and_watch_pushes_the_change() {
     assert_eq!(metric(&daemons[l], "electd_lease_ttl_seconds"), Some(3.0));
     let (code, sock_metrics) = unix_http(&daemons[l].socket, "GET", "/metrics", None).unwrap();
     assert_eq!(code, 200);
-    assert!(sock_metrics.contains("electd_is_leader 1"));
+    assert!(sock_metrics.contains("electd_is_leader{election=\"obs\"} 1"));
 
     // Every follower streams role changes; the first event is the current state.
     let watchers: Vec<_> = (0..3)
@@ -107,7 +113,7 @@ fn metrics_move_on_failover_and_watch_pushes_the_change() {
     }
     let before = metric(
         &daemons[f],
-        "electd_leader_transitions_total{from=\"follower\",to=\"leader\"}",
+        "electd_leader_transitions_total{election=\"obs\",from=\"follower\",to=\"leader\"}",
     )
     .unwrap_or(0.0);
 
@@ -137,11 +143,14 @@ fn metrics_move_on_failover_and_watch_pushes_the_change() {
         "{latencies:?}"
     );
 
-    assert_eq!(metric(&daemons[n], "electd_is_leader"), Some(1.0));
+    assert_eq!(
+        metric(&daemons[n], "electd_is_leader{election=\"obs\"}"),
+        Some(1.0)
+    );
     if n == f {
         let after = metric(
             &daemons[f],
-            "electd_leader_transitions_total{from=\"follower\",to=\"leader\"}",
+            "electd_leader_transitions_total{election=\"obs\",from=\"follower\",to=\"leader\"}",
         )
         .unwrap();
         assert_eq!(after, before + 1.0);
