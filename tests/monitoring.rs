@@ -2,8 +2,9 @@
 //! (`deploy/grafana/electd.json`) and the alert rules (`deploy/prometheus/electd-rules.yml`)
 //! query is one electd exports (taken from the library's own `/metrics` rendering), with labels
 //! it has; recorded `electd:*` series are recorded by the rules file; every dashboard query is
-//! filtered by the `$election` variable and parses (`promtool check rules`). The rules' behaviour
-//! is tested by promtool itself (`deploy/prometheus/electd-rules.test.yml`, run by `.ci/run`).
+//! filtered by the `$election` variable and parses (`promtool check rules`); the rules and every
+//! query evaluate over processes with several elections each. The rules' behaviour is tested by
+//! promtool itself (`deploy/prometheus/electd-rules.test.yml`, run by `.ci/run`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -497,6 +498,89 @@ fn every_dashboard_query_is_filtered_by_the_election_and_parses() {
     assert!(
         out.status.success(),
         "promtool rejects a dashboard query:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The rules and every dashboard query evaluate (promtool's unit tester fails on an evaluation
+/// error such as a many-to-many join) over what two processes with two elections each export,
+/// taken from the library's own rendering: a join that forgets the `election` label breaks as
+/// soon as a process takes part in several elections. Replica a leads "svc", b leads "other".
+#[test]
+fn the_rules_and_every_dashboard_query_evaluate_over_processes_with_several_elections() {
+    let mut input = String::new();
+    for (id, leads) in [("a", "svc"), ("b", "other")] {
+        let m = Metrics::new();
+        for election in ["svc", "other"] {
+            m.set_identity(election, id, Duration::from_secs(10));
+            let e = m.election(election);
+            e.child_exits.with_label_values(&["exited"]);
+            e.suspect_seconds.inc_by(0.0);
+            e.proxy_wait_seconds.observe(0.0);
+            if election == leads {
+                e.set_role(electd::election::role::RoleKind::Leader);
+            }
+        }
+        m.keepalive_rtt.observe(0.01);
+        m.etcd_errors.with_label_values(&["keepalive"]);
+        input.push_str(&format!(
+            "      - series: 'up{{job=\"electd\",instance=\"{id}:4040\"}}'\n        values: '1+0x20'\n"
+        ));
+        for line in m
+            .render()
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (series, value) = line.rsplit_once(' ').expect("name{labels} value");
+            let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
+            let labels = labels.trim_end_matches('}');
+            let sep = if labels.is_empty() { "" } else { "," };
+            input.push_str(&format!(
+                "      - series: '{name}{{job=\"electd\",instance=\"{id}:4040\"{sep}{labels}}}'\n        values: '{value}+0x20'\n"
+            ));
+        }
+    }
+    assert!(input.contains("election=\"other\""), "{input}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut queries = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, (_, expr)) in dashboard_queries(&dashboard()).iter().enumerate() {
+        let expr = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$__range", "1h")
+            .replace("$election", "other");
+        queries.push_str(&format!(
+            "      - record: dashboard:query_{i}\n        expr: {}\n",
+            serde_json::to_string(&expr).unwrap()
+        ));
+    }
+    std::fs::write(dir.path().join("dashboard-rules.yml"), queries).unwrap();
+    std::fs::copy(
+        repo().join("deploy/prometheus/electd-rules.yml"),
+        dir.path().join("electd-rules.yml"),
+    )
+    .unwrap();
+    let test = format!(
+        "rule_files: [dashboard-rules.yml, electd-rules.yml]\nevaluation_interval: 15s\ntests:\n  \
+         - interval: 15s\n    input_series:\n{input}    promql_expr_test:\n      \
+         - expr: count(electd_info)\n        eval_time: 2m\n        exp_samples:\n          \
+         - value: 4\n      \
+         - expr: sum by (election) (electd:election_leaders:sum)\n        eval_time: 2m\n        exp_samples:\n          \
+         - labels: '{{election=\"other\"}}'\n            value: 1\n          \
+         - labels: '{{election=\"svc\"}}'\n            value: 1\n    \
+         alert_rule_test:\n      - {{eval_time: 4m, alertname: ElectdMultipleLeaders, exp_alerts: []}}\n"
+    );
+    let path = dir.path().join("several-elections.test.yml");
+    std::fs::write(&path, &test).unwrap();
+    let out = Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(&path)
+        .output()
+        .expect("promtool is required: apt-get install -y --no-install-recommends prometheus");
+    assert!(
+        out.status.success(),
+        "a rule or dashboard query fails over several elections:\n{}{}\n{test}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
