@@ -187,3 +187,64 @@ fn alive(pid: i32) -> bool {
         })
         .is_some_and(|state| state != 'Z')
 }
+
+/// With several elections in one electd, each election's changes run the hook with its own
+/// name in `ELECTD_ELECTION`: the replica leads both, then resigns one, whose hook alone says so.
+#[test]
+fn with_several_elections_each_hook_names_its_election() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hooks");
+    let config = dir.path().join("electd.toml");
+    std::fs::write(
+        &config,
+        "[[elections]]\nname = \"hk-0\"\n\n[[elections]]\nname = \"hk-1\"\n",
+    )
+    .unwrap();
+    let a = DaemonSpec::new(&etcd.endpoint(), "", "a")
+        .args(&[
+            "--config",
+            config.to_str().unwrap(),
+            "--on-role-change",
+            &recording(&file),
+        ])
+        .start();
+    wait_until(Duration::from_secs(10), "a to lead both", || {
+        a.leads().is_some_and(|l| l.len() == 2)
+    });
+    wait_until(Duration::from_secs(5), "both hooks", || {
+        read_lines(&file).len() == 2
+    });
+    let mut lines = read_lines(&file);
+    lines.sort();
+    let token = |e: &str| {
+        let (_, body) = http_get(&a.http, &format!("/elections/{e}/role")).unwrap();
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["fencing_token"]
+            .as_i64()
+            .unwrap()
+    };
+    let (t0, t1) = (token("hk-0"), token("hk-1"));
+    assert_ne!(t0, t1, "each election has its own key");
+    assert_eq!(
+        lines,
+        [
+            format!("leader candidate a hk-0 a {t0}"),
+            format!("leader candidate a hk-1 a {t1}"),
+        ]
+    );
+    let (code, reply) = a.control("/elections/hk-1/pause");
+    assert_eq!(code, 200, "{reply}");
+    wait_until(Duration::from_secs(5), "the hook of the pause", || {
+        read_lines(&file).len() >= 3
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let after: Vec<String> = read_lines(&file).into_iter().skip(2).collect();
+    assert!(
+        after.iter().all(|l| l.split(' ').nth(3) == Some("hk-1")),
+        "only hk-1 changed: {after:?}"
+    );
+    assert!(
+        after.last().is_some_and(|l| l.starts_with("paused ")),
+        "{after:?}"
+    );
+}
