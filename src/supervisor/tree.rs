@@ -104,19 +104,84 @@ pub fn group_members(pgid: i32) -> Vec<Pid> {
         .collect()
 }
 
+/// Whether the environment of `pid` holds exactly `entry` (`NAME=VALUE`), if this process may
+/// read it.
+fn env_has(pid: i32, entry: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == entry.as_bytes()))
+}
+
 /// The live processes (other than this one) whose environment holds exactly `entry`
 /// (`NAME=VALUE`), among those this process may read.
-pub fn with_env(entry: &str) -> Vec<Pid> {
+#[cfg(test)]
+fn with_env(entry: &str) -> Vec<Pid> {
     let me = std::process::id() as i32;
     pids()
         .into_iter()
-        .filter(|&pid| pid != me)
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == entry.as_bytes()))
-        })
+        .filter(|&pid| pid != me && env_has(pid, entry))
         .map(Pid::from_raw)
         .filter(|p| alive(*p))
+        .collect()
+}
+
+/// Everything alive of a command, from one pass over /proc (the freeze watchdog's kill, where
+/// every millisecond delays the next leader): the members of process group `pgid` and the
+/// descendants of its leader; each `reported` process (pid, start time) that is still the same
+/// process, and its descendants; and, when `marker` (`NAME=VALUE`) is given, every process whose
+/// environment holds it — read only for processes started no earlier than the command (what
+/// carries its environment started after it), not for every process of the host.
+pub fn command_tree(pgid: i32, reported: &[(i32, u64)], marker: Option<&str>) -> Vec<Pid> {
+    let all = processes();
+    let me = std::process::id() as i32;
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    let mut by_pid: HashMap<i32, &Proc> = HashMap::new();
+    for p in &all {
+        children.entry(p.ppid).or_default().push(p.pid);
+        by_pid.insert(p.pid, p);
+    }
+    let mut out: HashSet<i32> = all
+        .iter()
+        .filter(|p| p.pgrp == pgid)
+        .map(|p| p.pid)
+        .collect();
+    let mut todo = vec![pgid];
+    for &(pid, start) in reported {
+        if by_pid.get(&pid).is_some_and(|p| p.start == start) {
+            out.insert(pid);
+            todo.push(pid);
+        }
+    }
+    let mut seen: HashSet<i32> = todo.iter().copied().collect();
+    while let Some(p) = todo.pop() {
+        for &c in children.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
+            if seen.insert(c) {
+                out.insert(c);
+                todo.push(c);
+            }
+        }
+    }
+    if let Some(marker) = marker {
+        // The earliest start known of the command: its group leader, else what it reported.
+        let since = by_pid
+            .get(&pgid)
+            .map(|p| p.start)
+            .into_iter()
+            .chain(reported.iter().map(|(_, start)| *start))
+            .min();
+        for p in &all {
+            if p.pid != me
+                && !out.contains(&p.pid)
+                && since.is_none_or(|s| p.start >= s)
+                && env_has(p.pid, marker)
+            {
+                out.insert(p.pid);
+            }
+        }
+    }
+    out.remove(&me);
+    out.into_iter()
+        .filter(|pid| by_pid.get(pid).is_some_and(|p| !p.zombie))
+        .map(Pid::from_raw)
         .collect()
 }
 
@@ -281,6 +346,47 @@ mod tests {
         // The group holds the root and its own sleep.
         let group = group_members(root.as_raw());
         assert!(group.contains(&root) && group.len() == 2, "{group:?}");
+        // The watchdog's one pass: the group, the descendants, reported processes and those
+        // carrying the marker, and nothing else (an unmarked process beside it is not touched).
+        let marker = format!("ELECTD_TREE_TREE={}", std::process::id());
+        let (name, value) = marker.split_once('=').unwrap();
+        let mut marked = std::process::Command::new("sleep")
+            .arg("30")
+            .env(name, value)
+            .spawn()
+            .unwrap();
+        let mut plain = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let (marked_pid, plain_pid) = (
+            Pid::from_raw(marked.id() as i32),
+            Pid::from_raw(plain.id() as i32),
+        );
+        let mut all = Vec::new();
+        for _ in 0..100 {
+            all = command_tree(root.as_raw(), &[], Some(&marker));
+            if all.contains(&marked_pid) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        for p in found.iter().chain([&root, &marked_pid]) {
+            assert!(all.contains(p), "{p} missing from {all:?}");
+        }
+        assert!(!all.contains(&plain_pid), "{all:?}");
+        assert_eq!(all.len(), found.len() + 2, "{all:?} of {found:?}");
+        let reported = [(
+            marked_pid.as_raw(),
+            stat(marked_pid.as_raw()).unwrap().start,
+        )];
+        assert!(command_tree(root.as_raw(), &reported, None).contains(&marked_pid));
+        let stale = [(marked_pid.as_raw(), reported[0].1 + 1)];
+        assert!(!command_tree(root.as_raw(), &stale, None).contains(&marked_pid));
+        for c in [&mut marked, &mut plain] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         signal_all(&found, Signal::SIGKILL);
         let _ = child.kill();
         let _ = child.wait();

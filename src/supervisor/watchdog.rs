@@ -383,18 +383,7 @@ fn kill_tree(pgid: i32, reported: &[(i32, u64)], lead: Option<&Handover>) -> boo
     loop {
         // The tree first, while it is intact (the command's root was only stopped when electd
         // died): killing the root first would orphan its children out of reach.
-        let mut left = tree::descendants(Pid::from_raw(pgid));
-        left.extend(tree::group_members(pgid));
-        for &(pid, start) in reported {
-            if tree::is(pid, start) {
-                left.push(Pid::from_raw(pid));
-                left.extend(tree::descendants(Pid::from_raw(pid)));
-            }
-        }
-        if let Some(m) = &marker {
-            left.extend(tree::with_env(m));
-        }
-        left.retain(|p| tree::alive(*p));
+        let left = tree::command_tree(pgid, reported, marker.as_deref());
         if left.is_empty() {
             return true;
         }
