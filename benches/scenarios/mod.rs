@@ -8,6 +8,7 @@
 //! A failed iteration is recorded in its section and the run goes on.
 
 pub mod api;
+pub mod elections;
 pub mod failover;
 pub mod footprint;
 pub mod guard;
@@ -30,7 +31,7 @@ use crate::common::{Daemon, DaemonSpec, Etcd, etcdctl_binary, pid_alive, spawn_t
 pub use report::{Data, Page, Report, Section, SectionData, Value};
 
 /// Scenario keys, in report order (`--only` takes one of them).
-pub const SCENARIOS: [&str; 11] = [
+pub const SCENARIOS: [&str; 12] = [
     "handoff",
     "crash",
     "guard",
@@ -42,6 +43,7 @@ pub const SCENARIOS: [&str; 11] = [
     "routing",
     "footprint",
     "scale",
+    "elections",
 ];
 
 /// How long and how often everything runs; kept in the data file as the run's parameters
@@ -127,6 +129,14 @@ pub struct BenchConfig {
     pub scale_ttl: Duration,
     #[serde(with = "report::secs")]
     pub scale_window: Duration,
+    /// Several elections: elections per process (beside one), the `balance_delay` they run
+    /// with, and the idle window etcd's load is averaged over.
+    #[serde(default = "defaults::elections_count")]
+    pub elections_count: usize,
+    #[serde(with = "report::secs", default = "defaults::elections_balance_delay")]
+    pub elections_balance_delay: Duration,
+    #[serde(with = "report::secs", default = "defaults::elections_idle")]
+    pub elections_idle: Duration,
     /// Arguments that make this executable a helper process (with one of the helper
     /// variables set; see [`helper_if_asked`]): the role API's baseline server, an in-process
     /// scale run.
@@ -178,6 +188,9 @@ impl BenchConfig {
             scale_in_process: vec![200, 1000],
             scale_ttl: Duration::from_secs(10),
             scale_window: Duration::from_secs(1),
+            elections_count: defaults::elections_count(),
+            elections_balance_delay: defaults::elections_balance_delay(),
+            elections_idle: defaults::elections_idle(),
             helper_args: Vec::new(),
             only: None,
             quiet: Duration::from_secs(3),
@@ -209,6 +222,9 @@ impl BenchConfig {
             scale_processes: 3,
             scale_in_process: vec![10, 20],
             scale_window: Duration::from_millis(500),
+            elections_count: 6,
+            elections_balance_delay: Duration::from_millis(300),
+            elections_idle: Duration::from_millis(1500),
             // tests/bench_smoke.rs: run its ignored test that calls helper_if_asked.
             helper_args: [
                 "bench_helper_process",
@@ -264,6 +280,18 @@ mod defaults {
         Duration::from_secs(1)
     }
 
+    pub fn elections_count() -> usize {
+        100
+    }
+
+    pub fn elections_balance_delay() -> Duration {
+        Duration::from_secs(1)
+    }
+
+    pub fn elections_idle() -> Duration {
+        Duration::from_secs(20)
+    }
+
     /// The default of electd's setting `key`, from its settings table.
     fn electd_default(key: &str) -> Duration {
         SETTINGS
@@ -298,6 +326,7 @@ pub fn run(cfg: &BenchConfig) -> Report {
             "routing" => routing::routing(cfg),
             "footprint" => footprint::footprint(cfg),
             "scale" => scale::scale(cfg),
+            "elections" => elections::elections(cfg),
             _ => unreachable!("every scenario key is handled"),
         };
         section.seconds = started.elapsed().as_secs_f64();
@@ -322,6 +351,7 @@ pub fn page(key: &str, p: &BenchConfig, d: &SectionData) -> Option<Page> {
         "routing" => routing::page(p, d),
         "footprint" => footprint::page(p, d),
         "scale" => scale::page(p, d),
+        "elections" => elections::page(p, d),
         _ => return None,
     })
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::{BenchConfig, failover, guard, scale, sidecar};
+use super::{BenchConfig, elections, failover, guard, scale, sidecar};
 
 /// The data file's format; a renderer refuses other formats.
 pub const FORMAT: u32 = 1;
@@ -385,6 +385,13 @@ impl Cell {
         }
     }
 
+    pub fn number(&self) -> Option<f64> {
+        match self {
+            Cell::Number(x) => Some(*x),
+            _ => None,
+        }
+    }
+
     /// A cell's text; `signed` figures show their sign (`+` = e.g. an overlap).
     fn text(&self, expected: usize, signed: bool) -> String {
         match self {
@@ -743,6 +750,21 @@ pub fn goals(d: &Data) -> Vec<Goal> {
             (
                 format!("max {worst:.0} ({})", each.join(", ")),
                 worst <= 2.0,
+            )
+        }),
+    );
+    let [_, n] = elections::columns(&d.params);
+    let one_many = electd("elections", "msgs")
+        .zip(cell("elections", "msgs", 1))
+        .and_then(|(a, b)| Some((a.number()?, b.number()?)));
+    goal(
+        &format!(
+            "etcd's idle load per process with {n} elections the same as with one (within 10%)"
+        ),
+        one_many.map(|(one, many)| {
+            (
+                format!("{many:.2} msg/s per process vs {one:.2} with one election"),
+                many <= one * 1.1,
             )
         }),
     );
