@@ -185,6 +185,30 @@ pub fn path(v: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(v))
 }
 
+/// A state file's path: a file name (not a directory), in a directory that exists.
+pub fn state_file(v: &str) -> Result<PathBuf, String> {
+    let expected =
+        "expected a file path in an existing directory, such as /var/lib/electd/state.json";
+    if v.trim().is_empty() || v.ends_with('/') {
+        return Err(expected.into());
+    }
+    let p = PathBuf::from(v);
+    if p.is_dir() {
+        return Err(format!("{v} is a directory; {expected}"));
+    }
+    let dir = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "directory {} does not exist; {expected}",
+            dir.display()
+        ));
+    }
+    Ok(p)
+}
+
 pub fn file_mode(v: &str) -> Result<u32, String> {
     u32::from_str_radix(v.trim().trim_start_matches("0o"), 8)
         .ok()
