@@ -33,6 +33,8 @@ struct Inner {
     /// The highest revision seen before a rewound history was found (0: never found): what
     /// the host's mender must raise etcd past (`super::floor::mend`).
     rewinds: tokio::sync::watch::Sender<i64>,
+    /// Counts the changes of [`Clients::refusal`] (a rewound history found, or passed).
+    refusals: tokio::sync::watch::Sender<u64>,
     /// The state file (`--state-file`), once given.
     state: OnceLock<Persist>,
 }
@@ -97,9 +99,6 @@ struct History {
     rewound: Option<i64>,
     /// The endpoint that last answered a keepalive in time, and when.
     answered: Option<(usize, tokio::time::Instant)>,
-    /// While rewound: why the mender cannot raise etcd's revision itself (the gap is too
-    /// large), which the refusal then says instead.
-    stuck: Option<String>,
 }
 
 impl Clients {
@@ -126,6 +125,7 @@ impl Clients {
             history: std::sync::Mutex::new(History::default()),
             out_of_space: AtomicBool::new(false),
             rewinds: tokio::sync::watch::Sender::new(0),
+            refusals: tokio::sync::watch::Sender::new(0),
             state: OnceLock::new(),
         }))
     }
@@ -195,6 +195,7 @@ impl Clients {
             history.rewound.is_some(),
         ) {
             if history.rewound.is_none() {
+                self.0.refusals.send_modify(|n| *n += 1);
                 tracing::error!(
                     seen = history.max_revision,
                     now = h.revision(),
@@ -214,7 +215,7 @@ impl Clients {
             });
         }
         if history.rewound.take().is_some() {
-            history.stuck = None;
+            self.0.refusals.send_modify(|n| *n += 1);
             tracing::info!(
                 revision = h.revision(),
                 "etcd's revision passed the one seen before its history was rewound: leading is safe again"
@@ -237,10 +238,16 @@ impl Clients {
 
     /// Why leading is refused now, while etcd's history is rewound (the text stays the same
     /// until the revision passes the one seen).
-    pub fn refusal(&self) -> Option<String> {
+    /// Named for `election` (its floor record) when the gap is more than electd closes.
+    pub fn refusal(&self, election: &str) -> Option<String> {
         let h = self.history();
-        h.rewound
-            .map(|_| h.stuck.clone().unwrap_or_else(|| refusal(h.max_revision)))
+        h.rewound.map(|now| {
+            if h.max_revision - now > super::floor::MAX_RAISE {
+                super::floor::too_far(election, h.max_revision, now)
+            } else {
+                refusal(h.max_revision)
+            }
+        })
     }
 
     /// The highest revision seen before a rewound history was last found (0: never), as it
@@ -249,12 +256,9 @@ impl Clients {
         self.0.rewinds.subscribe()
     }
 
-    /// While the history is rewound: why it cannot be mended by electd (the refusal says it).
-    pub(super) fn stuck(&self, why: String) {
-        let mut h = self.history();
-        if h.rewound.is_some() {
-            h.stuck = Some(why);
-        }
+    /// Changes whenever [`Clients::refusal`] starts or ends (the driver's view follows it).
+    pub(super) fn refusals(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.refusals.subscribe()
     }
 
     /// Whether etcd's history is known to be rewound now.

@@ -61,6 +61,8 @@ pub struct Driver {
     balancing_to: Option<String>,
     /// The highest leader's token seen (the state file is written when it rises).
     leader_seen: i64,
+    /// Changes of the process's refusal to lead (a rewound history found or passed).
+    refusals: watch::Receiver<u64>,
 }
 
 /// This session's candidate key, once created.
@@ -151,6 +153,7 @@ impl Driver {
             b.serve(&cfg.election);
             b.subscribe()
         });
+        let refusals = clients.refusals();
         let observe = Observe::new(
             clients.clone(),
             &cfg.election,
@@ -175,6 +178,7 @@ impl Driver {
                 board,
                 balancing_to: None,
                 leader_seen: 0,
+                refusals,
             },
             handle,
             view_rx,
@@ -280,6 +284,7 @@ impl Driver {
                         self.sweep().await;
                     }
                 }
+                _ = self.refusals.changed() => self.refusal_changed(),
             }
         }
     }
@@ -295,12 +300,31 @@ impl Driver {
             .note(self.observe.queue(), delta, Instant::now(), bound);
     }
 
+    /// The process's refusal to lead changed (found rewound by another call, or mended by
+    /// the host's mender): the view says so now, and the queue is read afresh (a watch does
+    /// not see the keys a rebuilt etcd lost).
+    fn refusal_changed(&mut self) {
+        self.observe.reread();
+        let refusal = self.clients.refusal(&self.cfg.election);
+        self.view.send_if_modified(|v| {
+            let changed = v.refusal != refusal;
+            v.refusal = refusal;
+            changed
+        });
+    }
+
     fn mark_error(&self, e: &EtcdError) {
-        mark_error(&self.view, self.telemetry.as_ref(), &self.clients, e);
+        mark_error(
+            &self.view,
+            self.telemetry.as_ref(),
+            &self.clients,
+            &self.cfg.election,
+            e,
+        );
     }
 
     fn mark_contact(&self, revision: Option<i64>) {
-        let refusal = self.clients.refusal();
+        let refusal = self.clients.refusal(&self.cfg.election);
         self.view.send_modify(|v| {
             v.reachable = true;
             v.last_contact = Some(Instant::now());
@@ -480,6 +504,7 @@ impl Driver {
                         let _ = self.follow(None, &delta);
                     }
                 }
+                _ = self.refusals.changed() => self.refusal_changed(),
             }
         }
     }
@@ -555,10 +580,11 @@ impl Driver {
         debug!(lease = format!("{lease:x}"), key, "campaign started");
         let value =
             serde_json::to_string(&self.cfg.member).expect("invariant: MemberInfo serialises");
-        let (view, telemetry, clients) = (
+        let (view, telemetry, clients, election) = (
             self.view.clone(),
             self.telemetry.clone(),
             self.clients.clone(),
+            self.cfg.election.clone(),
         );
         let create = create_key(
             self.clients.clone(),
@@ -571,7 +597,7 @@ impl Driver {
                 .timing
                 .keepalive_interval
                 .max(Duration::from_millis(500)),
-            move |e| mark_error(&view, telemetry.as_ref(), &clients, e),
+            move |e| mark_error(&view, telemetry.as_ref(), &clients, &election, e),
         );
         tokio::pin!(create);
         let mut own: Option<Own> = None;
@@ -617,6 +643,10 @@ impl Driver {
                 }
                 _ = board_changed(&mut self.board) => {
                     self.place(own.as_mut(), &Delta::default())
+                }
+                _ = self.refusals.changed() => {
+                    self.refusal_changed();
+                    None
                 }
                 changed = self.session.changed() => {
                     if changed.is_err() {
@@ -710,6 +740,7 @@ impl Driver {
                             let _ = self.follow(None, &delta);
                         }
                     }
+                    _ = self.refusals.changed() => self.refusal_changed(),
                 }
             }
         }
@@ -936,13 +967,14 @@ fn mark_error(
     view: &watch::Sender<ElectionView>,
     telemetry: &dyn Telemetry,
     clients: &Clients,
+    election: &str,
     e: &EtcdError,
 ) {
     debug!(error = %e, kind = e.kind(), "etcd call failed");
     telemetry.backend_error(e.kind());
     if let EtcdError::HistoryRewound { seen, .. } = e {
         let refusal = clients
-            .refusal()
+            .refusal(election)
             .or_else(|| Some(super::client::refusal(*seen)));
         view.send_if_modified(|v| {
             let changed = v.refusal != refusal;

@@ -195,9 +195,10 @@ pub(super) async fn mend(
                 return Ok(());
             }
             Raised::TooFar { revision } => {
-                let why = too_far(first, floor, revision);
-                error!(floor, revision, gap = floor - revision, "{why}");
-                clients.stuck(why);
+                for e in elections {
+                    let why = too_far(e, floor, revision);
+                    error!(election = %e, floor, revision, gap = floor - revision, "{why}");
+                }
                 return Ok(());
             }
         }
