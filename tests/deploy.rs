@@ -793,15 +793,20 @@ fn systemd_unit_is_accepted_and_stops_in_time() {
         "a configuration error should not be restarted"
     );
     let runtime_dir = unit.service("RuntimeDirectory").replace("%i", "my-service");
+    let state_dir = unit.service("StateDirectory").to_string();
 
     let tmp = tempfile::tempdir().unwrap();
     let run_dir = tmp.path().join("run");
     std::fs::create_dir_all(run_dir.join(&runtime_dir)).unwrap();
     let run_dir_s = run_dir.to_string_lossy().into_owned();
+    let lib_dir = tmp.path().join("lib");
+    std::fs::create_dir_all(lib_dir.join(&state_dir)).unwrap();
+    let lib_dir_s = lib_dir.to_string_lossy().into_owned();
     let specifiers = [
         ("%i", "my-service"),
         ("%I", "my-service"),
         ("%t", run_dir_s.as_str()),
+        ("%S", lib_dir_s.as_str()),
     ];
     let mut env = env_file(&example_env);
     let exec = expand_exec(unit.service("ExecStart"), &specifiers, &env);
@@ -817,6 +822,13 @@ fn systemd_unit_is_accepted_and_stops_in_time() {
         socket.parent(),
         Some(run_dir.join(&runtime_dir).as_path()),
         "the socket lives in the unit's RuntimeDirectory"
+    );
+    let state =
+        PathBuf::from(flag_value(&args, "--state-file").expect("ExecStart passes --state-file"));
+    assert_eq!(
+        state.parent(),
+        Some(lib_dir.join(&state_dir).as_path()),
+        "the state file lives in the unit's StateDirectory"
     );
     let dashes = args
         .iter()

@@ -261,11 +261,6 @@ impl Clients {
         self.0.refusals.subscribe()
     }
 
-    /// Whether etcd's history is known to be rewound now.
-    pub fn is_rewound(&self) -> bool {
-        self.history().rewound.is_some()
-    }
-
     /// Remember across restarts in `file`, which held `revision` (the highest revision seen
     /// before this process started): raise the mark a rewound history is judged against to it,
     /// and start the writer that keeps the file up to date ([`Clients::persist`]).
