@@ -58,17 +58,21 @@ fn record(key: &str, kv: Option<&KeyValue>) -> Record {
             mod_revision: 0,
         };
     };
-    let text = String::from_utf8_lossy(kv.value());
-    let value = match text.trim().parse::<i64>() {
+    Record {
+        value: value_of(key, kv.value()),
+        mod_revision: kv.mod_revision(),
+    }
+}
+
+/// A floor record's value: a revision in decimal; anything else counts as none (said).
+fn value_of(key: &str, bytes: &[u8]) -> i64 {
+    let text = String::from_utf8_lossy(bytes);
+    match text.trim().parse::<i64>() {
         Ok(v) if v >= 0 => v,
         _ => {
             warn!(key, value = %text, "the floor record is not a revision (written by another tool?); ignoring its value, it is overwritten when a replica raises it");
             0
         }
-    };
-    Record {
-        value,
-        mod_revision: kv.mod_revision(),
     }
 }
 
@@ -391,13 +395,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_absent_or_foreign_record_counts_as_no_floor() {
+        assert_eq!(record("svc.floor", None).value, 0);
+        for (text, want) in [("32", 32), (" 32\n", 32), ("abc", 0), ("-1", 0), ("", 0)] {
+            assert_eq!(value_of("svc.floor", text.as_bytes()), want, "{text:?}");
+        }
+    }
+
+    #[test]
     fn the_too_far_refusal_names_the_floor_the_revision_and_what_to_do() {
         let why = too_far("svc", 5_000_000, 12);
         for needed in [
             "revision 12 ",
             "below 5000000",
             "svc.floor",
-            "--bump-revision 4999988",
+            "--bump-revision 5000988",
             "--state-file",
             "docs/operations.md",
             &MAX_RAISE.to_string(),
