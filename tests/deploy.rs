@@ -1287,7 +1287,7 @@ fn set_flag(args: &mut [String], flag: &str, value: &str) -> bool {
     false
 }
 
-/// Point electd at a closed local port, an ephemeral HTTP port and a socket in `dir`, through
+/// Point electd at a closed local port, an ephemeral HTTP port, a socket and a state file in `dir`, through
 /// the flag if the example passes it, otherwise the environment (which beats the file).
 fn sandbox(args: &mut [String], env: &mut Vec<(String, String)>, dir: &Path) {
     let closed = {
@@ -1295,6 +1295,7 @@ fn sandbox(args: &mut [String], env: &mut Vec<(String, String)>, dir: &Path) {
         listener.local_addr().unwrap().port()
     };
     let socket = dir.join(format!("electd-{}.sock", fastrand::u32(..)));
+    let state = dir.join(format!("electd-{}.state", fastrand::u32(..)));
     let overrides = [
         (
             "--endpoints",
@@ -1303,6 +1304,11 @@ fn sandbox(args: &mut [String], env: &mut Vec<(String, String)>, dir: &Path) {
         ),
         ("--http", "ELECTD_HTTP", "127.0.0.1:0".to_string()),
         ("--socket", "ELECTD_SOCKET", socket.to_string_lossy().into()),
+        (
+            "--state-file",
+            "ELECTD_STATE_FILE",
+            state.to_string_lossy().into(),
+        ),
     ];
     for (flag, var, value) in overrides {
         if flag == "--socket" && flag_value(args, flag).is_some() {

@@ -358,8 +358,9 @@ fn a_floor_too_far_above_the_revision_is_refused_with_what_to_do() {
     assert!(keys_under(&etcd, "floor4/").is_empty());
 }
 
-/// A state file electd cannot use stops it at start, naming the file and what to do; by flag,
-/// environment variable or config file key alike.
+/// A state file electd cannot use stops it at start (exit 78), naming the file and what to do;
+/// by flag, environment variable or config file key alike; and one it cannot write (its
+/// directory missing) too, before it touches etcd.
 #[test]
 fn a_bad_state_file_is_a_clear_error_naming_the_file() {
     let etcd = Etcd::start();
@@ -392,7 +393,11 @@ fn a_bad_state_file_is_a_clear_error_naming_the_file() {
             "missing directory",
             DaemonSpec::new(&etcd.endpoint(), "floor5", "m")
                 .args(&["--state-file", missing.to_str().unwrap()]),
-            &["state_file", "--state-file", "nowhere", "does not exist"],
+            &[
+                "cannot write the state file",
+                "nowhere/a.state",
+                "--state-file",
+            ],
         ),
     ];
     for (name, spec, needles) in cases {
