@@ -793,15 +793,20 @@ fn systemd_unit_is_accepted_and_stops_in_time() {
         "a configuration error should not be restarted"
     );
     let runtime_dir = unit.service("RuntimeDirectory").replace("%i", "my-service");
+    let state_dir = unit.service("StateDirectory").to_string();
 
     let tmp = tempfile::tempdir().unwrap();
     let run_dir = tmp.path().join("run");
     std::fs::create_dir_all(run_dir.join(&runtime_dir)).unwrap();
     let run_dir_s = run_dir.to_string_lossy().into_owned();
+    let lib_dir = tmp.path().join("lib");
+    std::fs::create_dir_all(lib_dir.join(&state_dir)).unwrap();
+    let lib_dir_s = lib_dir.to_string_lossy().into_owned();
     let specifiers = [
         ("%i", "my-service"),
         ("%I", "my-service"),
         ("%t", run_dir_s.as_str()),
+        ("%S", lib_dir_s.as_str()),
     ];
     let mut env = env_file(&example_env);
     let exec = expand_exec(unit.service("ExecStart"), &specifiers, &env);
@@ -817,6 +822,13 @@ fn systemd_unit_is_accepted_and_stops_in_time() {
         socket.parent(),
         Some(run_dir.join(&runtime_dir).as_path()),
         "the socket lives in the unit's RuntimeDirectory"
+    );
+    let state =
+        PathBuf::from(flag_value(&args, "--state-file").expect("ExecStart passes --state-file"));
+    assert_eq!(
+        state.parent(),
+        Some(lib_dir.join(&state_dir).as_path()),
+        "the state file lives in the unit's StateDirectory"
     );
     let dashes = args
         .iter()
@@ -1275,7 +1287,7 @@ fn set_flag(args: &mut [String], flag: &str, value: &str) -> bool {
     false
 }
 
-/// Point electd at a closed local port, an ephemeral HTTP port and a socket in `dir`, through
+/// Point electd at a closed local port, an ephemeral HTTP port, a socket and a state file in `dir`, through
 /// the flag if the example passes it, otherwise the environment (which beats the file).
 fn sandbox(args: &mut [String], env: &mut Vec<(String, String)>, dir: &Path) {
     let closed = {
@@ -1283,6 +1295,7 @@ fn sandbox(args: &mut [String], env: &mut Vec<(String, String)>, dir: &Path) {
         listener.local_addr().unwrap().port()
     };
     let socket = dir.join(format!("electd-{}.sock", fastrand::u32(..)));
+    let state = dir.join(format!("electd-{}.state", fastrand::u32(..)));
     let overrides = [
         (
             "--endpoints",
@@ -1291,6 +1304,11 @@ fn sandbox(args: &mut [String], env: &mut Vec<(String, String)>, dir: &Path) {
         ),
         ("--http", "ELECTD_HTTP", "127.0.0.1:0".to_string()),
         ("--socket", "ELECTD_SOCKET", socket.to_string_lossy().into()),
+        (
+            "--state-file",
+            "ELECTD_STATE_FILE",
+            state.to_string_lossy().into(),
+        ),
     ];
     for (flag, var, value) in overrides {
         if flag == "--socket" && flag_value(args, flag).is_some() {

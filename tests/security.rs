@@ -386,7 +386,7 @@ const ROOT: &str = "--user=root:root-pw";
 const SVC_PASSWORD: &str = "svc-pw-\u{e9}t\u{e9}";
 
 /// A plain-HTTP etcd with auth enabled: `root`, and user `svc` whose role `svc` may only
-/// read and write under `auth-e/`.
+/// read and write under `auth-e/` and the election's floor record `auth-e.floor`.
 fn auth_etcd() -> Etcd {
     auth_etcd_with(&[])
 }
@@ -403,6 +403,13 @@ fn auth_etcd_with(args: &[&str]) -> Etcd {
         "--prefix=true",
         "readwrite",
         "auth-e/",
+    ]);
+    etcd.etcdctl_ok(&[
+        "role",
+        "grant-permission",
+        "svc",
+        "readwrite",
+        "auth-e.floor",
     ]);
     etcd.etcdctl_ok(&[
         "user",
@@ -475,6 +482,44 @@ fn auth_user_outside_its_prefix_is_refused_with_permission_denied() {
     // No lease was left behind either.
     let leases = etcd.etcdctl_ok(&[ROOT, "lease", "list"]);
     assert!(!leases.contains("id:"), "{leases}");
+}
+
+/// A role granted the election's prefix but not its floor record (`<election>.floor`) is
+/// refused at start, with a hint that names the record.
+#[test]
+fn auth_user_without_the_floor_record_grant_is_refused_at_start_naming_it() {
+    let etcd = auth_etcd();
+    etcd.etcdctl_ok(&[ROOT, "role", "add", "nofloor"]);
+    etcd.etcdctl_ok(&[
+        ROOT,
+        "role",
+        "grant-permission",
+        "nofloor",
+        "--prefix=true",
+        "readwrite",
+        "auth-e/",
+    ]);
+    etcd.etcdctl_ok(&[
+        ROOT,
+        "user",
+        "add",
+        "nofloor",
+        "--new-user-password=nofloor-pw",
+    ]);
+    etcd.etcdctl_ok(&[ROOT, "user", "grant-role", "nofloor", "nofloor"]);
+    let log = exits_with(
+        DaemonSpec::new(&etcd.endpoint(), "auth-e", "nofloor")
+            .args(&["--etcd-user", "nofloor"])
+            .env("ELECTD_ETCD_PASSWORD", "nofloor-pw"),
+        EXIT_UNAVAILABLE,
+    );
+    assert_mentions(&log, &["permission"]);
+    assert_mentions(
+        hint_line(&log),
+        &["readwrite", "prefix", "<election>.floor"],
+    );
+    let keys = etcd.etcdctl_ok(&[ROOT, "get", "--prefix", "--keys-only", "auth-e"]);
+    assert_eq!(keys, "", "nothing written");
 }
 
 #[test]

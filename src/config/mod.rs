@@ -220,6 +220,8 @@ pub struct Config {
     /// How long after a change of leadership a replica above its share waits before it hands
     /// an election over.
     pub balance_delay: Duration,
+    /// Where the highest etcd revision seen is kept across restarts (`--state-file`).
+    pub state_file: Option<PathBuf>,
 }
 
 /// How to reach etcd: what a client needs of the configuration (also handed, over a private
@@ -723,6 +725,7 @@ impl Layers {
             balance_delay: self
                 .value("balance_delay", parse::duration_between("0s", "1h"))?
                 .value,
+            state_file: self.optional("state_file", parse::state_file)?,
             tables,
         };
         check_routing(&config)?;

@@ -185,6 +185,16 @@ pub fn path(v: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(v))
 }
 
+/// A state file's path: a file, not a directory. Whether its directory exists is checked when
+/// electd starts (it writes the file at once), not here: a configuration is also checked on
+/// hosts it does not run on.
+pub fn state_file(v: &str) -> Result<PathBuf, String> {
+    if v.trim().is_empty() || v.ends_with('/') {
+        return Err("expected a file path such as /var/lib/electd/state.json".into());
+    }
+    Ok(PathBuf::from(v))
+}
+
 pub fn file_mode(v: &str) -> Result<u32, String> {
     u32::from_str_radix(v.trim().trim_start_matches("0o"), 8)
         .ok()

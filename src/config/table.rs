@@ -281,6 +281,13 @@ pub const SETTINGS: &[Spec] = &[
         "With --balance: how long after a change of leadership a replica above its share waits before it hands an election over",
     ),
     spec(
+        "state_file",
+        "PATH",
+        Unset,
+        Daemon,
+        "File where electd keeps the highest etcd revision it has seen across its own restarts, so that after etcd is rebuilt from empty it never leads with a fencing token handed out before (its directory must exist); without it nothing is kept",
+    ),
+    spec(
         "advertise",
         "HOST:PORT",
         Unset,

@@ -21,7 +21,7 @@ use crate::api::{self, ApiState, Control, ElectionApi};
 use crate::config::Config;
 use crate::config::elections::Election;
 use crate::election::candidacy::Policy;
-use crate::election::etcd::{EtcdBackend, EtcdError, HostHandle};
+use crate::election::etcd::{EtcdBackend, EtcdError, HostHandle, StateError, StateFile};
 use crate::election::role::{Event, Role};
 use crate::election::{DriverConfig, MemberInfo};
 use crate::exit;
@@ -57,6 +57,8 @@ pub enum DaemonError {
     Watchdog(#[source] std::io::Error),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
 impl DaemonError {
@@ -71,6 +73,7 @@ impl DaemonError {
     pub fn exit_code(&self) -> i32 {
         match self {
             DaemonError::Etcd(_) => exit::UNAVAILABLE,
+            DaemonError::State(_) => exit::CONFIG,
             _ => exit::OSERR,
         }
     }
@@ -108,7 +111,12 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonErro
     for e in &elections {
         metrics.set_identity(&e.name, &config.id, config.ttl);
     }
+    // The state file first: a bad one stops electd before it touches etcd.
+    let state = remembered(&config)?;
     let backend = EtcdBackend::connect_and_probe(&config).await?;
+    if let Some((file, revision)) = state {
+        backend.remember(file, revision);
+    }
     // Listeners first, so a bad address fails before we campaign.
     let listeners = Listeners::bind(&config).await?;
     // The watchdog holds every command's deadline, and hands the terms over if electd dies; a
@@ -129,11 +137,11 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonErro
         .map(|e| e.timing(config.ttl))
         .min_by_key(|t| t.leader_budget())
         .expect("invariant: at least one election");
-    let host = backend.host(host_timing, Arc::new(metrics.clone()));
+    let names: Vec<String> = elections.iter().map(|e| e.name.clone()).collect();
+    let host = backend.host(host_timing, Arc::new(metrics.clone()), names.clone());
     let (inputs, _) = broadcast::channel::<Input>(16);
     // Balancing: one board for every election of this process, and the set it serves in each
     // candidate key (the replicas that serve the same set share its leaderships).
-    let names: Vec<String> = elections.iter().map(|e| e.name.clone()).collect();
     let board = config.balance.then(|| {
         Arc::new(crate::election::balance::Board::new(
             &config.id,
@@ -199,6 +207,7 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonErro
         hooks.extend(run.hooks);
     }
     host.stop().await;
+    backend.persist().await;
     for task in hooks {
         let limit = config.on_role_change_timeout * 2 + Duration::from_secs(1);
         let _ = tokio::time::timeout(limit, task).await;
@@ -206,6 +215,31 @@ pub async fn run(config: Config, command: Vec<String>) -> Result<i32, DaemonErro
     let code = code?;
     driver_result?;
     Ok(code)
+}
+
+/// The state file (`--state-file`) and the revision it holds (0 when it does not exist yet),
+/// written back at once so a file that cannot be written stops electd now, not after etcd is
+/// rebuilt. Without one, said once: nothing is kept across restarts.
+fn remembered(config: &Config) -> Result<Option<(StateFile, i64)>, DaemonError> {
+    let Some(path) = &config.state_file else {
+        info!(
+            "no --state-file: the highest etcd revision seen is not kept across restarts (after etcd is rebuilt from empty, a restarted replica knows it only from a floor record written by a replica that remembers; see docs/operations.md)"
+        );
+        return Ok(None);
+    };
+    let file = StateFile::new(path);
+    let revision = match file.read()? {
+        Some(r) => {
+            info!(path = %path.display(), revision = r, "state file read: etcd's answers below this revision are refused");
+            r
+        }
+        None => {
+            info!(path = %path.display(), "no state file yet; it is written from now on");
+            0
+        }
+    };
+    file.write(revision)?;
+    Ok(Some((file, revision)))
 }
 
 /// One election of this electd: its owner task and its hook runner.

@@ -59,6 +59,15 @@ pub fn slot_key(election: &str, slot_start_unix: u64) -> String {
     format!("{election}.slots/{slot_start_unix}")
 }
 
+/// The floor record of `election`: the highest etcd revision a replica has seen, written by a
+/// replica that finds etcd's history rewound (rebuilt from empty, restored from an older
+/// snapshot) and read by every replica before it campaigns. Beside the prefix, like the slot
+/// records: a key under it would be read as a foreign candidate (and by etcd's own election as
+/// one that leads).
+pub fn floor_key(election: &str) -> String {
+    format!("{election}.floor")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +107,7 @@ mod tests {
             // Other elections that share a string prefix, and slot records beside ours.
             ("svc", "svc2/ff", Outside),
             ("svc", "svc.slots/60", Outside),
+            ("svc", "svc.floor", Outside),
         ];
         for (election, key, want) in cases {
             assert_eq!(read_key(election, key), *want, "{election} {key}");
@@ -109,5 +119,7 @@ mod tests {
         let p = election_prefix("svc");
         assert!(candidate_key("svc", 42).starts_with(&p));
         assert!(!slot_key("svc", 60).starts_with(&p));
+        assert_eq!(floor_key("svc"), "svc.floor");
+        assert_eq!(read_key("svc", &floor_key("svc")), KeyKind::Outside);
     }
 }

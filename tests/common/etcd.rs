@@ -414,6 +414,15 @@ impl Etcd {
         self.wait_healthy(START_TIMEOUT);
     }
 
+    /// SIGKILL (no clean shutdown), delete the data dir, and start a brand-new etcd on the same
+    /// ports: like [`Etcd::rebuild_empty`], as a crashed member replaced from scratch.
+    pub fn kill_and_rebuild_empty(&mut self) {
+        self.kill();
+        std::fs::remove_dir_all(self.data_dir()).expect("remove the data dir");
+        self.spawn("new");
+        self.wait_healthy(START_TIMEOUT);
+    }
+
     /// Stop, and start again from `snapshot` (`etcdctl snapshot save`) restored into a fresh
     /// data dir with a new cluster token (so a new cluster id), on the same ports.
     pub fn restore_snapshot(&mut self, snapshot: &Path) {

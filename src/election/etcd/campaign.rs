@@ -1,10 +1,13 @@
 //! Campaign, as etcd's `concurrency/election.go` does: create this session's candidate key
 //! (put-if-absent, bound to the lease), then read this replica's place from the queue that
 //! [`super::observe`] keeps — no read of its own, and nothing to watch but the one watch of the
-//! whole prefix.
+//! whole prefix. The key is created only while the election's floor record is as
+//! `super::floor::gate` read it (a record written meanwhile may put the key's revision below
+//! the floor).
 
 use std::time::Duration;
 
+use etcd_client::{Compare, CompareOp};
 use tokio::time::{Instant, sleep};
 
 use super::client::Clients;
@@ -26,23 +29,38 @@ pub(super) enum CampaignEnd {
     Fatal(EtcdError),
 }
 
-/// Create `key` bound to `lease`, retrying transient failures with backoff (`on_error` hears of
-/// each); its create revision, or why the session is over.
+/// The floor record a candidate key's creation compares: its key and the mod revision read.
+pub(super) struct FloorSeen {
+    pub key: String,
+    pub mod_revision: i64,
+}
+
+/// Create `key` bound to `lease` while the floor record is as `floor` says, retrying transient
+/// failures with backoff (`on_error` hears of each); its create revision, or why the session
+/// is over.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn create_key(
     clients: Clients,
     pace: Pace,
     key: String,
     value: String,
     lease: i64,
+    floor: FloorSeen,
     retry_max: Duration,
     on_error: impl Fn(&EtcdError),
 ) -> Result<i64, CampaignEnd> {
     let mut backoff = Backoff::new(Duration::from_millis(50), retry_max);
     loop {
         let sent = Instant::now();
-        let created = create_candidate(&clients, &key, &value, lease, pace.now()).await;
+        let created = create_candidate(&clients, &key, &value, lease, &floor, pace.now()).await;
         match pace.note(sent, created) {
-            Ok(rev) => return Ok(rev),
+            Ok(Some(rev)) => return Ok(rev),
+            Ok(None) => {
+                return Err(CampaignEnd::SessionLost(format!(
+                    "the floor record {} changed before the key was created (etcd's history was rewound?)",
+                    floor.key
+                )));
+            }
             Err(EtcdError::LeaseGone { .. }) => {
                 return Err(CampaignEnd::SessionLost(
                     "lease gone before the key was created".into(),
@@ -62,24 +80,30 @@ pub(super) async fn create_key(
     }
 }
 
-/// Create `key` bound to `lease` if absent; return its create revision (ours, or the existing
-/// key's if we created it in an earlier attempt whose reply was lost).
+/// Create `key` bound to `lease` if absent and the floor record unchanged; return its create
+/// revision (ours, or the existing key's if we created it in an earlier attempt whose reply was
+/// lost), or `None` when the floor record changed.
 async fn create_candidate(
     clients: &Clients,
     key: &str,
     value: &str,
     lease: i64,
+    floor: &FloorSeen,
     after: Duration,
-) -> Result<i64, EtcdError> {
-    match put_if_absent(clients, "campaign txn", key, value, lease, [], after).await? {
-        PutIfAbsent::Created(revision) => Ok(revision),
-        PutIfAbsent::Exists(kv) if kv.lease() == lease => Ok(kv.create_revision()),
+) -> Result<Option<i64>, EtcdError> {
+    let unchanged = [Compare::mod_revision(
+        floor.key.as_str(),
+        CompareOp::Equal,
+        floor.mod_revision,
+    )];
+    match put_if_absent(clients, "campaign txn", key, value, lease, unchanged, after).await? {
+        PutIfAbsent::Created(revision) => Ok(Some(revision)),
+        PutIfAbsent::Exists(kv) if kv.lease() == lease => Ok(Some(kv.create_revision())),
         PutIfAbsent::Exists(kv) => Err(EtcdError::KeyTaken {
             key: key.to_string(),
             lease: kv.lease(),
         }),
-        // No extra condition, so absent means written: cannot happen inside one txn.
-        PutIfAbsent::ConditionFailed => Err(EtcdError::LeaseGone { lease }),
+        PutIfAbsent::ConditionFailed => Ok(None),
     }
 }
 

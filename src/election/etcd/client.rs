@@ -1,15 +1,18 @@
 //! Connecting to etcd: one client per endpoint ([`Clients`]) so a call that times out on a
 //! frozen member is retried on another, TLS and authentication from the configuration, and the
-//! guard against a rewound history ([`Clients::check`]). The startup probe is `super::probe`'s.
+//! guard against a rewound history ([`Clients::check`]) with what mends it (the rewind mark the
+//! host's mender follows, `super::floor`) and what this process remembers of that history across
+//! restarts (`super::state`). The startup probe is `super::probe`'s.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
 use tracing::{debug, info};
 
 use super::error::{EtcdError, NOSPACE_HINT, bounded, error_chain};
+use super::state::StateFile;
 use crate::config::{EtcdSettings, Pem};
 
 /// One client per endpoint, and the endpoint calls go to now. A call that times out, or finds
@@ -27,6 +30,55 @@ struct Inner {
     history: std::sync::Mutex<History>,
     /// etcd refused a write for lack of space (its NOSPACE alarm), and no write succeeded since.
     out_of_space: AtomicBool,
+    /// The highest revision seen before a rewound history was found (0: never found): what
+    /// the host's mender must raise etcd past (`super::floor::mend`).
+    rewinds: tokio::sync::watch::Sender<i64>,
+    /// Counts the changes of [`Clients::refusal`] (a rewound history found, or passed).
+    refusals: tokio::sync::watch::Sender<u64>,
+    /// The state file (`--state-file`), once given.
+    state: OnceLock<Persist>,
+}
+
+/// The state file's writer: the revision to write, the revision written.
+struct Persist {
+    want: tokio::sync::watch::Sender<i64>,
+    written: tokio::sync::watch::Receiver<i64>,
+    _writer: crate::election::AbortOnDrop,
+}
+
+/// Write each raised `want` to `file` (atomically, off the runtime's threads), publishing what
+/// is on disk in `written`. A failed write is said once, at warn, and retried every second.
+async fn write_state(
+    file: StateFile,
+    mut want: tokio::sync::watch::Receiver<i64>,
+    written: tokio::sync::watch::Sender<i64>,
+) {
+    let mut failing = false;
+    loop {
+        let target = *want.borrow_and_update();
+        if target > *written.borrow() {
+            let f = file.clone();
+            match tokio::task::spawn_blocking(move || f.write(target)).await {
+                Ok(Ok(())) => {
+                    if std::mem::replace(&mut failing, false) {
+                        info!(path = %file.path().display(), "the state file is written again");
+                    }
+                    written.send_replace(target);
+                }
+                Ok(Err(e)) => {
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::warn!(error = %e, "cannot record the highest etcd revision seen: after etcd is rebuilt, a restart of this replica may not know it; retrying");
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(e) => debug!(error = %e, "the state file write did not finish"),
+            }
+        }
+        if want.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The calls that write (so a NOSPACE alarm refuses them, and their success shows it cleared).
@@ -72,6 +124,9 @@ impl Clients {
             current: AtomicUsize::new(0),
             history: std::sync::Mutex::new(History::default()),
             out_of_space: AtomicBool::new(false),
+            rewinds: tokio::sync::watch::Sender::new(0),
+            refusals: tokio::sync::watch::Sender::new(0),
+            state: OnceLock::new(),
         }))
     }
 
@@ -140,6 +195,7 @@ impl Clients {
             history.rewound.is_some(),
         ) {
             if history.rewound.is_none() {
+                self.0.refusals.send_modify(|n| *n += 1);
                 tracing::error!(
                     seen = history.max_revision,
                     now = h.revision(),
@@ -147,12 +203,19 @@ impl Clients {
                 );
             }
             history.rewound = Some(h.revision());
+            let mark = history.max_revision;
+            self.0.rewinds.send_if_modified(|m| {
+                let raised = mark > *m;
+                *m = (*m).max(mark);
+                raised
+            });
             return Err(EtcdError::HistoryRewound {
                 seen: history.max_revision,
                 now: h.revision(),
             });
         }
         if history.rewound.take().is_some() {
+            self.0.refusals.send_modify(|n| *n += 1);
             tracing::info!(
                 revision = h.revision(),
                 "etcd's revision passed the one seen before its history was rewound: leading is safe again"
@@ -175,9 +238,65 @@ impl Clients {
 
     /// Why leading is refused now, while etcd's history is rewound (the text stays the same
     /// until the revision passes the one seen).
-    pub fn refusal(&self) -> Option<String> {
+    /// Named for `election` (its floor record) when the gap is more than electd closes.
+    pub fn refusal(&self, election: &str) -> Option<String> {
         let h = self.history();
-        h.rewound.map(|_| refusal(h.max_revision))
+        h.rewound.map(|now| {
+            if h.max_revision - now > super::floor::MAX_RAISE {
+                super::floor::too_far(election, h.max_revision, now)
+            } else {
+                refusal(h.max_revision)
+            }
+        })
+    }
+
+    /// The highest revision seen before a rewound history was last found (0: never), as it
+    /// changes: what the host's mender follows.
+    pub(super) fn rewinds(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.0.rewinds.subscribe()
+    }
+
+    /// Changes whenever [`Clients::refusal`] starts or ends (the driver's view follows it).
+    pub(super) fn refusals(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.refusals.subscribe()
+    }
+
+    /// Remember across restarts in `file`, which held `revision` (the highest revision seen
+    /// before this process started): raise the mark a rewound history is judged against to it,
+    /// and start the writer that keeps the file up to date ([`Clients::persist`]).
+    pub fn remember(&self, file: StateFile, revision: i64) {
+        self.saw(revision);
+        let (want, want_rx) = tokio::sync::watch::channel(revision);
+        let (written_tx, written) = tokio::sync::watch::channel(revision);
+        let task = tokio::spawn(write_state(file, want_rx, written_tx));
+        let _ = self.0.state.set(Persist {
+            want,
+            written,
+            _writer: crate::election::AbortOnDrop(task),
+        });
+    }
+
+    /// Have the highest revision seen written to the state file soon, if there is one and it
+    /// holds less (a leader seen: its token is covered).
+    pub fn persist_soon(&self) {
+        let Some(p) = self.0.state.get() else { return };
+        let now = self.max_revision();
+        p.want.send_if_modified(|w| {
+            let raised = now > *w;
+            *w = (*w).max(now);
+            raised
+        });
+    }
+
+    /// [`Clients::persist_soon`], and return once it is on disk: before this replica's own key
+    /// can lead. A disk that does not take it within 2 s is not waited for (the writer said so).
+    pub async fn persist(&self) {
+        let Some(p) = self.0.state.get() else { return };
+        self.persist_soon();
+        let target = *p.want.borrow();
+        let mut written = p.written.clone();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), written.wait_for(|w| *w >= target)).await;
     }
 
     /// Endpoint `i` answered a keepalive in time: its member is neither frozen nor cut off
@@ -255,9 +374,12 @@ fn rewound(floor: i64, revision: i64, max_seen: i64, already: bool) -> bool {
 /// Why a replica does not lead while etcd's history is rewound below `seen`.
 pub fn refusal(seen: i64) -> String {
     format!(
-        "etcd's history was rewound below revision {seen} seen before (etcd rebuilt from empty, \
-         or restored from an older snapshot?): fencing tokens would repeat, so this replica does \
-         not lead until the revision passes {seen} (see docs/operations.md)"
+        "etcd's history was rewound below revision {seen} seen before (by this replica, or in an \
+         election's floor record by one that remembers it; etcd rebuilt from empty, or restored \
+         from an older snapshot?): fencing tokens would repeat, so this replica does not lead \
+         until the revision passes {seen}, which electd brings about itself when the gap is at \
+         most {} revisions (see docs/operations.md)",
+        super::floor::MAX_RAISE
     )
 }
 

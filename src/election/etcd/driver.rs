@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, info, warn};
 
-use super::campaign::{CampaignEnd, create_key, position};
+use super::campaign::{CampaignEnd, FloorSeen, create_key, position};
 use super::client::Clients;
 use super::error::EtcdError;
 use super::host::{Host, HostHandle, SessionView};
@@ -59,6 +59,10 @@ pub struct Driver {
     board: Option<watch::Receiver<u64>>,
     /// With balancing: a hand-over to this candidate was announced in our key.
     balancing_to: Option<String>,
+    /// The highest leader's token seen (the state file is written when it rises).
+    leader_seen: i64,
+    /// Changes of the process's refusal to lead (a rewound history found or passed).
+    refusals: watch::Receiver<u64>,
 }
 
 /// This session's candidate key, once created.
@@ -125,7 +129,12 @@ impl Driver {
         clients: Clients,
         cfg: DriverConfig,
     ) -> (Driver, DriverHandle, watch::Receiver<ElectionView>) {
-        let (host, handle) = Host::new(clients.clone(), cfg.timing, Arc::new(NoTelemetry));
+        let (host, handle) = Host::new(
+            clients.clone(),
+            cfg.timing,
+            Arc::new(NoTelemetry),
+            vec![cfg.election.clone()],
+        );
         let (mut driver, h, view) = Driver::on(clients, &handle, cfg);
         driver.own_host = Some(host);
         (driver, h, view)
@@ -144,6 +153,7 @@ impl Driver {
             b.serve(&cfg.election);
             b.subscribe()
         });
+        let refusals = clients.refusals();
         let observe = Observe::new(
             clients.clone(),
             &cfg.election,
@@ -167,6 +177,8 @@ impl Driver {
                 stale: None,
                 board,
                 balancing_to: None,
+                leader_seen: 0,
+                refusals,
             },
             handle,
             view_rx,
@@ -272,6 +284,7 @@ impl Driver {
                         self.sweep().await;
                     }
                 }
+                _ = self.refusals.changed() => self.refusal_changed(),
             }
         }
     }
@@ -287,12 +300,31 @@ impl Driver {
             .note(self.observe.queue(), delta, Instant::now(), bound);
     }
 
+    /// The process's refusal to lead changed (found rewound by another call, or mended by
+    /// the host's mender): the view says so now, and the queue is read afresh (a watch does
+    /// not see the keys a rebuilt etcd lost).
+    fn refusal_changed(&mut self) {
+        self.observe.reread();
+        let refusal = self.clients.refusal(&self.cfg.election);
+        self.view.send_if_modified(|v| {
+            let changed = v.refusal != refusal;
+            v.refusal = refusal;
+            changed
+        });
+    }
+
     fn mark_error(&self, e: &EtcdError) {
-        mark_error(&self.view, self.telemetry.as_ref(), e);
+        mark_error(
+            &self.view,
+            self.telemetry.as_ref(),
+            &self.clients,
+            &self.cfg.election,
+            e,
+        );
     }
 
     fn mark_contact(&self, revision: Option<i64>) {
-        let refusal = self.clients.refusal();
+        let refusal = self.clients.refusal(&self.cfg.election);
         self.view.send_modify(|v| {
             v.reachable = true;
             v.last_contact = Some(Instant::now());
@@ -316,6 +348,13 @@ impl Driver {
         };
         self.mark_contact(Some(seen.revision));
         let queue = self.observe.queue();
+        if let Some(head) = queue.leader()
+            && head.create_revision > self.leader_seen
+        {
+            // A leader's token is at most the revision seen now: the state file covers it.
+            self.leader_seen = head.create_revision;
+            self.clients.persist_soon();
+        }
         for key in &seen.delta.joined {
             let twin = queue
                 .get(key)
@@ -465,6 +504,7 @@ impl Driver {
                         let _ = self.follow(None, &delta);
                     }
                 }
+                _ = self.refusals.changed() => self.refusal_changed(),
             }
         }
     }
@@ -532,22 +572,32 @@ impl Driver {
         });
         self.balancing_to = None;
         self.session_changed()?;
+        let floor = match self.floor_gate(lease).await? {
+            Ok(f) => f,
+            Err(after) => return Ok(after),
+        };
         let key = keys::candidate_key(&self.cfg.election, lease);
         debug!(lease = format!("{lease:x}"), key, "campaign started");
         let value =
             serde_json::to_string(&self.cfg.member).expect("invariant: MemberInfo serialises");
-        let (view, telemetry) = (self.view.clone(), self.telemetry.clone());
+        let (view, telemetry, clients, election) = (
+            self.view.clone(),
+            self.telemetry.clone(),
+            self.clients.clone(),
+            self.cfg.election.clone(),
+        );
         let create = create_key(
             self.clients.clone(),
             self.pace.clone(),
             key.clone(),
             value,
             lease,
+            floor,
             self.cfg
                 .timing
                 .keepalive_interval
                 .max(Duration::from_millis(500)),
-            move |e| mark_error(&view, telemetry.as_ref(), e),
+            move |e| mark_error(&view, telemetry.as_ref(), &clients, &election, e),
         );
         tokio::pin!(create);
         let mut own: Option<Own> = None;
@@ -556,6 +606,8 @@ impl Driver {
                 created = &mut create, if own.is_none() => match created {
                     Ok(revision) => {
                         debug!(key, revision, "candidate key created");
+                        // Its token on disk before it can lead (with --state-file).
+                        self.clients.persist().await;
                         let mut o = Own { key: key.clone(), revision, predecessor: None, leading: false };
                         // Place it with what the queue knows already (perhaps not our key yet).
                         let lost = self.place(Some(&mut o), &Delta::default());
@@ -591,6 +643,10 @@ impl Driver {
                 }
                 _ = board_changed(&mut self.board) => {
                     self.place(own.as_mut(), &Delta::default())
+                }
+                _ = self.refusals.changed() => {
+                    self.refusal_changed();
+                    None
                 }
                 changed = self.session.changed() => {
                     if changed.is_err() {
@@ -637,6 +693,57 @@ impl Driver {
         self.forget_session();
         self.release(own.as_ref(), lease).await;
         Ok(after)
+    }
+
+    /// Before creating a candidate key: read the election's floor record (`super::floor`),
+    /// retrying until etcd's revision is at the floor — a rewound history is refused meanwhile
+    /// (the view's refusal; the host's mender raises the revision when it can) — observing the
+    /// election and answering commands meanwhile. `Err(after)` when a command ends the attempt
+    /// first, or the lease changes.
+    async fn floor_gate(&mut self, lease: i64) -> Result<Result<FloorSeen, After>, EtcdError> {
+        let key = keys::floor_key(&self.cfg.election);
+        let mut backoff = super::error::Backoff::new(
+            Duration::from_millis(50),
+            self.cfg
+                .timing
+                .keepalive_interval
+                .max(Duration::from_millis(500)),
+        );
+        loop {
+            let sent = Instant::now();
+            let read = super::floor::gate(&self.clients, &self.cfg.election, self.pace.now()).await;
+            match self.pace.note(sent, read) {
+                Ok(mod_revision) => return Ok(Ok(FloorSeen { key, mod_revision })),
+                Err(e) if e.is_fatal() => return Err(e),
+                Err(e) => self.mark_error(&e),
+            }
+            let retry_at = Instant::now() + backoff.delay();
+            loop {
+                tokio::select! {
+                    _ = sleep_until(retry_at) => break,
+                    changed = self.session.changed() => {
+                        if changed.is_err() {
+                            return Err(self.host_gone());
+                        }
+                        if self.session_changed()? != Some(lease) {
+                            self.forget_session();
+                            return Ok(Err(After::Rejoin));
+                        }
+                    }
+                    cmd = self.commands.recv() => if let Some(after) = answer_without_session(cmd) {
+                        self.forget_session();
+                        return Ok(Err(after));
+                    },
+                    seen = self.observe.next(&self.pace) => {
+                        if let Some(delta) = self.take(seen)? {
+                            self.note(&delta);
+                            let _ = self.follow(None, &delta);
+                        }
+                    }
+                    _ = self.refusals.changed() => self.refusal_changed(),
+                }
+            }
+        }
     }
 
     /// Place our key (if any) in the queue as it stands now: when to review the queue again,
@@ -856,11 +963,19 @@ fn answer_without_session(cmd: Option<DriverCommand>) -> Option<After> {
 
 /// A failed call: count it and mark etcd unreachable until the next success — unless etcd
 /// answered with a rewound history, which makes this replica refuse to lead instead.
-fn mark_error(view: &watch::Sender<ElectionView>, telemetry: &dyn Telemetry, e: &EtcdError) {
+fn mark_error(
+    view: &watch::Sender<ElectionView>,
+    telemetry: &dyn Telemetry,
+    clients: &Clients,
+    election: &str,
+    e: &EtcdError,
+) {
     debug!(error = %e, kind = e.kind(), "etcd call failed");
     telemetry.backend_error(e.kind());
     if let EtcdError::HistoryRewound { seen, .. } = e {
-        let refusal = Some(super::client::refusal(*seen));
+        let refusal = clients
+            .refusal(election)
+            .or_else(|| Some(super::client::refusal(*seen)));
         view.send_if_modified(|v| {
             let changed = v.refusal != refusal;
             v.refusal = refusal;

@@ -143,7 +143,7 @@ impl EtcdError {
                 "check --etcd-user and its password (--etcd-password-file or ELECTD_ETCD_PASSWORD)",
             ),
             "permission_denied" => Some(
-                "the etcd user's role needs readwrite on the election's key prefix `<election>/` (see docs/operations.md)",
+                "the etcd user's role needs readwrite on the election's key prefix `<election>/` and on its floor record, the key `<election>.floor` (see docs/operations.md)",
             ),
             _ => None,
         }

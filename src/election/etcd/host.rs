@@ -2,7 +2,9 @@
 //! — as etcd's `concurrency.Session` serves many `Election`s. It grants the lease (again, after
 //! one is lost), keeps it alive, and publishes what it knows as a [`SessionView`]; each
 //! election's driver creates its candidate key under that lease and reads its deadline from
-//! the view. On shutdown it revokes the lease, which deletes every key still under it.
+//! the view. On shutdown it revokes the lease, which deletes every key still under it. Beside
+//! it runs the mender (`super::floor`): when etcd's history is found rewound, it writes the
+//! floor record of every election of the process and raises etcd's revision past it.
 //!
 //! Invariants (the election contract's, `election/mod.rs`):
 //! - the lease is kept alive from before any candidate key exists under it;
@@ -92,6 +94,8 @@ pub(super) struct Host {
     telemetry: Arc<dyn Telemetry>,
     view: watch::Sender<SessionView>,
     commands: mpsc::Receiver<HostCommand>,
+    /// Every election of the process (their floor records, when the history is rewound).
+    elections: Vec<String>,
 }
 
 impl Host {
@@ -100,6 +104,7 @@ impl Host {
         clients: Clients,
         timing: Timing,
         telemetry: Arc<dyn Telemetry>,
+        elections: Vec<String>,
     ) -> (Host, HostHandle) {
         let (view, view_rx) = watch::channel(SessionView::default());
         let (tx, commands) = mpsc::channel(4);
@@ -112,6 +117,7 @@ impl Host {
                 telemetry,
                 view,
                 commands,
+                elections,
             },
             HostHandle {
                 view: view_rx,
@@ -130,6 +136,11 @@ impl Host {
     /// Grant, keep alive, grant again after a loss, until stopped (the lease revoked) or an
     /// unrecoverable error (published, and returned).
     pub(super) async fn run(mut self) -> Result<(), EtcdError> {
+        let _mender = crate::election::AbortOnDrop(tokio::spawn(super::floor::mender(
+            self.clients.clone(),
+            self.elections.clone(),
+            self.timing.request_timeout.max(Duration::from_secs(2)),
+        )));
         let r = self.serve().await;
         if let Err(e) = &r {
             let why = e.to_string();

@@ -9,6 +9,9 @@
 //! - `txn` — put-if-absent, the whole-election read, elect-run's fenced slot records;
 //! - `client` — a client per endpoint (a call that times out moves to the next), TLS, auth,
 //!   the rewound-history guard;
+//! - `floor` — the floor record that makes that guard hold for the election (read before a
+//!   campaign, written and passed by the host's mender when the history is rewound);
+//! - `state` — the state file: the highest revision seen, kept across restarts;
 //! - `probe` — the startup probe (misconfiguration told from an outage);
 //! - `error` — what can go wrong, with a label and a hint, and the per-call deadline.
 //!
@@ -18,10 +21,12 @@ mod campaign;
 mod client;
 mod driver;
 mod error;
+mod floor;
 mod host;
 mod observe;
 mod probe;
 mod session;
+mod state;
 mod txn;
 
 use std::sync::Arc;
@@ -32,7 +37,9 @@ use tokio::sync::watch;
 pub use client::Clients;
 pub use driver::Driver;
 pub use error::{Backoff, EtcdError, error_chain};
+pub use floor::MAX_RAISE;
 pub use host::{HostHandle, SessionView};
+pub use state::{StateError, StateFile};
 pub use txn::SlotClaim;
 
 use crate::config::{Config, EtcdSettings, Timing};
@@ -104,11 +111,28 @@ impl EtcdBackend {
 
     /// One lease (and one keepalive stream) for several elections: start its host, then a
     /// driver per election with [`EtcdBackend::driver_on`]. Stop it last, with
-    /// [`HostHandle::stop`] (which revokes the lease).
-    pub fn host(&self, timing: Timing, telemetry: Arc<dyn Telemetry>) -> HostHandle {
-        let (host, handle) = host::Host::new(self.clients.clone(), timing, telemetry);
+    /// [`HostHandle::stop`] (which revokes the lease). `elections`: every election of the
+    /// process (their floor records are written when etcd's history is found rewound).
+    pub fn host(
+        &self,
+        timing: Timing,
+        telemetry: Arc<dyn Telemetry>,
+        elections: Vec<String>,
+    ) -> HostHandle {
+        let (host, handle) = host::Host::new(self.clients.clone(), timing, telemetry, elections);
         tokio::spawn(host.run());
         handle
+    }
+
+    /// Remember the highest revision seen across restarts in `file`, which held `revision`
+    /// (read at start): etcd's answers are judged against it from now on.
+    pub fn remember(&self, file: StateFile, revision: i64) {
+        self.clients.remember(file, revision);
+    }
+
+    /// Write the highest revision seen to the state file, if there is one (at shutdown).
+    pub async fn persist(&self) {
+        self.clients.persist().await;
     }
 
     /// A driver campaigning in `cfg.election` under `host`'s lease.

@@ -93,6 +93,14 @@ impl Observe {
         self.watch = None;
     }
 
+    /// Read the election afresh before watching again: after etcd's history was found rewound
+    /// (a watch reopened on the rebuilt etcd would never say that the old keys are gone) or
+    /// passed again.
+    pub fn reread(&mut self) {
+        self.need_read = true;
+        self.watch = None;
+    }
+
     /// Wait for the next change of the queue or report of progress. Cancel-safe: nothing is
     /// lost when the future is dropped. After an error the next call first waits a backoff.
     pub async fn next(&mut self, pace: &Pace) -> Result<Seen, EtcdError> {

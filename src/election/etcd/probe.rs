@@ -1,4 +1,4 @@
-//! The startup probe: connect, then read the election's prefix once, telling a misconfiguration
+//! The startup probe: connect, then read the election's prefix and its floor record once, telling a misconfiguration
 //! (refused certificate, bad credentials, denied permission) from an outage, so the former is
 //! reported at start instead of retried for ever.
 
@@ -14,12 +14,11 @@ use crate::config::Config;
 /// also checks, so a misconfiguration is reported at start instead of as an endless retry.
 pub async fn connect_and_probe(config: &Config) -> Result<Clients, EtcdError> {
     let t = config.timing().request_timeout.max(Duration::from_secs(2));
-    let prefix = crate::election::keys::election_prefix(&config.election);
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut warned = false;
     loop {
         let err = match connect(&config.etcd_settings()).await {
-            Ok(client) => match probe(&client, &prefix, t, expects_tls(config)).await {
+            Ok(client) => match probe(&client, &config.election, t, expects_tls(config)).await {
                 Ok(_) => return Ok(client),
                 // Unreachable but well configured so far: the driver keeps retrying.
                 Err(e) if !e.is_fatal() => {
@@ -62,11 +61,26 @@ const PROBE_DROPPED_FOR: Duration = Duration::from_secs(3);
 /// errors (a timeout, a refused connection) are probed through the same window, so one slow
 /// first answer does not hide the misconfiguration; if the last one is such an error, it is
 /// returned (etcd unreachable: the driver keeps trying).
-async fn probe(client: &Clients, prefix: &str, t: Duration, tls: bool) -> Result<(), EtcdError> {
+async fn probe(client: &Clients, election: &str, t: Duration, tls: bool) -> Result<(), EtcdError> {
     let started = tokio::time::Instant::now();
     let mut tries = 0;
+    let prefix = crate::election::keys::election_prefix(election);
+    let key = crate::election::keys::floor_key(election);
     loop {
-        let e = match candidates(client, prefix, t).await {
+        let read = async {
+            candidates(client, &prefix, t).await?;
+            // The floor record too: a role granted the prefix alone is refused here, at start.
+            let k = key.clone();
+            client
+                .call(
+                    "floor read",
+                    t,
+                    0,
+                    |mut c| async move { c.get(k, None).await },
+                )
+                .await
+        };
+        let e = match read.await {
             Ok(_) => return Ok(()),
             Err(e) if e.is_fatal() => return Err(e),
             Err(e) => e,
