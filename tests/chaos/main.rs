@@ -9,6 +9,9 @@
 //!
 //! - `chaos_combined_nemesis` (the CI run): `ELECTD_CHAOS_FAULTS=N` faults (default 10,
 //!   under a minute) of the schedule `ELECTD_CHAOS_SEED=S` (default [`CI_SEED`]).
+//! - `chaos_several_elections`: the CI schedule's first 6 faults against replicas that each
+//!   run 6 balanced elections (issue 24), every check held per election.
+//!   `ELECTD_CHAOS_ELECTIONS=N` runs the other tests with N elections too (no report then).
 //! - `chaos_catches_an_electd_without_its_freeze_watchdog`: the CI schedule with every
 //!   electd's freeze watchdog killed must fail on an overlap (the nemesis catches a broken
 //!   electd, not only the checker's self-test a fake one).
@@ -76,11 +79,102 @@ enum Wrapper {
     ElectdWithoutWatchdog,
 }
 
+/// The elections every replica runs (`ELECTD_CHAOS_ELECTIONS=N`, default 1). One: named
+/// [`ELECTION`], given with `--election` and `-- sh -c …` (the CI run's setup). Several: named
+/// `chaos-0` … `chaos-{N-1}`, given as a config file's `[[elections]]` tables with
+/// `balance = true`, each wrapping the ticking command with a ledger of its own; the API is
+/// then asked per election (`/elections/NAME/role`), as the plain `/role` answers 409.
+#[derive(Clone, Debug)]
+struct Elections {
+    names: Vec<String>,
+}
+
+/// `balance_delay` of the several-election setup.
+const BALANCE_DELAY: Duration = Duration::from_secs(1);
+
+impl Elections {
+    fn new(n: usize) -> Elections {
+        assert!(n >= 1, "ELECTD_CHAOS_ELECTIONS must be at least 1, got {n}");
+        let names = if n == 1 {
+            vec![ELECTION.to_string()]
+        } else {
+            (0..n).map(|e| format!("{ELECTION}-{e}")).collect()
+        };
+        Elections { names }
+    }
+
+    fn from_env() -> Elections {
+        Elections::new(env_or("ELECTD_CHAOS_ELECTIONS", 1))
+    }
+
+    fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    fn several(&self) -> bool {
+        self.names.len() > 1
+    }
+
+    /// The API path of `what` (`role`, `leader`) for election `e`.
+    fn path(&self, e: usize, what: &str) -> String {
+        if self.several() {
+            format!("/elections/{}/{what}", self.names[e])
+        } else {
+            format!("/{what}")
+        }
+    }
+
+    /// Election `e`'s ledger in `dir`.
+    fn ledger(&self, dir: &Path, e: usize) -> PathBuf {
+        if self.several() {
+            dir.join(format!("ledger-{}", self.names[e]))
+        } else {
+            dir.join("ledger")
+        }
+    }
+
+    /// Election `e`'s key prefix at etcd.
+    fn prefix(&self, e: usize) -> String {
+        format!("{}/", self.names[e])
+    }
+
+    /// `{name}: ` before a message about election `e` when there are several, else nothing.
+    fn tag(&self, e: usize) -> String {
+        if self.several() {
+            format!("{}: ", self.names[e])
+        } else {
+            String::new()
+        }
+    }
+
+    /// The config file of the several-election setup: balanced, one table per election.
+    fn config(&self, dir: &Path) -> PathBuf {
+        let mut text = format!(
+            "balance = true\nbalance_delay = \"{}s\"\n",
+            BALANCE_DELAY.as_secs()
+        );
+        for (e, name) in self.names.iter().enumerate() {
+            let script = serde_json::to_string(&ticking_script(&self.ledger(dir, e)))
+                .expect("a string serialises");
+            text += &format!(
+                "\n[[elections]]\nname = \"{name}\"\ncommand = [\"sh\", \"-c\", {script}]\n"
+            );
+        }
+        let path = dir.join("electd.toml");
+        std::fs::write(&path, text).expect("write the elections config");
+        path
+    }
+}
+
 /// Everything the nemesis acts on.
 struct World {
     cluster: EtcdCluster,
     replicas: Vec<Slot>,
-    ledger: PathBuf,
+    elections: Elections,
+    /// One ledger per election.
+    ledgers: Vec<PathBuf>,
+    /// The election whose leader this episode's faults on "the leader" hit.
+    target: usize,
     _dir: tempfile::TempDir,
     /// Control commands still running: (replica, action, process).
     controls: Vec<(usize, &'static str, Child)>,
@@ -95,10 +189,13 @@ struct World {
 }
 
 impl World {
-    fn start(wrapper: Wrapper) -> World {
+    fn start(wrapper: Wrapper, elections: Elections) -> World {
         let cluster = EtcdCluster::start_peer_proxied(nemesis::MEMBERS);
         let dir = tempfile::tempdir().unwrap();
-        let ledger = dir.path().join("ledger");
+        let ledgers: Vec<PathBuf> = (0..elections.len())
+            .map(|e| elections.ledger(dir.path(), e))
+            .collect();
+        let config = elections.several().then(|| elections.config(dir.path()));
         let replicas = (0..REPLICAS)
             .map(|i| {
                 let proxies: Vec<TcpProxy> = cluster
@@ -109,7 +206,11 @@ impl World {
                 let endpoints: Vec<String> = proxies.iter().map(|p| p.endpoint()).collect();
                 let health = dir.path().join(format!("healthy-n{i}"));
                 std::fs::write(&health, b"ok").unwrap();
-                let daemon = DaemonSpec::new(&endpoints.join(","), ELECTION, &format!("n{i}"))
+                let (election, config_args) = match &config {
+                    None => (ELECTION, vec![]),
+                    Some(path) => ("", vec!["--config", path.to_str().expect("UTF-8 path")]),
+                };
+                let spec = DaemonSpec::new(&endpoints.join(","), election, &format!("n{i}"))
                     .ttl(&format!("{}s", TTL.as_secs()))
                     .log_level(&env_or("ELECTD_CHAOS_LOG_LEVEL", "debug".to_string()))
                     .args(&[
@@ -126,8 +227,12 @@ impl World {
                         "--takeover-delay",
                         "1s",
                     ])
-                    .sh(&ticking_script(&ledger))
-                    .start();
+                    .args(&config_args);
+                let daemon = match &config {
+                    None => spec.sh(&ticking_script(&ledgers[0])),
+                    Some(_) => spec,
+                }
+                .start();
                 Slot {
                     daemon,
                     proxies,
@@ -138,7 +243,9 @@ impl World {
         let mut world = World {
             cluster,
             replicas,
-            ledger,
+            elections,
+            ledgers,
+            target: 0,
             _dir: dir,
             controls: Vec::new(),
             paused: BTreeSet::new(),
@@ -169,16 +276,21 @@ impl World {
         signal_pid(watchdog.expect("found"), Signal::SIGKILL);
     }
 
-    /// Waits for one leader that every running replica names and that no eligible replica of
-    /// higher priority is about to take over from (after a priority shift or a rejoin, the
-    /// takeover follows within the takeover delay): the election is settled, so the next
-    /// episode's faults, not a pending takeover, are what moves leadership.
+    /// Waits, in every election, for one leader that every running replica names and that no
+    /// eligible replica of higher priority is about to take over from (after a priority shift
+    /// or a rejoin, the takeover follows within the takeover delay): the elections are
+    /// settled, so the next episode's faults, not a pending takeover, are what moves
+    /// leadership. With several elections, the leaders must also have stayed the same for
+    /// longer than the balance delay, so no balancing move is pending either.
     ///
     /// The target of a switchover keeps leadership whatever the priorities while it leads:
-    /// `switched` is the fencing token of a leadership taken by switchover (or the target's id
-    /// while the switchover is under way), and its leader is settled as it is. Returns the
-    /// leader's index.
-    fn wait_leader(&self, within: Duration, after: &str, switched: &mut Switched) -> usize {
+    /// `switched[e]` is the fencing token of a leadership of election `e` taken by switchover
+    /// (or the target's id while the switchover is under way), and its leader is settled as it
+    /// is. Returns each election's leader's index.
+    fn wait_leaders(&self, within: Duration, after: &str, switched: &mut [Switched]) -> Vec<usize> {
+        let settled_for = BALANCE_DELAY + Duration::from_secs(1);
+        // Each election's leader and token as last seen, and since when.
+        let mut seen: Option<(Vec<Leadership>, Instant)> = None;
         let mut found = None;
         wait_until(
             within,
@@ -186,37 +298,86 @@ impl World {
                 "one agreed leader that no eligible replica of higher priority is about to take over from, after {after}"
             ),
             || {
-                let ds: Vec<&Daemon> = self.replicas.iter().map(|r| &r.daemon).collect();
-                let leading: Vec<usize> = (0..ds.len()).filter(|i| ds[*i].is_leader()).collect();
-                if leading.len() != 1 {
-                    return false;
-                }
-                let id = ds[leading[0]].id().to_string();
-                let roles: Vec<Option<Value>> = ds.iter().map(|d| d.role()).collect();
-                let agreed = roles.iter().all(|r| match r {
-                    None => true,
-                    Some(r) => r["leader"]["id"].as_str() == Some(id.as_str()),
-                });
-                let token = roles[leading[0]]
-                    .as_ref()
-                    .and_then(|r| r["fencing_token"].as_i64());
-                let by_switchover = match &*switched {
-                    Switched::No => false,
-                    Switched::To(to) => *to == id,
-                    Switched::Holds(t) => Some(*t) == token,
-                };
-                let ok = agreed && (by_switchover || !takeover_pending(&roles, leading[0]));
-                if ok {
-                    *switched = match (by_switchover, token) {
+                let mut leaders = Vec::new();
+                let mut next = Vec::new();
+                for (e, sw) in switched.iter().enumerate() {
+                    let Some((leader, token, by_switchover)) = self.settled(e, sw) else {
+                        return false;
+                    };
+                    leaders.push((leader, token));
+                    next.push(match (by_switchover, token) {
                         (true, Some(t)) => Switched::Holds(t),
                         _ => Switched::No,
-                    };
-                    found = Some(leading[0]);
+                    });
                 }
-                ok
+                if self.elections.several() {
+                    match &seen {
+                        Some((before, since)) if *before == leaders => {
+                            if since.elapsed() < settled_for {
+                                return false;
+                            }
+                        }
+                        _ => {
+                            seen = Some((leaders, Instant::now()));
+                            return false;
+                        }
+                    }
+                }
+                for (sw, n) in switched.iter_mut().zip(next) {
+                    *sw = n;
+                }
+                found = Some(leaders.iter().map(|(l, _)| *l).collect());
+                true
             },
         );
         found.expect("set on success")
+    }
+
+    /// Election `e`'s one agreed leader, if it is settled (see [`World::wait_leaders`]): its
+    /// index, its fencing token, and whether it leads by the switchover `switched` names.
+    fn settled(&self, e: usize, switched: &Switched) -> Option<(usize, Option<i64>, bool)> {
+        let ds: Vec<&Daemon> = self.replicas.iter().map(|r| &r.daemon).collect();
+        let leading: Vec<usize> = (0..ds.len()).filter(|i| self.is_leader(*i, e)).collect();
+        if leading.len() != 1 {
+            return None;
+        }
+        let id = ds[leading[0]].id().to_string();
+        let roles: Vec<Option<Value>> = (0..ds.len()).map(|i| self.role(i, e)).collect();
+        let agreed = roles.iter().all(|r| match r {
+            None => true,
+            Some(r) => r["leader"]["id"].as_str() == Some(id.as_str()),
+        });
+        let token = roles[leading[0]]
+            .as_ref()
+            .and_then(|r| r["fencing_token"].as_i64());
+        let by_switchover = match switched {
+            Switched::No => false,
+            Switched::To(to) => *to == id,
+            Switched::Holds(t) => Some(*t) == token,
+        };
+        (agreed && (by_switchover || !takeover_pending(&roles, leading[0]))).then_some((
+            leading[0],
+            token,
+            by_switchover,
+        ))
+    }
+
+    /// Replica `i`'s role document for election `e`, if it answers (asked as an observer, as
+    /// [`Daemon::role`] does).
+    fn role(&self, i: usize, e: usize) -> Option<Value> {
+        let path = format!("{}?claim=false", self.elections.path(e, "role"));
+        let (code, body) = http_get(&self.replicas[i].daemon.http, &path).ok()?;
+        (code == 200).then(|| serde_json::from_str(&body).expect("the role document is JSON"))
+    }
+
+    /// Whether replica `i` leads election `e` (its `leader` endpoint answers 200).
+    fn is_leader(&self, i: usize, e: usize) -> bool {
+        let path = self.elections.path(e, "leader");
+        matches!(http_get(&self.replicas[i].daemon.http, &path), Ok((200, _)))
+    }
+
+    fn fencing_token(&self, i: usize, e: usize) -> Option<i64> {
+        self.role(i, e).and_then(|r| r["fencing_token"].as_i64())
     }
 
     /// The replica or member a fault's target names now, avoiding what other faults of the
@@ -243,12 +404,18 @@ impl World {
         })
     }
 
+    /// `electd ACTION --socket …` for replica `i`. With several elections, `resign`, `pause`
+    /// and `resume` name none (they act on every election the replica takes part in), and a
+    /// switchover names the episode's target election (`--to` hands over one election).
     fn control_command(&self, i: usize, action: &str) -> Command {
         let mut cmd = Command::new(electd_binary());
         match action.split_once(' ') {
             Some((verb, args)) => cmd.arg(verb).args(args.split(' ')),
             None => cmd.arg(action),
         };
+        if self.elections.several() && action.starts_with("resign --to") {
+            cmd.args(["--election", &self.elections.names[self.target]]);
+        }
         cmd.arg("--socket")
             .arg(&self.replicas[i].daemon.socket)
             .stdin(Stdio::null())
@@ -505,7 +672,9 @@ impl World {
             .join("chaos-failures")
             .join(seed.to_string());
         let _ = std::fs::create_dir_all(&keep);
-        let _ = std::fs::copy(&self.ledger, keep.join("ledger"));
+        for l in &self.ledgers {
+            let _ = std::fs::copy(l, keep.join(l.file_name().expect("a ledger file")));
+        }
         let _ = std::fs::write(keep.join("violations.txt"), violations.join("\n"));
         for m in self.cluster.members() {
             let _ = std::fs::copy(m.log_path(), keep.join(format!("etcd-{}.log", m.name())));
@@ -587,6 +756,10 @@ fn seed_from_env() -> u64 {
 pub struct Outcome {
     pub runs: usize,
     pub episodes: usize,
+    /// Each election's runs, sorted by start.
+    pub elections: Vec<(String, Vec<Run>)>,
+    /// Episodes whose faults on "the leader" hit a replica leading several elections.
+    pub hit_several: usize,
 }
 
 /// The switchover commands, by target replica.
@@ -597,6 +770,9 @@ const SWITCH_TO: [&str; REPLICAS] = [
     "resign --to n3",
     "resign --to n4",
 ];
+
+/// A replica's index and the fencing token it leads an election under.
+type Leadership = (usize, Option<i64>);
 
 /// Whether the leader got there by switchover, which priorities do not pre-empt.
 enum Switched {
@@ -620,6 +796,18 @@ fn takeover_pending(roles: &[Option<Value>], leader: usize) -> bool {
             i != leader && r["eligible"] == true && r["role"] != "paused" && priority(r) > lp
         })
     })
+}
+
+/// The election whose leader an episode's faults on "the leader" hit, given each election's
+/// leader: one drawn among those led by a replica that leads the most of them, so that
+/// whenever a replica leads several elections, it is the one hit (for all of them at once).
+fn target_election(leaders: &[usize], aim: &mut nemesis::Rng) -> usize {
+    let led = |i: usize| leaders.iter().filter(|l| **l == i).count();
+    let most = leaders.iter().map(|l| led(*l)).max().expect("an election");
+    let busiest: Vec<usize> = (0..leaders.len())
+        .filter(|e| led(leaders[*e]) == most)
+        .collect();
+    busiest[aim.below(busiest.len() as u64) as usize]
 }
 
 /// Wait for a daemon sent SIGTERM to exit, and fail the run unless it exited cleanly.
@@ -662,27 +850,59 @@ fn run_chaos(faults: usize, seed: u64, report: Option<&Path>) -> Outcome {
     run_episodes(&episodes, faults, seed, report)
 }
 
-/// Runs a given schedule (`seed` names it in reports and kept logs).
+/// Runs a given schedule (`seed` names it in reports and kept logs) with the elections
+/// `ELECTD_CHAOS_ELECTIONS` asks for.
 fn run_episodes(episodes: &[Episode], faults: usize, seed: u64, report: Option<&Path>) -> Outcome {
-    run_episodes_with(Wrapper::Electd, episodes, faults, seed, report)
+    run_episodes_with(
+        Wrapper::Electd,
+        Elections::from_env(),
+        episodes,
+        faults,
+        seed,
+        report,
+    )
 }
 
+/// With several elections, each episode's faults on "the leader" hit the leader of one
+/// election ([`target_election`]: a replica that leads the most elections, drawn from `seed`
+/// by a generator of its own, so the schedule stays what the seed alone makes it), and a
+/// replica that leads several is hit for all of them. No report is written (its format holds one election, so
+/// `report` is ignored); the checker's verdict per election is printed and enforced.
 fn run_episodes_with(
     wrapper: Wrapper,
+    elections: Elections,
     episodes: &[Episode],
     faults: usize,
     seed: u64,
     report: Option<&Path>,
 ) -> Outcome {
+    let report = match report {
+        Some(dir) if elections.several() => {
+            eprintln!(
+                "chaos: no report for {}: its format holds one election",
+                dir.display()
+            );
+            None
+        }
+        r => r,
+    };
     for ep in episodes {
         eprintln!("  plan {ep}");
     }
-    let mut world = World::start(wrapper);
+    if elections.several() {
+        eprintln!(
+            "  elections {} (balanced; each episode hits a replica that leads the most)",
+            elections.names.join(", ")
+        );
+    }
+    let mut aim = nemesis::Rng::new(seed ^ 0x5EED_E1EC);
+    let mut hit_several = 0;
+    let mut world = World::start(wrapper, elections.clone());
     let clock = history::Clock::start(world.cluster.endpoints());
     let started_ns = now_ns();
     let heal_bound = TTL + Duration::from_secs(10);
-    let mut switched = Switched::No;
-    let mut leader = world.wait_leader(Duration::from_secs(20), "start", &mut switched);
+    let mut switched: Vec<Switched> = (0..elections.len()).map(|_| Switched::No).collect();
+    let mut leaders = world.wait_leaders(Duration::from_secs(20), "start", &mut switched);
     let mut trace = Trace {
         seed,
         faults,
@@ -694,8 +914,27 @@ fn run_episodes_with(
     for ep in episodes {
         let t = Instant::now();
         eprintln!("{ep}");
+        let target = if elections.several() {
+            target_election(&leaders, &mut aim)
+        } else {
+            0
+        };
+        world.target = target;
+        let leader = leaders[target];
+        if elections.several() {
+            let all: Vec<&str> = (0..elections.len())
+                .filter(|e| leaders[*e] == leader)
+                .map(|e| elections.names[e].as_str())
+                .collect();
+            eprintln!(
+                "  \"the leader\": n{leader}, leader of {} (it leads {})",
+                elections.names[target],
+                all.join(", ")
+            );
+            hit_several += usize::from(all.len() > 1);
+        }
         let flap_check = (ep.faults.len() == 1 && ep.faults[0].kind == "link-flap")
-            .then(|| world.replicas[leader].daemon.fencing_token());
+            .then(|| world.fencing_token(leader, target));
         let mut et = world.run_episode(ep, leader);
         if !world.crashed.is_empty() {
             let crashed = std::mem::take(&mut world.crashed);
@@ -708,10 +947,9 @@ fn run_episodes_with(
             // one start under its token (counted after the flap: its first start record may
             // still be on its way when the episode begins), same leader, same token.
             std::thread::sleep(Duration::from_secs(1));
-            let d = &world.replicas[leader].daemon;
-            let id = d.id().to_string();
+            let id = world.replicas[leader].daemon.id().to_string();
             let mine = || {
-                ledger(&world.ledger)
+                ledger(&world.ledgers[target])
                     .iter()
                     .filter(|r| r.what == "start" && r.id == id && Some(r.token) == token)
                     .count()
@@ -721,14 +959,18 @@ fn run_episodes_with(
                 std::thread::sleep(Duration::from_secs(1));
                 n = mine();
             }
-            if n != 1 || !d.is_leader() || d.fencing_token() != token {
+            if n != 1
+                || !world.is_leader(leader, target)
+                || world.fencing_token(leader, target) != token
+            {
                 world.fail(
                     seed,
                     &[format!(
-                        "a flap of the leader's link ({}) moved or restarted its command: {n} starts of {id} under token {token:?}, leader {}, token now {:?}",
+                        "{}a flap of the leader's link ({}) moved or restarted its command: {n} starts of {id} under token {token:?}, leader {}, token now {:?}",
+                        elections.tag(target),
                         et.faults[0].detail,
-                        d.is_leader(),
-                        d.fencing_token()
+                        world.is_leader(leader, target),
+                        world.fencing_token(leader, target)
                     )],
                 );
             }
@@ -743,26 +985,40 @@ fn run_episodes_with(
                 _ => None,
             })
         {
-            switched = Switched::To(to);
+            switched[target] = Switched::To(to);
         }
-        leader = world.wait_leader(
+        leaders = world.wait_leaders(
             heal_bound,
             &format!("episode {} healed (seed {seed})", ep.n),
             &mut switched,
         );
         et.healed_ns = now_ns();
+        let who = if elections.several() {
+            let each: Vec<String> = (0..elections.len())
+                .map(|e| format!("{} n{}", elections.names[e], leaders[e]))
+                .collect();
+            format!("leaders {}", each.join(", "))
+        } else {
+            format!("leader n{}", leaders[0])
+        };
         eprintln!(
-            "  {}{}leader n{leader} {:?} after healing; episode took {:?}",
+            "  {}{}{who} {:?} after healing; episode took {:?}",
             et.note,
             if et.note.is_empty() { "" } else { "; " },
             healed.elapsed(),
             t.elapsed()
         );
         trace.episodes.push(et);
-        let records = ledger(&world.ledger);
-        let o = check::overlaps(&records, &check::sorted_runs(&records));
-        if !o.is_empty() {
-            world.fail(seed, &o);
+        for (e, l) in world.ledgers.iter().enumerate() {
+            let records = ledger(l);
+            let o = check::overlaps(&records, &check::sorted_runs(&records));
+            if !o.is_empty() {
+                let tagged: Vec<String> = o
+                    .iter()
+                    .map(|m| format!("{}{m}", elections.tag(e)))
+                    .collect();
+                world.fail(seed, &tagged);
+            }
         }
     }
     // Let the last leader's command tick a little, then read etcd's side of the story.
@@ -771,47 +1027,66 @@ fn run_episodes_with(
     trace.control_outcomes = world.control_outcomes.clone();
     let clocked = history::Clocked::new(clock.stop());
     let endpoints = world.cluster.endpoints();
-    let prefix = format!("{ELECTION}/");
-    let events = history::read_history(&endpoints, &prefix);
-    let leads = history::leads(&events);
-    let reads = history::lowest_at(&endpoints, &prefix, leads.iter().map(|l| l.from_rev));
-    let records = ledger(&world.ledger);
-    let runs = check::sorted_runs(&records);
-    let verdict = check::check(&records, &runs, &leads, &reads, &clocked);
-    for l in &leads {
+    let mut violations = Vec::new();
+    let mut checked = Vec::new();
+    for e in 0..elections.len() {
+        let tag = elections.tag(e);
+        let prefix = elections.prefix(e);
+        let events = history::read_history(&endpoints, &prefix);
+        let leads = history::leads(&events);
+        let reads = history::lowest_at(&endpoints, &prefix, leads.iter().map(|l| l.from_rev));
+        let records = ledger(&world.ledgers[e]);
+        let runs = check::sorted_runs(&records);
+        let verdict = check::check(&records, &runs, &leads, &reads, &clocked);
+        for l in &leads {
+            eprintln!(
+                "  {tag}lead {} ({:?}) revisions {}..{:?}",
+                l.key, l.id, l.from_rev, l.until_rev
+            );
+        }
+        for r in &runs {
+            eprintln!(
+                "  {tag}run {} token {} key {:?} {:.1} s for {:.1} s",
+                r.id,
+                r.token,
+                r.key,
+                r.start.saturating_sub(started_ns) as f64 / 1e9,
+                (r.last - r.start) as f64 / 1e9
+            );
+        }
+        let summary = report::Summary::new(&trace, &runs, &leads, &clocked, &verdict);
+        eprintln!("{tag}{}", summary.one_line());
+        if let Some(dir) = report {
+            report::write(dir, &trace, &runs, &leads, &clocked, &verdict, &summary);
+            eprintln!("chaos: report written to {}", dir.display());
+        }
+        violations.extend(verdict.violations.iter().map(|v| format!("{tag}{v}")));
+        let matched = verdict.facts.iter().filter(|f| f.lead.is_some()).count();
+        checked.push((elections.names[e].clone(), runs, matched));
+    }
+    if elections.several() {
         eprintln!(
-            "  lead {} ({:?}) revisions {}..{:?}",
-            l.key, l.id, l.from_rev, l.until_rev
+            "chaos: in {hit_several} of {} episodes \"the leader\" led several elections",
+            episodes.len()
         );
     }
-    for r in &runs {
-        eprintln!(
-            "  run {} token {} key {:?} {:.1} s for {:.1} s",
-            r.id,
-            r.token,
-            r.key,
-            r.start.saturating_sub(started_ns) as f64 / 1e9,
-            (r.last - r.start) as f64 / 1e9
-        );
+    if !violations.is_empty() {
+        world.fail(seed, &violations);
     }
-    let summary = report::Summary::new(&trace, &runs, &leads, &clocked, &verdict);
-    eprintln!("{}", summary.one_line());
-    if let Some(dir) = report {
-        report::write(dir, &trace, &runs, &leads, &clocked, &verdict, &summary);
-        eprintln!("chaos: report written to {}", dir.display());
+    for (name, runs, matched) in &checked {
+        let tag = if elections.several() {
+            format!(" of {name}")
+        } else {
+            String::new()
+        };
+        assert!(!runs.is_empty(), "no child{tag} ever ran");
+        assert_eq!(*matched, runs.len(), "every run{tag} was matched to a lead");
     }
-    if !verdict.violations.is_empty() {
-        world.fail(seed, &verdict.violations);
-    }
-    assert!(!runs.is_empty(), "no child ever ran");
-    assert_eq!(
-        verdict.facts.iter().filter(|f| f.lead.is_some()).count(),
-        runs.len(),
-        "every run was matched to a lead"
-    );
     Outcome {
-        runs: runs.len(),
+        runs: checked.iter().map(|(_, r, _)| r.len()).sum(),
         episodes: episodes.len(),
+        elections: checked.into_iter().map(|(n, r, _)| (n, r)).collect(),
+        hit_several,
     }
 }
 
@@ -839,8 +1114,72 @@ fn chaos_combined_nemesis() {
         Some(dir.path()),
     );
     assert!(out.episodes >= 1);
-    let (data, page) = (dir.path().join("safety.json"), dir.path().join("safety.md"));
-    report::check_rendered(&data, &page).unwrap_or_else(|e| panic!("{e}"));
+    if out.elections.len() == 1 {
+        let (data, page) = (dir.path().join("safety.json"), dir.path().join("safety.md"));
+        report::check_rendered(&data, &page).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// Elections per replica in `chaos_several_elections`: more than the replicas, so that once
+/// balanced (⌈6 / 5⌉ = 2) some replica leads two and "the leader" a fault hits leads several.
+/// With 3, every replica leads one at most once things settle, and no fault hits more than one
+/// election's leader.
+const SEVERAL: usize = 6;
+/// Faults in `chaos_several_elections`: the CI schedule's first five episodes.
+const SEVERAL_FAULTS: usize = 6;
+
+/// The nemesis against replicas that each run several elections (issue 24): the CI schedule's
+/// first 6 faults (a raft leader freeze, the leader's electd frozen for 4.8 s, a partition, the
+/// raft leader's peer links reset, a control storm with a link flap), 5 replicas each taking
+/// part in 6 balanced elections with a ledger each; every fault on "the leader" hits a replica
+/// that leads two of them, for both (in every episode: the leader's 4.8 s freeze must cost it
+/// both commands in time). The checker holds each election's ledger against that election's
+/// key history, and every election had a leader; leadership was spread: at some moment two
+/// replicas ran commands of different elections at once. About 40 s. It writes no report (the
+/// report's format holds one election). `ELECTD_CHAOS_ELECTIONS=N` runs the other chaos tests
+/// the same way.
+#[test]
+fn chaos_several_elections() {
+    let _report = SeedReport(CI_SEED);
+    let episodes = nemesis::plan(CI_SEED, SEVERAL_FAULTS);
+    let out = run_episodes_with(
+        Wrapper::Electd,
+        Elections::new(SEVERAL),
+        &episodes,
+        SEVERAL_FAULTS,
+        CI_SEED,
+        None,
+    );
+    assert_eq!(out.episodes, episodes.len());
+    let names: Vec<&str> = out.elections.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        Elections::new(SEVERAL).names,
+        "every election was checked"
+    );
+    assert_eq!(
+        out.hit_several, out.episodes,
+        "in every episode, \"the leader\" leads several elections (6 over 5 replicas)"
+    );
+    for (name, runs) in &out.elections {
+        assert!(!runs.is_empty(), "{name} never had a leader");
+    }
+    let at_once = |a: &Run, b: &Run| a.id != b.id && a.start < b.last && b.start < a.last;
+    let spread = out.elections.iter().enumerate().any(|(x, (_, a))| {
+        out.elections[x + 1..]
+            .iter()
+            .any(|(_, b)| a.iter().any(|r| b.iter().any(|s| at_once(r, s))))
+    });
+    let ids: BTreeSet<&str> = out
+        .elections
+        .iter()
+        .flat_map(|(_, runs)| runs.iter().map(|r| r.id.as_str()))
+        .collect();
+    assert!(
+        spread,
+        "leadership was never spread: no two replicas ran commands of different elections at \
+         once (replicas that led: {ids:?})"
+    );
 }
 
 /// The nemesis catches a broken electd: the CI schedule, run with every replica's freeze
@@ -866,6 +1205,7 @@ fn chaos_catches_an_electd_without_its_freeze_watchdog() {
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         run_episodes_with(
             Wrapper::ElectdWithoutWatchdog,
+            Elections::from_env(),
             &episodes,
             CI_FAULTS,
             CI_SEED,
@@ -891,7 +1231,7 @@ fn chaos_catches_an_electd_without_its_freeze_watchdog() {
 /// recorded (the run then fails with its log) and left down, not restarted with a note.
 #[test]
 fn heal_records_an_electd_that_exited_by_itself() {
-    let mut world = World::start(Wrapper::Electd);
+    let mut world = World::start(Wrapper::Electd, Elections::new(1));
     world.replicas[2].daemon.kill9();
     world.heal();
     assert_eq!(world.crashed.len(), 1, "{:?}", world.crashed);
