@@ -163,6 +163,13 @@ fn kill_9_hands_over_with_tls_and_auth_too() {
         "readwrite",
         "k9tls/",
     ]);
+    etcd.etcdctl_ok(&[
+        "role",
+        "grant-permission",
+        "svc",
+        "readwrite",
+        "k9tls.floor",
+    ]);
     etcd.etcdctl_ok(&["user", "add", "svc", "--new-user-password=svc-pw"]);
     etcd.etcdctl_ok(&["user", "grant-role", "svc", "svc"]);
     etcd.etcdctl_ok(&["auth", "enable"]);

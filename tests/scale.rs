@@ -77,8 +77,10 @@ fn a_leader_change_costs_at_most_two_reads_at_etcd_with_30_replicas() {
             after - before
         );
     }
-    // A replica joining reads the prefix once (besides its start-up probe), however the
-    // grant, the key's creation and its first keepalive interleave with that read.
+    // A replica joining reads the prefix once and the election's floor record once (besides
+    // its start-up probe, which reads both: a role without the floor grant is refused there),
+    // however the grant, the key's creation and its first keepalive interleave with those
+    // reads: 4 in all, whatever the number of replicas (the 29 others read nothing).
     let leader_id = daemons[leader].id().to_string();
     for join in 1..=3 {
         let before = calls(&etcd, &["Range"]);
@@ -102,7 +104,7 @@ fn a_leader_change_costs_at_most_two_reads_at_etcd_with_30_replicas() {
         let ranges = calls(&etcd, &["Range"]) - before;
         eprintln!("join {join}: {ranges} range reads at etcd");
         assert!(
-            ranges <= 2.0,
+            ranges <= 4.0,
             "join {join} cost {ranges} range reads at etcd"
         );
         daemons.push(new);

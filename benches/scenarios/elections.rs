@@ -133,9 +133,12 @@ fn measure(p: &BenchConfig, n: usize, m: &mut Measured) {
     let t = Instant::now();
     daemons.push(daemon(p, &etcd, &config, ids[PROCESSES - 1]).start());
     let all: Vec<&Daemon> = daemons.iter().collect();
-    m.join = Some(until(t, within, "the third process to be balanced in", || {
-        balanced(&all, n)
-    }));
+    m.join = Some(until(
+        t,
+        within,
+        "the third process to be balanced in",
+        || balanced(&all, n),
+    ));
 
     // Idle: the load each process puts on etcd, and its own footprint.
     std::thread::sleep(p.footprint_warmup);
@@ -169,19 +172,28 @@ fn measure(p: &BenchConfig, n: usize, m: &mut Measured) {
     let t = Instant::now();
     daemons[0].kill9();
     let left: Vec<&Daemon> = daemons[1..].iter().collect();
-    m.death_led = Some(until(t, within, "every election led after the kill", || {
-        counts(&left, n).is_some()
-    }));
-    m.death_balanced = Some(until(t, within, "two processes balanced after the kill", || {
-        balanced(&left, n)
-    }));
+    m.death_led = Some(until(
+        t,
+        within,
+        "every election led after the kill",
+        || counts(&left, n).is_some(),
+    ));
+    m.death_balanced = Some(until(
+        t,
+        within,
+        "two processes balanced after the kill",
+        || balanced(&left, n),
+    ));
     let before = leaders(&left, n).expect("balanced means every election is led");
     let t = Instant::now();
     daemons[0] = daemon(p, &etcd, &config, ids[0]).start();
     let all: Vec<&Daemon> = daemons.iter().collect();
-    m.rejoin = Some(until(t, within, "the returned process to be balanced in", || {
-        balanced(&all, n)
-    }));
+    m.rejoin = Some(until(
+        t,
+        within,
+        "the returned process to be balanced in",
+        || balanced(&all, n),
+    ));
     let after = leaders(&all, n).expect("balanced means every election is led");
     m.moved = Some(
         after
@@ -204,7 +216,13 @@ pub fn elections(p: &BenchConfig) -> Section {
         measured.push(m);
     }
     let [one, many] = [&measured[0], &measured[1]];
-    let number = |x: f64| if x.is_finite() && x > 0.0 { Value::Number(x) } else { Value::Missing };
+    let number = |x: f64| {
+        if x.is_finite() && x > 0.0 {
+            Value::Number(x)
+        } else {
+            Value::Missing
+        }
+    };
     let both = |f: &dyn Fn(&Measured) -> f64| [number(f(one)), number(f(many))];
     s.push("msgs", both(&|m| m.msgs));
     s.push("keepalives", both(&|m| m.keepalives));
@@ -299,17 +317,15 @@ pub fn page(p: &BenchConfig, _: &SectionData) -> Page {
             spec("rss", "RSS of an idle process", "MB", false),
             spec(
                 "rss_per_election",
-                &format!("RSS per election (mean RSS with {n} minus with 1, over {})", n - 1),
+                &format!(
+                    "RSS per election (mean RSS with {n} minus with 1, over {})",
+                    n - 1
+                ),
                 "kB",
                 false,
             ),
             spec("cpu", "CPU of an idle process", "% of a core", false),
-            spec(
-                "join",
-                "third process started → balanced",
-                "ms",
-                false,
-            ),
+            spec("join", "third process started → balanced", "ms", false),
             spec(
                 "death_led",
                 "kill -9 of one process → every election led again",

@@ -14,6 +14,7 @@ use tracing::{debug, info};
 use super::error::{EtcdError, NOSPACE_HINT, bounded, error_chain};
 use super::state::StateFile;
 use crate::config::{EtcdSettings, Pem};
+use crate::election::keys;
 
 /// One client per endpoint, and the endpoint calls go to now. A call that times out, or finds
 /// its member unavailable, moves the calls after it to the next endpoint: a frozen member (a
@@ -242,8 +243,8 @@ impl Clients {
     pub fn refusal(&self, election: &str) -> Option<String> {
         let h = self.history();
         h.rewound.map(|now| {
-            if h.max_revision - now > super::floor::MAX_RAISE {
-                super::floor::too_far(election, h.max_revision, now)
+            if h.max_revision - now > MAX_RAISE {
+                too_far(election, h.max_revision, now)
             } else {
                 refusal(h.max_revision)
             }
@@ -379,7 +380,7 @@ pub fn refusal(seen: i64) -> String {
          from an older snapshot?): fencing tokens would repeat, so this replica does not lead \
          until the revision passes {seen}, which electd brings about itself when the gap is at \
          most {} revisions (see docs/operations.md)",
-        super::floor::MAX_RAISE
+        MAX_RAISE
     )
 }
 
@@ -480,6 +481,29 @@ fn read_pem(flag: &str, path: &std::path::Path, want: Pem) -> Result<Vec<u8>, Et
         Some(p) => Err(EtcdError::Setup(format!("{flag} {}: {p}", path.display()))),
         None => Ok(bytes),
     }
+}
+
+/// The largest gap between the floor and etcd's revision that electd closes by itself, with
+/// one write of the floor record per revision. Beyond it the replica refuses to lead until the
+/// operator raises the revision (docs/operations.md).
+pub const MAX_RAISE: i64 = 100_000;
+
+/// Why a replica does not lead while etcd's `revision` is too far below `floor` to raise.
+pub fn too_far(election: &str, floor: i64, revision: i64) -> String {
+    let gap = floor - revision;
+    format!(
+        "etcd's history was rewound: its revision {revision} is {gap} revisions below {floor}, \
+         the highest revision seen before (by this replica, or recorded in {key} by one that \
+         remembers it; etcd rebuilt from empty, or restored from an older snapshot?). Fencing \
+         tokens would repeat, and the gap is more than electd closes by itself ({MAX_RAISE} \
+         revisions), so this replica does not lead. Raise etcd's revision past {floor} (restore \
+         the snapshot with `etcdutl snapshot restore --bump-revision {bump} --mark-compacted`, \
+         etcd 3.5.10 or later), or, if whatever checks the tokens may see them start again, \
+         delete {key} and every replica's --state-file and restart the replicas (see \
+         docs/operations.md)",
+        key = keys::floor_key(election),
+        bump = gap + 1000,
+    )
 }
 
 #[cfg(test)]

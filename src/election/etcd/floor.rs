@@ -35,10 +35,7 @@ use super::client::Clients;
 use super::error::{Backoff, EtcdError};
 use crate::election::keys::{self, KeyKind};
 
-/// The largest gap between the floor and etcd's revision that electd closes by itself, with
-/// one write of the floor record per revision. Beyond it the replica refuses to lead until the
-/// operator raises the revision (docs/operations.md).
-pub const MAX_RAISE: i64 = 100_000;
+pub use super::client::{MAX_RAISE, too_far};
 
 /// How many of those writes are in flight at once.
 const IN_FLIGHT: usize = 16;
@@ -210,24 +207,6 @@ pub(super) async fn mend(
     Err(EtcdError::Setup(
         "the floor record kept changing while this replica mended the rewound history".into(),
     ))
-}
-
-/// Why a replica does not lead while etcd's `revision` is too far below `floor` to raise.
-pub fn too_far(election: &str, floor: i64, revision: i64) -> String {
-    let gap = floor - revision;
-    format!(
-        "etcd's history was rewound: its revision {revision} is {gap} revisions below {floor}, \
-         the highest revision seen before (by this replica, or recorded in {key} by one that \
-         remembers it; etcd rebuilt from empty, or restored from an older snapshot?). Fencing \
-         tokens would repeat, and the gap is more than electd closes by itself ({MAX_RAISE} \
-         revisions), so this replica does not lead. Raise etcd's revision past {floor} (restore \
-         the snapshot with `etcdutl snapshot restore --bump-revision {bump} --mark-compacted`, \
-         etcd 3.5.10 or later), or, if whatever checks the tokens may see them start again, \
-         delete {key} and every replica's --state-file and restart the replicas (see \
-         docs/operations.md)",
-        key = keys::floor_key(election),
-        bump = gap + 1000,
-    )
 }
 
 /// Raise `election`'s floor record to at least `floor`, deleting (in the same transaction)
