@@ -30,7 +30,6 @@ need_python() { command -v python3 >/dev/null || apt+=(python3); }
 need_demo_output() {
   command -v curl >/dev/null || apt+=(curl)
   need_python
-  command -v bc >/dev/null || apt+=(bc)
 }
 need_haproxy() { command -v haproxy >/dev/null || apt+=(haproxy); }
 # promtool ships in Debian's prometheus package; its recommends are the node exporter.

@@ -20,5 +20,4 @@ if [ "${1:-}" = --etcd ]; then
   shift 2
   echo "test.sh: the etcd-matrix tests on $("$dir/etcd" --version | sed -n 1p) from $dir" >&2
 fi
-cargo build --all-targets --locked
 cargo nextest run --locked --no-fail-fast "${profile[@]}" "$@"

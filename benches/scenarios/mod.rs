@@ -236,6 +236,8 @@ impl BenchConfig {
             .to_vec(),
             verbose: false,
             quiet: Duration::from_millis(300),
+            // The second TTL of the crash scenario: `etcdctl lock` waits it out once.
+            crash_long_ttl: Duration::from_secs(5),
             ..BenchConfig::full()
         }
     }
