@@ -554,31 +554,6 @@ fn any_frozen_member_changes_nothing_at_ttl_6s() {
     );
 }
 
-/// Bump etcd's revision by `n` writes of a key outside any election.
-fn bump(etcd: &Etcd, n: usize) {
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "for i in $(seq {n}); do '{}' --endpoints {} put bump $i >/dev/null || exit 1; done",
-            etcdctl_binary().display(),
-            etcd.endpoint()
-        ))
-        .env("ETCDCTL_API", "3")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn revision(etcd: &Etcd) -> i64 {
-    let out = etcd.etcdctl_ok(&["endpoint", "status", "-w", "json"]);
-    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
-    doc[0]["Status"]["header"]["revision"].as_i64().unwrap()
-}
-
 /// etcd rebuilt from empty restarts its revisions at 1: a fencing token handed out before would
 /// be handed out again. electd refuses to lead until the revision passes the one it had seen,
 /// and raises it past that itself; a snapshot restored with its history goes on as before.
@@ -596,8 +571,8 @@ fn etcd_rebuilt_from_empty_is_refused_until_its_revision_passes_the_old_one() {
         })
         .collect();
     let leader = wait_one_leader(&daemons, Duration::from_secs(10));
-    bump(&etcd, 40);
-    let old = revision(&etcd);
+    etcd.bump_revision(40);
+    let old = etcd.revision();
     let old_token = daemons[leader].fencing_token().unwrap();
     wait_until(Duration::from_secs(5), "the leader's command", || {
         !starts(&ledger(&l)).is_empty()
@@ -622,7 +597,7 @@ fn etcd_rebuilt_from_empty_is_refused_until_its_revision_passes_the_old_one() {
     // election's floor record and raise etcd's revision past it themselves (the gap is small):
     // leading resumes with a higher token (tests/floor.rs covers replicas that never saw the
     // old history, the state file, and a gap too large to close).
-    let seen = revision(&etcd).max(old);
+    let seen = etcd.revision().max(old);
     let tokens_before: Vec<i64> = starts(&ledger(&l)).iter().map(|s| s.token).collect();
     let runs = tokens_before.len();
     let last = ledger(&l).last().map(|r| r.token).unwrap();
@@ -693,7 +668,7 @@ fn fill_until_nospace(etcd: &Etcd) -> i64 {
             assert!(err.contains("database space exceeded"), "{err}");
             let alarms = etcd.etcdctl_ok(&["alarm", "list"]);
             assert!(alarms.contains("alarm:NOSPACE"), "{alarms}");
-            return revision(etcd);
+            return etcd.revision();
         }
     }
     panic!("etcd took 20 MB under --quota-backend-bytes=2MiB without refusing a write");

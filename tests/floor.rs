@@ -16,31 +16,6 @@ use serde_json::Value;
 
 const EXIT_CONFIG: i32 = 78;
 
-/// Bump etcd's revision by `n` writes of a key outside any election.
-fn bump(etcd: &Etcd, n: usize) {
-    let out = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "for i in $(seq {n}); do '{}' --endpoints {} put bump $i >/dev/null || exit 1; done",
-            etcdctl_binary().display(),
-            etcd.endpoint()
-        ))
-        .env("ETCDCTL_API", "3")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn revision(etcd: &Etcd) -> i64 {
-    let out = etcd.etcdctl_ok(&["endpoint", "status", "-w", "json"]);
-    let doc: Value = serde_json::from_str(&out).unwrap();
-    doc[0]["Status"]["header"]["revision"].as_i64().unwrap()
-}
-
 /// Every key under `prefix` with its create revision.
 fn keys_under(etcd: &Etcd, prefix: &str) -> Vec<(String, i64)> {
     let out = etcd.etcdctl_ok(&["get", "--prefix", prefix, "-w", "json"]);
@@ -144,7 +119,7 @@ fn started_tokens(l: &Path, token: i64) -> Vec<i64> {
 #[test]
 fn a_replica_that_never_saw_the_old_history_does_not_repeat_a_token() {
     let mut etcd = Etcd::start();
-    bump(&etcd, 30);
+    etcd.bump_revision(30);
     let dir = tempfile::tempdir().unwrap();
     let l = dir.path().join("ledger");
     let a = DaemonSpec::new(&etcd.endpoint(), "floor", "a")
@@ -157,7 +132,7 @@ fn a_replica_that_never_saw_the_old_history_does_not_repeat_a_token() {
 
     a.signal(Signal::SIGSTOP);
     etcd.kill_and_rebuild_empty();
-    assert!(revision(&etcd) < old);
+    assert!(etcd.revision() < old);
     let b = DaemonSpec::new(&etcd.endpoint(), "floor", "b")
         .sh(&ledger_script(&l))
         .args(&["--start-guard", "8s"])
@@ -231,7 +206,7 @@ fn a_replica_that_never_saw_the_old_history_does_not_repeat_a_token() {
 #[test]
 fn a_replica_restarted_with_its_state_file_does_not_repeat_a_token() {
     let mut etcd = Etcd::start();
-    bump(&etcd, 30);
+    etcd.bump_revision(30);
     let dir = tempfile::tempdir().unwrap();
     let l = dir.path().join("ledger");
     let state = dir.path().join("a.state");
@@ -249,7 +224,7 @@ fn a_replica_restarted_with_its_state_file_does_not_repeat_a_token() {
 
     a.kill9();
     etcd.kill_and_rebuild_empty();
-    assert!(revision(&etcd) < old);
+    assert!(etcd.revision() < old);
     a.restart();
     let (_, token) = wait_leader_above(&[&a], old, Duration::from_secs(20));
     let tokens = started_tokens(&l, token);
@@ -273,7 +248,7 @@ fn a_replica_restarted_with_its_state_file_does_not_repeat_a_token() {
 #[test]
 fn every_replica_restarted_without_state_after_a_rebuild_cannot_be_protected() {
     let mut etcd = Etcd::start();
-    bump(&etcd, 30);
+    etcd.bump_revision(30);
     let mut daemons: Vec<Daemon> = ["a", "b"]
         .iter()
         .map(|id| DaemonSpec::new(&etcd.endpoint(), "floor3", id).start())

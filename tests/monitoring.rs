@@ -447,6 +447,23 @@ fn rules_and_dashboard_query_only_metrics_electd_exports() {
     }
 }
 
+/// Every dashboard query as a recording rule of one group, Grafana's variables filled in
+/// (`$election` with `election`).
+fn dashboard_rules(queries: &[(String, String)], election: &str) -> String {
+    let mut file = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, (_, expr)) in queries.iter().enumerate() {
+        let expr = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$__range", "1h")
+            .replace("$election", election);
+        file.push_str(&format!(
+            "      - record: dashboard:query_{i}\n        expr: {}\n",
+            serde_json::to_string(&expr).unwrap()
+        ));
+    }
+    file
+}
+
 #[test]
 fn every_dashboard_query_is_filtered_by_the_election_and_parses() {
     let dashboard = dashboard();
@@ -471,17 +488,7 @@ fn every_dashboard_query_is_filtered_by_the_election_and_parses() {
     }
 
     // promtool parses each query (Grafana's variables filled in) as a recording rule.
-    let mut file = String::from("groups:\n  - name: dashboard\n    rules:\n");
-    for (i, (_, expr)) in queries.iter().enumerate() {
-        let expr = expr
-            .replace("$__rate_interval", "1m")
-            .replace("$__range", "1h")
-            .replace("$election", "svc");
-        file.push_str(&format!(
-            "      - record: dashboard:query_{i}\n        expr: {}\n",
-            serde_json::to_string(&expr).unwrap()
-        ));
-    }
+    let file = dashboard_rules(&queries, "svc");
     let dir = tempfile::tempdir().unwrap();
     let path: PathBuf = dir.path().join("dashboard-rules.yml");
     std::fs::write(&path, file).unwrap();
@@ -544,17 +551,7 @@ fn the_rules_and_every_dashboard_query_evaluate_over_processes_with_several_elec
     assert!(input.contains("election=\"other\""), "{input}");
 
     let dir = tempfile::tempdir().unwrap();
-    let mut queries = String::from("groups:\n  - name: dashboard\n    rules:\n");
-    for (i, (_, expr)) in dashboard_queries(&dashboard()).iter().enumerate() {
-        let expr = expr
-            .replace("$__rate_interval", "1m")
-            .replace("$__range", "1h")
-            .replace("$election", "other");
-        queries.push_str(&format!(
-            "      - record: dashboard:query_{i}\n        expr: {}\n",
-            serde_json::to_string(&expr).unwrap()
-        ));
-    }
+    let queries = dashboard_rules(&dashboard_queries(&dashboard()), "other");
     std::fs::write(dir.path().join("dashboard-rules.yml"), queries).unwrap();
     std::fs::copy(
         repo().join("deploy/prometheus/electd-rules.yml"),

@@ -99,6 +99,34 @@ pub struct Etcd {
 }
 
 impl Etcd {
+    /// Raise etcd's revision by `n` writes of a key outside any election.
+    #[allow(dead_code)] // not every test binary raises it
+    pub fn bump_revision(&self, n: usize) {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "for i in $(seq {n}); do '{}' --endpoints {} put bump $i >/dev/null || exit 1; done",
+                etcdctl_binary().display(),
+                self.endpoint()
+            ))
+            .env("ETCDCTL_API", "3")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// etcd's current revision (`etcdctl endpoint status`).
+    #[allow(dead_code)] // not every test binary reads it
+    pub fn revision(&self) -> i64 {
+        let out = self.etcdctl_ok(&["endpoint", "status", "-w", "json"]);
+        let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+        doc[0]["Status"]["header"]["revision"].as_i64().unwrap()
+    }
+
     /// A single-member etcd on fresh loopback ports and a fresh data dir,
     /// healthy when this returns.
     pub fn start() -> Etcd {
