@@ -186,6 +186,36 @@ fn three_processes_share_six_elections_evenly_on_one_lease_each() {
     }
 }
 
+/// Regression: a leader that got an election by a balance switchover could never hand it on
+/// by a switchover of its own (it kept, for itself, the protection against priorities that a
+/// switchover's target gets), so a replica that joined — or came back after kill -9 — got
+/// nothing from such a leader, which went on announcing and abandoning the same hand-over.
+/// a leads all six before b joins, so b's three came to it by switchover and b must hand one
+/// of them to c (fails every time without the fix); then the reported case: kill -9 a, back.
+#[test]
+fn elections_taken_by_switchover_are_handed_on_to_a_replica_that_joins_or_returns() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let elections = names("ret");
+    let file = config(dir.path(), "electd.toml", &elections, true);
+    let mut a = start(&etcd, "a", &file);
+    wait_until(Duration::from_secs(15), "a to lead all six", || {
+        a.leads().is_some_and(|l| l.len() == ELECTIONS)
+    });
+    let b = start(&etcd, "b", &file);
+    settle(&[&a, &b], &elections, &[3, 3], "b joined a");
+    // settle's bound (40 s, then 3 s stable) is above 30 s + 6 × balance_delay.
+    let c = start(&etcd, "c", &file);
+    settle(&[&a, &b, &c], &elections, &[2, 2, 2], "c joined a and b");
+    a.kill9();
+    settle(&[&b, &c], &elections, &[3, 3], "a killed");
+    a.restart();
+    settle(&[&a, &b, &c], &elections, &[2, 2, 2], "a back");
+    for e in &elections {
+        assert_no_overlap(&ledger(&ledger_of(dir.path(), e)));
+    }
+}
+
 #[test]
 fn a_replica_serving_a_subset_is_balanced_only_over_what_it_serves() {
     let etcd = Etcd::start();

@@ -15,7 +15,8 @@
 //!   switchover target at once, or to a candidate of higher priority once that candidate has
 //!   been eligible — in the queue — for the takeover delay (`None`: never);
 //! - the target of a switchover, once it leads, is not pre-empted by priority until it leaves:
-//!   the old leader does not win leadership back.
+//!   the old leader does not win leadership back. It still hands over by a switchover of its
+//!   own (a balance move, `electd resign --to`).
 //!
 //! Candidates written by other tools (`etcdctl elect`) count as [`DEFAULT_PRIORITY`].
 
@@ -79,8 +80,8 @@ pub fn verdict(queue: &Queue, policy: &Policy, ctx: &Context<'_>) -> Verdict {
     let Some(own) = queue.get(ctx.own) else {
         return stay;
     };
-    // The switchover's target takes leadership whatever the priorities, and keeps it.
-    if ctx.switchover == Some(ctx.own) || ctx.protected == Some(ctx.own) {
+    // The switchover's target takes leadership whatever the priorities.
+    if ctx.switchover == Some(ctx.own) {
         return stay;
     }
     let head = queue.leader().map(|c| c.key.as_str());
@@ -89,8 +90,14 @@ pub fn verdict(queue: &Queue, policy: &Policy, ctx: &Context<'_>) -> Verdict {
         .and_then(|k| queue.get(k))
         .filter(|t| t.key != own.key);
     if head == Some(ctx.own) {
+        // A switchover is only ever announced by the head, so this one is ours: honour it
+        // even if we took leadership by an earlier switchover ourselves.
         if let Some(t) = target {
             return give_way(ctx, &t.key);
+        }
+        // A leader that took over by switchover keeps it against priorities.
+        if ctx.protected == Some(ctx.own) {
+            return stay;
         }
         // The first candidate of the highest priority.
         let Some(best) = queue
@@ -131,6 +138,9 @@ pub fn verdict(queue: &Queue, policy: &Policy, ctx: &Context<'_>) -> Verdict {
         && t.create_revision > own.create_revision
     {
         return give_way(ctx, &t.key);
+    }
+    if ctx.protected == Some(ctx.own) {
+        return stay;
     }
     let behind = queue
         .candidates()
@@ -400,6 +410,28 @@ mod tests {
                 Some("e/a"),
                 None,
                 0,
+                stay.clone(),
+            ),
+            (
+                "a leader that took over by switchover hands over by its own next switchover",
+                three.clone(),
+                "e/a",
+                1,
+                true,
+                Some("e/b"),
+                Some("e/a"),
+                0,
+                hand("e/b"),
+            ),
+            (
+                "and is still not pre-empted by priority meanwhile",
+                three.clone(),
+                "e/a",
+                1,
+                true,
+                None,
+                Some("e/a"),
+                60,
                 stay.clone(),
             ),
             (
