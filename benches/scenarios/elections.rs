@@ -97,6 +97,8 @@ struct Measured {
     rpcs: f64,
     keepalives: f64,
     watch_in: f64,
+    /// Whether the idle window was measured (the rates above are then figures, zeros included).
+    idle: bool,
     rss: Vec<f64>,
     cpu: Vec<f64>,
     /// Milliseconds: the third process's start → balanced; kill -9 of one → every election led
@@ -166,6 +168,7 @@ fn measure(p: &BenchConfig, n: usize, m: &mut Measured) {
     m.keepalives = per(d.keepalive_msgs);
     m.watch_in = per(d.watch_msgs_in);
     m.rss = rss;
+    m.idle = true;
 
     // kill -9 of one process: its elections move (its watchdog releases them at once), then
     // spread over the two left.
@@ -216,14 +219,15 @@ pub fn elections(p: &BenchConfig) -> Section {
         measured.push(m);
     }
     let [one, many] = [&measured[0], &measured[1]];
-    let number = |x: f64| {
-        if x.is_finite() && x > 0.0 {
-            Value::Number(x)
-        } else {
-            Value::Missing
-        }
+    let both = |f: &dyn Fn(&Measured) -> f64| {
+        [one, many].map(|m| {
+            if m.idle {
+                Value::Number(f(m))
+            } else {
+                Value::Missing
+            }
+        })
     };
-    let both = |f: &dyn Fn(&Measured) -> f64| [number(f(one)), number(f(many))];
     s.push("msgs", both(&|m| m.msgs));
     s.push("keepalives", both(&|m| m.keepalives));
     s.push("watch_in", both(&|m| m.watch_in));
