@@ -285,52 +285,76 @@ impl World {
     ///
     /// The target of a switchover keeps leadership whatever the priorities while it leads:
     /// `switched[e]` is the fencing token of a leadership of election `e` taken by switchover
-    /// (or the target's id while the switchover is under way), and its leader is settled as it
-    /// is. Returns each election's leader's index.
-    fn wait_leaders(&self, within: Duration, after: &str, switched: &mut [Switched]) -> Vec<usize> {
+    /// (or the targets' ids while the switchover is under way), and its leader is settled as it
+    /// is. Returns each election's leader's index; when nothing settles within `within`, the
+    /// run fails with every replica's view and the logs kept, as for a violation.
+    fn wait_leaders(
+        &self,
+        within: Duration,
+        seed: u64,
+        after: &str,
+        switched: &mut [Switched],
+    ) -> Vec<usize> {
         let settled_for = BALANCE_DELAY + Duration::from_secs(1);
         // Each election's leader and token as last seen, and since when.
         let mut seen: Option<(Vec<Leadership>, Instant)> = None;
-        let mut found = None;
-        wait_until(
-            within,
-            &format!(
-                "one agreed leader that no eligible replica of higher priority is about to take over from, after {after}"
-            ),
-            || {
-                let mut leaders = Vec::new();
-                let mut next = Vec::new();
-                for (e, sw) in switched.iter().enumerate() {
-                    let Some((leader, token, by_switchover)) = self.settled(e, sw) else {
-                        return false;
-                    };
-                    leaders.push((leader, token));
-                    next.push(match (by_switchover, token) {
-                        (true, Some(t)) => Switched::Holds(t),
-                        _ => Switched::No,
-                    });
-                }
-                if self.elections.several() {
-                    match &seen {
-                        Some((before, since)) if *before == leaders => {
-                            if since.elapsed() < settled_for {
-                                return false;
-                            }
-                        }
-                        _ => {
-                            seen = Some((leaders, Instant::now()));
-                            return false;
+        let deadline = Instant::now() + within;
+        let mut settle = || {
+            let mut leaders = Vec::new();
+            let mut next = Vec::new();
+            for (e, sw) in switched.iter().enumerate() {
+                let (leader, token, by_switchover) = self.settled(e, sw)?;
+                leaders.push((leader, token));
+                next.push(match (by_switchover, token) {
+                    (true, Some(t)) => Switched::Holds(t),
+                    _ => Switched::No,
+                });
+            }
+            if self.elections.several() {
+                match &seen {
+                    Some((before, since)) if *before == leaders => {
+                        if since.elapsed() < settled_for {
+                            return None;
                         }
                     }
+                    _ => {
+                        seen = Some((leaders, Instant::now()));
+                        return None;
+                    }
                 }
-                for (sw, n) in switched.iter_mut().zip(next) {
-                    *sw = n;
-                }
-                found = Some(leaders.iter().map(|(l, _)| *l).collect());
-                true
-            },
-        );
-        found.expect("set on success")
+            }
+            for (sw, n) in switched.iter_mut().zip(next) {
+                *sw = n;
+            }
+            Some(leaders.iter().map(|(l, _)| *l).collect())
+        };
+        loop {
+            if let Some(found) = settle() {
+                return found;
+            }
+            if Instant::now() >= deadline {
+                let views: Vec<String> = (0..self.elections.len())
+                    .flat_map(|e| (0..self.replicas.len()).map(move |i| (e, i)))
+                    .map(|(e, i)| {
+                        let view = self.role(i, e).map_or("no answer".to_string(), |r| {
+                            format!(
+                                "{} (leader {}, priority {}, eligible {})",
+                                r["role"], r["leader"]["id"], r["priority"], r["eligible"]
+                            )
+                        });
+                        format!("{}n{i}: {view}", self.elections.tag(e))
+                    })
+                    .collect();
+                self.fail(
+                    seed,
+                    &[format!(
+                        "no one agreed leader that no eligible replica of higher priority is about to take over from within {within:?} after {after}; each replica's view: {}",
+                        views.join("; ")
+                    )],
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Election `e`'s one agreed leader, if it is settled (see [`World::wait_leaders`]): its
@@ -352,7 +376,7 @@ impl World {
             .and_then(|r| r["fencing_token"].as_i64());
         let by_switchover = match switched {
             Switched::No => false,
-            Switched::To(to) => *to == id,
+            Switched::To(to) => to.contains(&id),
             Switched::Holds(t) => Some(*t) == token,
         };
         (agreed && (by_switchover || !takeover_pending(&roles, leading[0]))).then_some((
@@ -777,8 +801,9 @@ type Leadership = (usize, Option<i64>);
 /// Whether the leader got there by switchover, which priorities do not pre-empt.
 enum Switched {
     No,
-    /// An episode asked for a switchover to this replica id.
-    To(String),
+    /// An episode asked for switchovers to these replica ids (an episode can hold two, the
+    /// second to another target while the first is under way: either may be the one that took).
+    To(Vec<String>),
     /// The switchover's target leads under this fencing token.
     Holds(i64),
 }
@@ -902,7 +927,7 @@ fn run_episodes_with(
     let started_ns = now_ns();
     let heal_bound = TTL + Duration::from_secs(10);
     let mut switched: Vec<Switched> = (0..elections.len()).map(|_| Switched::No).collect();
-    let mut leaders = world.wait_leaders(Duration::from_secs(20), "start", &mut switched);
+    let mut leaders = world.wait_leaders(Duration::from_secs(20), seed, "start", &mut switched);
     let mut trace = Trace {
         seed,
         faults,
@@ -976,19 +1001,21 @@ fn run_episodes_with(
             }
         }
         let healed = Instant::now();
-        if let Some(to) = ep
+        let to: Vec<String> = ep
             .faults
             .iter()
             .flat_map(|f| &f.steps)
-            .find_map(|s| match s.op {
+            .filter_map(|s| match s.op {
                 Op::SwitchTo(j) => Some(format!("n{j}")),
                 _ => None,
             })
-        {
+            .collect();
+        if !to.is_empty() {
             switched[target] = Switched::To(to);
         }
         leaders = world.wait_leaders(
             heal_bound,
+            seed,
             &format!("episode {} healed (seed {seed})", ep.n),
             &mut switched,
         );
