@@ -422,6 +422,40 @@ fn a_slow_link_or_reset_connections_keep_leader_token_and_child() {
     );
 }
 
+/// A replica that starts while every connection to etcd is reset (a proxy or firewall sending
+/// RSTs, a load balancer with no backend up) for longer than the startup probe's window is in
+/// an outage, not a TLS mismatch: it keeps trying and leads once the link heals. (Seen in the
+/// chaos run of seed 1796309459891838409, episode 261: a replica restarted behind a resetting
+/// link exited with "it most likely serves TLS on that port".) The mismatches themselves still
+/// fail fast: tests/security.rs.
+#[test]
+fn a_replica_started_behind_a_link_that_resets_every_connection_waits_and_then_leads() {
+    let etcd = Etcd::start();
+    let proxy = TcpProxy::start_to(&etcd.endpoint());
+    proxy.set_mode(ProxyMode::Reset);
+    let mut a = DaemonSpec::new(&proxy.endpoint(), "resets", "a")
+        .ttl("3s")
+        .start();
+    // The probe's window is 3 s; twice that, with every connection reset.
+    let reset = Instant::now();
+    while reset.elapsed() < Duration::from_secs(6) {
+        assert!(
+            a.is_running(),
+            "a exited while its link reset every connection:\n{}",
+            a.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        proxy.total_connections() > 10,
+        "the proxy saw {} connections: the resets were never tried",
+        proxy.total_connections()
+    );
+    proxy.set_mode(ProxyMode::Pass);
+    a.wait_role("leader", Duration::from_secs(15));
+    assert!(a.is_running());
+}
+
 /// An endpoint that dies must not cost the next replica a TTL: the revoke at shutdown moves on
 /// to the next endpoint. Each replica talks to etcd through a proxy listed first; the proxy
 /// starts refusing connections just before the leader gets SIGTERM.

@@ -28,6 +28,7 @@ mod probe;
 mod session;
 mod state;
 mod txn;
+mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::client::{Clients, connect};
 use super::error::{Backoff, EtcdError, error_chain};
 use super::txn::candidates;
+use super::wire::{self, Spoken};
 use crate::config::Config;
 
 /// Connect, retrying with backoff while etcd is unreachable; returns at once on a fatal
@@ -18,7 +19,7 @@ pub async fn connect_and_probe(config: &Config) -> Result<Clients, EtcdError> {
     let mut warned = false;
     loop {
         let err = match connect(&config.etcd_settings()).await {
-            Ok(client) => match probe(&client, &config.election, t, expects_tls(config)).await {
+            Ok(client) => match probe(&client, config, t).await {
                 Ok(_) => return Ok(client),
                 // Unreachable but well configured so far: the driver keeps retrying.
                 Err(e) if !e.is_fatal() => {
@@ -56,16 +57,25 @@ const PROBE_DROPPED_FOR: Duration = Duration::from_secs(3);
 /// tells nothing; an https:// endpoint on a plain-HTTP port ends in "tls handshake eof", and an
 /// http:// endpoint on a TLS port in "broken pipe". Those are also what an etcd restart looks
 /// like, so they are not fatal in themselves: retry them here until the alert is seen, and if
-/// connections are still dropped after [`PROBE_DROPPED_FOR`], report [`EtcdError::TlsDropped`]
-/// (or [`EtcdError::PlainDropped`]) rather than letting the driver retry for ever. Other
+/// connections are still dropped after [`PROBE_DROPPED_FOR`], ask the endpoints on a raw
+/// connection what they speak ([`wire::spoken`]): a TLS server behind an http:// endpoint
+/// gives [`EtcdError::PlainDropped`]; with TLS expected, any server that answers (a TLS one
+/// dropping our certificate, or a clear-text one) gives [`EtcdError::TlsDropped`] — rather
+/// than letting the driver retry for ever. Connections reset before any answer (a proxy or
+/// firewall resetting them, a load balancer with no backend) prove nothing: that is an outage,
+/// and the driver keeps trying. Other
 /// errors (a timeout, a refused connection) are probed through the same window, so one slow
 /// first answer does not hide the misconfiguration; if the last one is such an error, it is
 /// returned (etcd unreachable: the driver keeps trying).
-async fn probe(client: &Clients, election: &str, t: Duration, tls: bool) -> Result<(), EtcdError> {
+async fn probe(client: &Clients, config: &Config, t: Duration) -> Result<(), EtcdError> {
+    let tls = expects_tls(config);
     let started = tokio::time::Instant::now();
     let mut tries = 0;
-    let prefix = crate::election::keys::election_prefix(election);
-    let key = crate::election::keys::floor_key(election);
+    let prefix = crate::election::keys::election_prefix(&config.election);
+    let key = crate::election::keys::floor_key(&config.election);
+    // Set once an endpoint answered in a protocol that explains the drops: one more read
+    // decides (etcd may have come back meanwhile).
+    let mut mismatch = None;
     loop {
         let read = async {
             candidates(client, &prefix, t).await?;
@@ -87,18 +97,38 @@ async fn probe(client: &Clients, election: &str, t: Duration, tls: bool) -> Resu
         };
         let was_dropped = dropped(&e);
         tries += was_dropped as u32;
+        if let Some(spoken) = mismatch {
+            if !was_dropped {
+                return Err(e);
+            }
+            let last = e.to_string();
+            tracing::debug!(?spoken, "etcd's endpoint answered a raw greeting");
+            return Err(if tls {
+                EtcdError::TlsDropped { tries, last }
+            } else {
+                EtcdError::PlainDropped { tries, last }
+            });
+        }
         if started.elapsed() >= PROBE_DROPPED_FOR {
             // Judged by the last answer: a connection that etcd still drops after the whole
             // window (a timeout or a refusal on the way, as on a busy machine, changes nothing).
             if !was_dropped {
                 return Err(e);
             }
-            let last = e.to_string();
-            return Err(if tls {
-                EtcdError::TlsDropped { tries, last }
-            } else {
-                EtcdError::PlainDropped { tries, last }
-            });
+            let spoken = wire::spoken(&config.endpoints, t.min(Duration::from_secs(1))).await;
+            match (tls, spoken) {
+                (false, Some(Spoken::Tls)) | (true, Some(_)) => mismatch = spoken,
+                _ => {
+                    tracing::warn!(
+                        tries,
+                        error = %e,
+                        "etcd's connections keep being closed before any answer, and no endpoint \
+                         answered as a TLS or a clear-text HTTP/2 server would: an outage (a \
+                         proxy or firewall resetting connections?), not a TLS mismatch; retrying"
+                    );
+                    return Err(e);
+                }
+            }
         }
         tracing::debug!(error = %e, "etcd dropped the connection or did not answer; probing again");
         tokio::time::sleep(Duration::from_millis(100)).await;
