@@ -594,6 +594,7 @@ pub fn crash(cfg: &BenchConfig) -> Section {
             .expect("a's child registered its pid");
         let group = group_of(child).expect("a's child runs");
         let watch = AliveWatch::group(group);
+        watch.wait_first_look(Duration::from_secs(2));
         let t = now_ns();
         p.a.crash();
         p.wait_new_child(c.ttl + Duration::from_secs(15));

@@ -113,6 +113,7 @@ pub fn guard(cfg: &BenchConfig) -> Section {
             .first_child("a")
             .expect("a's child registered its pid");
         let watch = AliveWatch::pid(pid);
+        watch.wait_first_look(Duration::from_secs(2));
         let (t, answered) = delete_key(&etcd, &key);
         p.wait_new_child(Duration::from_secs(10));
         wait_until(

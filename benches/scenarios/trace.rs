@@ -293,6 +293,19 @@ impl AliveWatch {
         AliveWatch::start(Duration::from_millis(1), move || group_alive(pgid))
     }
 
+    /// Waits until the watch has looked once (its thread may not have run yet on a busy
+    /// machine): a fault injected before that could find the process gone at the first look.
+    pub fn wait_first_look(&self, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while self.seen().checks == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the watch did not look once within {within:?}"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
     pub fn seen(&self) -> Seen {
         *self.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
