@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use super::now_ns;
-use crate::common::{Etcd, etcd_metrics, metric_sum, pid_alive};
+use crate::common::{Etcd, etcd_metrics, metric_sum, pid_alive, wait_until};
 
 /// A snapshot of what etcd has done so far: completed unary calls by method, watch traffic,
 /// WAL fsyncs and its CPU time. Subtract two with [`EtcdCounters::since`].
@@ -296,14 +296,7 @@ impl AliveWatch {
     /// Waits until the watch has looked once (its thread may not have run yet on a busy
     /// machine): a fault injected before that could find the process gone at the first look.
     pub fn wait_first_look(&self, within: Duration) {
-        let deadline = std::time::Instant::now() + within;
-        while self.seen().checks == 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the watch did not look once within {within:?}"
-            );
-            std::thread::sleep(Duration::from_micros(200));
-        }
+        wait_until(within, "the watch's first look", || self.seen().checks > 0);
     }
 
     pub fn seen(&self) -> Seen {

@@ -75,12 +75,18 @@ pub fn once_per(s: &str) -> Result<Duration, String> {
 pub fn endpoint(e: &str) -> Result<String, String> {
     let expected =
         "expected a URL such as http://127.0.0.1:2379, https://etcd-0:2379 or http://[::1]:2379";
-    let rest = e
-        .strip_prefix("http://")
-        .or_else(|| e.strip_prefix("https://"))
+    let rest = endpoint_authority(e)
         .ok_or_else(|| format!("{expected} (scheme must be http or https)"))?;
-    split_host_port(rest.trim_end_matches('/')).map_err(|why| format!("{expected} ({why})"))?;
+    split_host_port(rest).map_err(|why| format!("{expected} ({why})"))?;
     Ok(e.to_string())
+}
+
+/// `HOST:PORT` of an `http://` or `https://` endpoint, trailing slashes dropped; None for
+/// another scheme. [`endpoint`] checks the rest.
+pub fn endpoint_authority(e: &str) -> Option<&str> {
+    e.strip_prefix("http://")
+        .or_else(|| e.strip_prefix("https://"))
+        .map(|rest| rest.trim_end_matches('/'))
 }
 
 /// `HOST:PORT` into host and port: a name, an IPv4 address, or an IPv6 address in brackets
@@ -370,6 +376,19 @@ pub fn password_file(v: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authorities_of_endpoints() {
+        let table = [
+            ("http://127.0.0.1:2379", Some("127.0.0.1:2379")),
+            ("https://[::1]:2379/", Some("[::1]:2379")),
+            ("https://etcd-0.etcd:2379", Some("etcd-0.etcd:2379")),
+            ("unix:///run/etcd.sock", None),
+        ];
+        for (endpoint, want) in table {
+            assert_eq!(endpoint_authority(endpoint), want, "{endpoint}");
+        }
+    }
 
     #[test]
     fn signals_parse_in_every_spelling() {

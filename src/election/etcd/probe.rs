@@ -122,8 +122,8 @@ async fn probe(client: &Clients, config: &Config, t: Duration) -> Result<(), Etc
                     tracing::warn!(
                         tries,
                         error = %e,
-                        "etcd's connections keep being closed before any answer, and no endpoint \
-                         answered as a TLS or a clear-text HTTP/2 server would: an outage (a \
+                        "etcd's connections keep being closed before any answer, and no \
+                         endpoint's answer to a raw greeting shows a TLS mismatch: an outage (a \
                          proxy or firewall resetting connections?), not a TLS mismatch; retrying"
                     );
                     return Err(e);

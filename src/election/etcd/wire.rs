@@ -10,6 +10,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+use crate::config::parse::endpoint_authority;
+
 /// The protocol an endpoint answered in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Spoken {
@@ -23,7 +25,7 @@ pub enum Spoken {
 /// HTTP/2), each exchange bounded by `within`; None when none answered in either.
 pub async fn spoken(endpoints: &[String], within: Duration) -> Option<Spoken> {
     for endpoint in endpoints {
-        let Some(addr) = authority(endpoint) else {
+        let Some(addr) = endpoint_authority(endpoint) else {
             continue;
         };
         for (hello, spoken) in [
@@ -38,14 +40,6 @@ pub async fn spoken(endpoints: &[String], within: Duration) -> Option<Spoken> {
         }
     }
     None
-}
-
-/// `host:port` of an `http://` or `https://` endpoint (the configuration checked the form).
-fn authority(endpoint: &str) -> Option<&str> {
-    let rest = endpoint
-        .strip_prefix("https://")
-        .or_else(|| endpoint.strip_prefix("http://"))?;
-    Some(rest.split('/').next().unwrap_or(rest)).filter(|a| !a.is_empty())
 }
 
 /// Send `hello` on a new connection to `addr` and return the first bytes of the answer (up to
@@ -169,16 +163,5 @@ mod tests {
         let handshake_len = u32::from_be_bytes([0, r[6], r[7], r[8]]) as usize;
         assert_eq!(handshake_len, r.len() - 9, "handshake length");
         assert_eq!(&r[9..11], &[0x03, 0x03], "client version TLS 1.2");
-    }
-
-    #[test]
-    fn authorities_of_endpoints() {
-        assert_eq!(authority("http://127.0.0.1:2379"), Some("127.0.0.1:2379"));
-        assert_eq!(authority("https://[::1]:2379/"), Some("[::1]:2379"));
-        assert_eq!(
-            authority("https://etcd-0.etcd:2379"),
-            Some("etcd-0.etcd:2379")
-        );
-        assert_eq!(authority("unix:///run/etcd.sock"), None);
     }
 }
