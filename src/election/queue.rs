@@ -91,14 +91,15 @@ impl Queue {
         }
     }
 
-    /// Start over from a read of the whole prefix at `revision`.
+    /// Start over from a read of the whole prefix at `revision`. A candidate is its key and
+    /// its create revision: a key deleted and created again (under the same lease) between two
+    /// reads has left the queue and joined it, though its name is the same.
     pub fn reset(&mut self, revision: i64, keys: impl IntoIterator<Item = Candidate>) -> Delta {
-        let before: Vec<String> = self.by_key.keys().cloned().collect();
-        let head = self.leader().map(|c| c.key.clone());
+        let before = std::mem::take(&mut self.by_key);
+        let head = self.leader().map(|c| (c.key.clone(), c.create_revision));
         let mut released = Vec::new();
         let known_foreign = std::mem::take(&mut self.foreign);
         self.candidates.clear();
-        self.by_key.clear();
         self.revision = revision;
         let mut delta = Delta {
             candidates: true,
@@ -106,12 +107,14 @@ impl Queue {
         };
         for c in keys {
             if crate::election::MemberInfo::released_in(&c.value) {
-                released.push(c.key.clone());
+                released.push((c.key.clone(), c.create_revision));
             }
             let d = self.put(revision, c);
-            delta
-                .joined
-                .extend(d.joined.into_iter().filter(|k| !before.contains(k)));
+            delta.joined.extend(
+                d.joined
+                    .into_iter()
+                    .filter(|k| before.get(k) != self.by_key.get(k)),
+            );
             delta.new_foreign.extend(
                 d.new_foreign
                     .into_iter()
@@ -119,12 +122,13 @@ impl Queue {
             );
         }
         delta.left = before
-            .into_iter()
-            .filter(|k| !self.by_key.contains_key(k))
+            .iter()
+            .filter(|(k, rev)| self.by_key.get(*k) != Some(*rev))
+            .map(|(k, _)| k.clone())
             .collect();
         // The leader before the read is gone: marked only if the read shows its mark.
-        if let Some(key) = head.filter(|k| !self.by_key.contains_key(k)) {
-            let marked = released.contains(&key);
+        if let Some((key, rev)) = head.filter(|(k, rev)| self.by_key.get(k) != Some(rev)) {
+            let marked = released.contains(&(key.clone(), rev));
             delta.head_left.push(Departure { key, marked });
         }
         delta
@@ -432,6 +436,13 @@ mod tests {
             (d.joined, d.left),
             (vec!["e/c".to_string()], vec!["e/b".to_string()])
         );
+        // Deleted and created again under the same lease between two reads: the same name, a
+        // new candidate.
+        let d = q.reset(20, [cand("e/a", 4, 0xa), cand("e/c", 19, 0xc)]);
+        assert_eq!(
+            (d.joined, d.left),
+            (vec!["e/c".to_string()], vec!["e/c".to_string()])
+        );
     }
 
     /// Which leaders left, and whether with the clean-release mark.
@@ -480,6 +491,15 @@ mod tests {
         let d = q.reset(18, [marked("e/1a", 17, 0x1a), cand("e/1b", 18, 0x1b)]);
         assert_eq!(d.head_left, vec![dep("e/1a", true)]);
         assert_eq!(q.leader().map(|c| c.key.as_str()), Some("e/1b"));
+        // The leader's key deleted (by hand) and created again by its owner under the same
+        // lease, both between two reads: the leader left, unmarked, though the name is back.
+        let d = q.reset(20, [cand("e/1b", 20, 0x1b), cand("e/1c", 19, 0x1c)]);
+        assert_eq!(d.head_left, vec![dep("e/1b", false)]);
+        assert_eq!(q.leader().map(|c| c.key.as_str()), Some("e/1c"));
+        // Its mark read on the new key says nothing of the old one's departure.
+        q.reset(21, [cand("e/2a", 21, 0x2a)]);
+        let d = q.reset(23, [marked("e/2a", 22, 0x2a), cand("e/2b", 23, 0x2b)]);
+        assert_eq!(d.head_left, vec![dep("e/2a", false)]);
     }
 
     #[test]

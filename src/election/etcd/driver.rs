@@ -76,27 +76,31 @@ struct Own {
     leading: bool,
 }
 
-/// What this replica remembers for [`candidacy::verdict`].
+/// What this replica remembers for [`candidacy::verdict`]. A candidate is its key *and* its
+/// create revision: a replica that leaves the queue and joins again under the same lease gets
+/// a key of the same name, and a re-read of the queue (after a watch failed) can hold both the
+/// deletion and the new key without an event for either.
 #[derive(Default)]
 struct Prefs {
-    /// When each candidate key was first seen (for the takeover delay).
-    first_seen: HashMap<String, Instant>,
+    /// When each candidate (key, create revision) was first seen (for the takeover delay).
+    first_seen: HashMap<String, (i64, Instant)>,
     /// A switchover announced by a leader: the target key, and until when it may take over.
     switchover: Option<(String, Instant)>,
-    /// The key that took leadership by switchover, until it leaves the queue.
-    protected: Option<String>,
+    /// The candidate (key, create revision) that took leadership by switchover, while it stays.
+    protected: Option<(String, i64)>,
     /// When to decide again (a takeover delay or a switchover ends).
     review_at: Option<Instant>,
 }
 
 impl Prefs {
-    /// Keep track of joins, leaves and switchovers after `delta`.
-    fn note(&mut self, queue: &Queue, delta: &Delta, now: Instant, bound: Duration) {
-        for k in &delta.joined {
-            self.first_seen.entry(k.clone()).or_insert(now);
-        }
-        for k in &delta.left {
-            self.first_seen.remove(k);
+    /// Keep track of joins, leaves and switchovers in `queue` as it stands at `now`.
+    fn note(&mut self, queue: &Queue, now: Instant, bound: Duration) {
+        self.first_seen
+            .retain(|k, (rev, _)| queue.get(k).is_some_and(|c| c.create_revision == *rev));
+        for c in queue.candidates() {
+            self.first_seen
+                .entry(c.key.clone())
+                .or_insert((c.create_revision, now));
         }
         let head = queue.leader();
         if let Some(target) = head.and_then(candidacy::member).and_then(|m| m.handoff_to)
@@ -106,19 +110,36 @@ impl Prefs {
             self.switchover = Some((target, now + bound));
         }
         if let Some((target, until)) = &self.switchover {
-            if head.is_some_and(|h| h.key == *target) {
-                self.protected = Some(target.clone());
+            if let Some(h) = head.filter(|h| h.key == *target) {
+                self.protected = Some((h.key.clone(), h.create_revision));
                 self.switchover = None;
             } else if now >= *until || queue.get(target).is_none() {
                 info!(to = %target, "switchover did not complete; the queue's order decides again");
                 self.switchover = None;
             }
         }
-        if let Some(p) = &self.protected
-            && queue.get(p).is_none()
-        {
+        if self.protected.is_some() && self.protected_in(queue).is_none() {
             self.protected = None;
         }
+    }
+
+    /// The key that took leadership by switchover, if that candidate is still in `queue`
+    /// (the same key with another create revision is a new candidate, not protected).
+    fn protected_in(&self, queue: &Queue) -> Option<&str> {
+        let (key, rev) = self.protected.as_ref()?;
+        queue
+            .get(key)
+            .filter(|c| c.create_revision == *rev)
+            .map(|_| key.as_str())
+    }
+
+    /// When the candidate at `key` (as it is in `queue`) was first seen.
+    fn first_seen_in(&self, queue: &Queue, key: &str) -> Option<Instant> {
+        let (rev, at) = self.first_seen.get(key)?;
+        queue
+            .get(key)
+            .filter(|c| c.create_revision == *rev)
+            .map(|_| *at)
     }
 }
 
@@ -279,7 +300,7 @@ impl Driver {
                 },
                 seen = self.observe.next(&self.pace) => {
                     if let Some(delta) = self.take(seen)? {
-                        self.note(&delta);
+                        self.note();
                         let _ = self.follow(None, &delta);
                         self.sweep().await;
                     }
@@ -294,10 +315,9 @@ impl Driver {
         self.cfg.timing.ttl * 2
     }
 
-    fn note(&mut self, delta: &Delta) {
+    fn note(&mut self) {
         let bound = self.switchover_bound();
-        self.prefs
-            .note(self.observe.queue(), delta, Instant::now(), bound);
+        self.prefs.note(self.observe.queue(), Instant::now(), bound);
     }
 
     /// The process's refusal to lead changed (found rewound by another call, or mended by
@@ -436,12 +456,12 @@ impl Driver {
             .get(&own.key)
             .and_then(|c| queue.predecessor(c.create_revision))
             .map(|c| c.key.clone());
-        let first_seen = |k: &str| self.prefs.first_seen.get(k).copied();
+        let first_seen = |k: &str| self.prefs.first_seen_in(queue, k);
         let ctx = candidacy::Context {
             own: &own.key,
             leading: own.leading,
             switchover: self.prefs.switchover.as_ref().map(|(k, _)| k.as_str()),
-            protected: self.prefs.protected.as_deref(),
+            protected: self.prefs.protected_in(queue),
             first_seen: &first_seen,
             now: Instant::now(),
         };
@@ -500,7 +520,7 @@ impl Driver {
                 },
                 seen = self.observe.next(&self.pace) => {
                     if let Some(delta) = self.take(seen)? {
-                        self.note(&delta);
+                        self.note();
                         let _ = self.follow(None, &delta);
                     }
                 }
@@ -631,14 +651,14 @@ impl Driver {
                 },
                 seen = self.observe.next(&self.pace) => match self.take(seen)? {
                     Some(delta) => {
-                        self.note(&delta);
+                        self.note();
                         self.place(own.as_mut(), &delta)
                     }
                     None => None,
                 },
                 _ = sleep_until(self.prefs.review_at.unwrap_or_else(Instant::now)), if self.prefs.review_at.is_some() => {
                     self.prefs.review_at = None;
-                    self.note(&Delta::default());
+                    self.note();
                     self.place(own.as_mut(), &Delta::default())
                 }
                 _ = board_changed(&mut self.board) => {
@@ -736,7 +756,7 @@ impl Driver {
                     },
                     seen = self.observe.next(&self.pace) => {
                         if let Some(delta) = self.take(seen)? {
-                            self.note(&delta);
+                            self.note();
                             let _ = self.follow(None, &delta);
                         }
                     }
@@ -984,4 +1004,101 @@ fn mark_error(
         return;
     }
     view.send_if_modified(|v| std::mem::replace(&mut v.reachable, false));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::election::candidacy::{Context, Policy, Verdict};
+    use crate::election::{Candidate, MemberInfo};
+
+    fn cand(lease: i64, revision: i64, id: &str, priority: u32, to: Option<&str>) -> Candidate {
+        let info = MemberInfo {
+            priority: Some(priority),
+            handoff_to: to.map(String::from),
+            ..MemberInfo::new(id, None)
+        };
+        Candidate {
+            key: keys::candidate_key("e", lease),
+            value: serde_json::to_string(&info).unwrap(),
+            create_revision: revision,
+            lease,
+        }
+    }
+
+    /// What the replica leading under `own` decides with `prefs` (takeover delay 1 s).
+    fn verdict(queue: &Queue, prefs: &Prefs, own: &str, priority: u32, now: Instant) -> Verdict {
+        let first_seen = |k: &str| prefs.first_seen_in(queue, k);
+        let ctx = Context {
+            own,
+            leading: true,
+            switchover: prefs.switchover.as_ref().map(|(k, _)| k.as_str()),
+            protected: prefs.protected_in(queue),
+            first_seen: &first_seen,
+            now,
+        };
+        let policy = Policy {
+            priority,
+            takeover_delay: Some(Duration::from_secs(1)),
+        };
+        candidacy::verdict(queue, &policy, &ctx)
+    }
+
+    /// Chaos seed 1796309459891838409, episode 424: n1 (priority 1) took leadership by
+    /// switchover; it gave it up and joined again under the same lease (a key of the same
+    /// name) while its watch failed, so the re-read held the deletion and the new key without
+    /// an event for either; when it led again, it still took itself for the switchover's
+    /// target and kept leadership from n2 (priority 2) for good.
+    #[test]
+    fn protection_by_switchover_ends_when_the_key_is_created_again_under_the_same_name() {
+        let bound = Duration::from_secs(6);
+        let t0 = Instant::now();
+        let n1 = keys::candidate_key("e", 0x1);
+        let mut q = Queue::new("e");
+        let mut prefs = Prefs::default();
+
+        // n0 leads and hands over to n1; n2 (priority 2) waits behind.
+        q.reset(
+            10,
+            [
+                cand(0x0, 5, "n0", 1, Some(&n1)),
+                cand(0x1, 6, "n1", 1, None),
+                cand(0x2, 7, "n2", 2, None),
+            ],
+        );
+        prefs.note(&q, t0, bound);
+        assert_eq!(prefs.switchover, Some((n1.clone(), t0 + bound)));
+        q.delete(11, &keys::candidate_key("e", 0x0));
+        prefs.note(&q, t0, bound);
+        assert_eq!(prefs.protected, Some((n1.clone(), 6)));
+        let later = t0 + Duration::from_secs(5);
+        assert_eq!(
+            verdict(&q, &prefs, &n1, 1, later),
+            Verdict::Stay { review_at: None },
+            "the switchover's target keeps leadership against priorities"
+        );
+
+        // n1's key deleted and created again under its lease, seen only through a re-read;
+        // n2 rejoined meanwhile, behind it.
+        q.reset(
+            20,
+            [cand(0x1, 15, "n1", 1, None), cand(0x2, 18, "n2", 2, None)],
+        );
+        let t1 = later + Duration::from_millis(10);
+        prefs.note(&q, t1, bound);
+        assert_eq!(prefs.protected, None, "a new candidate of the same name");
+        assert_eq!(
+            verdict(&q, &prefs, &n1, 1, t1),
+            Verdict::Stay {
+                review_at: Some(t1 + Duration::from_secs(1))
+            },
+            "n2 is due after its takeover delay, counted from its new key"
+        );
+        assert_eq!(
+            verdict(&q, &prefs, &n1, 1, t1 + Duration::from_secs(1)),
+            Verdict::HandOver {
+                key: keys::candidate_key("e", 0x2)
+            }
+        );
+    }
 }
