@@ -110,8 +110,19 @@ async fn create_candidate(
 /// Where the key `own` created at `own_revision` stands in `queue`: leading (the lowest create
 /// revision: its own revision is the fencing token), waiting behind the leader, not yet seen
 /// (the watch has not reached its creation), or gone — deleted, or rewritten by another writer.
+///
+/// A key of the same name under another create revision is not ours: an older one is the key
+/// this lease held before (its deletion not seen yet, e.g. behind a stalled watch: never lead
+/// under its token), a newer one was created after ours was deleted.
 pub(super) fn position(queue: &Queue, own: &str, own_revision: i64) -> Result<Position, String> {
     match queue.get(own) {
+        Some(c) if c.create_revision < own_revision && queue.revision() < own_revision => {
+            Ok(Position::Joining)
+        }
+        Some(c) if c.create_revision != own_revision => Err(format!(
+            "candidate key {own} was created again (create revision {}, ours {own_revision})",
+            c.create_revision
+        )),
         Some(c) if queue.leader().map(|l| l.create_revision) == Some(c.create_revision) => {
             Ok(Position::Leading {
                 token: c.create_revision,
@@ -147,11 +158,13 @@ mod tests {
 
     #[test]
     fn position_table() {
+        // (name, keys, read at, own key, its create revision, what it is)
         type Case = (
             &'static str,
             Vec<Candidate>,
             i64,
             &'static str,
+            i64,
             Result<&'static str, &'static str>,
         );
         let cases: Vec<Case> = vec![
@@ -160,6 +173,7 @@ mod tests {
                 vec![cand("e/a", 4, 0xa), cand("e/b", 5, 0xb)],
                 9,
                 "e/a",
+                4,
                 Ok("leading 4"),
             ),
             (
@@ -167,6 +181,7 @@ mod tests {
                 vec![cand("e/a", 4, 0xa), cand("e/b", 5, 0xb)],
                 9,
                 "e/b",
+                5,
                 Ok("waiting e/a"),
             ),
             (
@@ -174,6 +189,7 @@ mod tests {
                 vec![cand("e/a", 4, 0xa)],
                 4,
                 "e/b",
+                5,
                 Ok("joining"),
             ),
             (
@@ -181,6 +197,7 @@ mod tests {
                 vec![cand("e/a", 4, 0xa)],
                 9,
                 "e/b",
+                5,
                 Err("deleted"),
             ),
             (
@@ -188,6 +205,7 @@ mod tests {
                 vec![cand("e/a", 4, 0xa), cand("e/b", 5, 0)],
                 9,
                 "e/b",
+                5,
                 Err("rewritten"),
             ),
             (
@@ -195,13 +213,38 @@ mod tests {
                 vec![cand("e/x", 2, 0), cand("e/b", 5, 0xb)],
                 9,
                 "e/b",
+                5,
                 Ok("leading 5"),
             ),
+            (
+                "the lease's earlier key, its deletion not seen yet, does not lead for us",
+                vec![cand("e/a", 4, 0xa), cand("e/b", 5, 0xb)],
+                9,
+                "e/a",
+                12,
+                Ok("joining"),
+            ),
+            (
+                "the earlier key still there after our creation was seen",
+                vec![cand("e/a", 4, 0xa)],
+                12,
+                "e/a",
+                12,
+                Err("created again"),
+            ),
+            (
+                "a key of our name created after ours",
+                vec![cand("e/a", 14, 0xa)],
+                15,
+                "e/a",
+                12,
+                Err("created again"),
+            ),
         ];
-        for (name, keys, at, own, want) in cases {
+        for (name, keys, at, own, own_rev, want) in cases {
             let mut q = Queue::new("e");
             q.reset(at, keys);
-            let got = match position(&q, own, 5) {
+            let got = match position(&q, own, own_rev) {
                 Ok(Position::Leading { token, .. }) => Ok(format!("leading {token}")),
                 Ok(Position::Waiting { leader }) => Ok(format!(
                     "waiting {}",
